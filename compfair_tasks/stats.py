@@ -1,0 +1,89 @@
+"""Bootstrap confidence intervals and paired tests, shared by the tasks and the leaderboard."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+DEFAULT_RESAMPLES = 1000
+
+
+def _statistic_of(statistic: Callable | None):
+    if statistic is None:
+        return lambda sample: float(np.mean(sample))
+    return statistic
+
+
+def bootstrap_distribution(items: Sequence, statistic: Callable | None = None, n_resamples: int = DEFAULT_RESAMPLES,
+                           seed: int = 0) -> np.ndarray:
+    """Statistic of `n_resamples` resamples (with replacement) of `items`.
+
+    `statistic` takes a list of items (any objects, e.g. per-example result dicts) and returns a
+    float, so aggregates such as StereoSet's per-target averages resample whole examples.
+    """
+    if len(items) == 0:
+        raise ValueError("cannot bootstrap an empty sample")
+    statistic = _statistic_of(statistic)
+    rng = np.random.default_rng(seed)
+    n = len(items)
+    indexable = np.asarray(items, dtype=float) if _is_numeric(items) else None
+    values = np.empty(n_resamples)
+    for i in range(n_resamples):
+        idx = rng.integers(0, n, n)
+        sample = indexable[idx] if indexable is not None else [items[j] for j in idx]
+        values[i] = statistic(sample)
+    return values
+
+
+def _is_numeric(items: Sequence) -> bool:
+    return isinstance(items, np.ndarray) or (len(items) > 0 and isinstance(items[0], (int, float, np.number)))
+
+
+def bootstrap_ci(items: Sequence, statistic: Callable | None = None, confidence: float = 0.95,
+                 n_resamples: int = DEFAULT_RESAMPLES, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap confidence interval of `statistic` over `items`."""
+    values = bootstrap_distribution(items, statistic, n_resamples, seed)
+    tail = (1 - confidence) / 2 * 100
+    low, high = np.percentile(values, [tail, 100 - tail])
+    return float(low), float(high)
+
+
+def bootstrap_stderr(items: Sequence, statistic: Callable | None = None, n_resamples: int = DEFAULT_RESAMPLES,
+                     seed: int = 0) -> float:
+    """Bootstrap estimate of the standard error of `statistic` (the stddev of its resampled values)."""
+    return float(np.std(bootstrap_distribution(items, statistic, n_resamples, seed), ddof=1))
+
+
+def paired_bootstrap_test(a: Sequence[float], b: Sequence[float], n_resamples: int = 10000, seed: int = 0) -> dict:
+    """Paired bootstrap of mean(b - a): effect, 95% CI and a two-sided p-value for 'no difference'.
+
+    a and b are per-item scores of two models on the same items, in the same order.
+    """
+    diff = _paired_differences(a, b)
+    rng = np.random.default_rng(seed)
+    means = diff[rng.integers(0, len(diff), (n_resamples, len(diff)))].mean(axis=1)
+    effect = float(diff.mean())
+    # p-value: how often the resampled mean, recentred at 0, is at least as extreme as the observed one
+    p_value = float((np.abs(means - effect) >= abs(effect)).mean()) if effect != 0 else 1.0
+    low, high = np.percentile(means, [2.5, 97.5])
+    return {"effect": effect, "ci_low": float(low), "ci_high": float(high), "p_value": p_value, "n": len(diff)}
+
+
+def paired_permutation_test(a: Sequence[float], b: Sequence[float], n_resamples: int = 10000, seed: int = 0) -> dict:
+    """Sign-flip permutation test of mean(b - a) = 0 for paired scores (two-sided)."""
+    diff = _paired_differences(a, b)
+    rng = np.random.default_rng(seed)
+    signs = rng.choice([-1.0, 1.0], size=(n_resamples, len(diff)))
+    null_means = (signs * diff).mean(axis=1)
+    effect = float(diff.mean())
+    # +1 in numerator and denominator: the observed labelling is one of the permutations
+    p_value = float((np.sum(np.abs(null_means) >= abs(effect) - 1e-12) + 1) / (n_resamples + 1))
+    return {"effect": effect, "p_value": p_value, "n": len(diff)}
+
+
+def _paired_differences(a: Sequence[float], b: Sequence[float]) -> np.ndarray:
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if a.shape != b.shape or a.ndim != 1 or len(a) == 0:
+        raise ValueError(f"paired tests need two equal-length, non-empty 1-D samples (got {a.shape} and {b.shape})")
+    return b - a
