@@ -1,0 +1,43 @@
+"""`compfair_compression.json`: what a compressor did, written beside every checkpoint it saves."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+FILE_NAME = "compfair_compression.json"
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+
+
+def checkpoint_size_bytes(output_dir) -> int:
+    """Bytes of the weight files in a checkpoint folder."""
+    return sum(p.stat().st_size for p in Path(output_dir).rglob("*") if p.is_file() and p.suffix in WEIGHT_SUFFIXES)
+
+
+def count_parameters(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def write_compression_metadata(output_dir, *, method: str, source_model: str, settings: dict, seed: int,
+                               removed: dict | None = None, extra: dict | None = None, model=None) -> dict:
+    """Write compfair_compression.json into `output_dir` (after the checkpoint is saved) and return it."""
+    record = {
+        "method": method,
+        "source_model": str(source_model),
+        "settings": settings,
+        "seed": seed,
+        "removed": removed or {},
+        "size_bytes": checkpoint_size_bytes(output_dir),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    if model is not None:
+        record["params"] = count_parameters(model)
+    record.update(extra or {})
+    (Path(output_dir) / FILE_NAME).write_text(json.dumps(record, indent=2, default=str))
+    return record
+
+
+def read_compression_metadata(checkpoint_dir) -> dict | None:
+    path = Path(checkpoint_dir) / FILE_NAME
+    return json.loads(path.read_text()) if path.is_file() else None

@@ -1,0 +1,106 @@
+"""Text for compressors (distillation data, head-importance data): hub, local files, or shipped BOLD Wikipedia."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+LOCAL_SUFFIXES = (".txt", ".jsonl", ".json")
+
+
+def load_texts(source: str | None = None, limit: int | None = None, fraction: float | None = None,
+               seed: int = 0) -> list[str]:
+    """Non-empty texts from `source`, optionally a seeded random `fraction` and/or the first `limit` of them.
+
+    source: None or "bold_wiki" (the shipped BOLD Wikipedia sentences), a local .txt (one text per
+    line) / .jsonl (field "text") / .json file or a folder of such files, or a hub dataset id with
+    an optional config (`wikitext:wikitext-2-raw-v1`, column "text", train split).
+    """
+    if fraction is not None and not 0 < fraction <= 1:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit must be a positive number of texts, got {limit}")
+    texts = [t.strip() for t in _read(source) if t and t.strip()]
+    if fraction is not None and fraction < 1:
+        keep = max(1, round(len(texts) * fraction))
+        texts = [texts[i] for i in sorted(random.Random(seed).sample(range(len(texts)), keep))]
+    if limit is not None:
+        texts = texts[:limit]
+    if not texts:
+        raise ValueError(f"no text found in {source or 'bold_wiki'}: give a folder/file of .txt or .jsonl "
+                         "(field 'text') or a hub dataset id with a 'text' column")
+    return texts
+
+
+def _read(source: str | None) -> list[str]:
+    if source in (None, "", "bold_wiki"):
+        from compfair_tasks.data import resolve
+
+        return bold_wiki_sentences(resolve("bold_wiki").path)
+    path = Path(source).expanduser()
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.suffix in LOCAL_SUFFIXES)
+        if not files:
+            raise ValueError(f"folder {path} holds no {', '.join(LOCAL_SUFFIXES)} files")
+        return [text for f in files for text in _read_file(f)]
+    if path.exists():
+        return _read_file(path)
+    if path.suffix in LOCAL_SUFFIXES or "/" not in source or source.startswith((".", "/", "~")):
+        raise FileNotFoundError(f"text source {source!r} is neither a file nor a folder (nor a hub id 'owner/name')")
+    return _read_hub(source)
+
+
+def _read_file(path: Path) -> list[str]:
+    if path.suffix == ".txt":
+        return path.read_text(encoding="utf-8").splitlines()
+    if path.suffix == ".jsonl":
+        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        return [row["text"] if isinstance(row, dict) else str(row) for row in rows]
+    data = json.loads(path.read_text(encoding="utf-8"))
+    if path.name.endswith("_wiki.json"):
+        return bold_wiki_sentences(path)
+    return [row["text"] if isinstance(row, dict) else str(row) for row in data]
+
+
+def bold_wiki_sentences(path: Path) -> list[str]:
+    """Sentences of BOLD Wikipedia files (group -> name -> [sentences]), in file and key order."""
+    files = sorted(Path(path).glob("*_wiki.json")) if Path(path).is_dir() else [Path(path)]
+    sentences = []
+    for file in files:
+        for people in json.loads(file.read_text(encoding="utf-8")).values():
+            for person_sentences in people.values():
+                sentences.extend(person_sentences)
+    return sentences
+
+
+def _read_hub(source: str) -> list[str]:
+    from compfair_tasks.data import DataNotFoundError
+
+    import datasets
+
+    name, _, config = source.partition(":")
+    try:
+        dataset = datasets.load_dataset(name, config or None, split="train")
+    except Exception as error:
+        raise DataNotFoundError(
+            f"could not load hub dataset {source!r} ({error}); offline, pass a local .txt/.jsonl file or folder, "
+            "or omit --data to use the shipped BOLD Wikipedia sentences"
+        ) from error
+    return list(dataset["text"])
+
+
+def pack_blocks(texts: list[str], tokenizer, block_size: int):
+    """Token ids of all texts, EOS-separated and concatenated, cut into [n_blocks, block_size] (remainder dropped)."""
+    import torch
+
+    if block_size < 2:
+        raise ValueError(f"block_size must be at least 2, got {block_size}")
+    separator = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    ids: list[int] = []
+    for encoded in tokenizer(texts, add_special_tokens=False)["input_ids"]:
+        ids.extend(encoded + separator)
+    n_blocks = len(ids) // block_size
+    if n_blocks == 0:
+        raise ValueError(f"{len(ids)} tokens of text are fewer than one block of {block_size}: give more text")
+    return torch.tensor(ids[: n_blocks * block_size], dtype=torch.long).view(n_blocks, block_size)
