@@ -116,7 +116,7 @@ def resolve(name: str, explicit_path: str | os.PathLike | None = None, allow_hub
         missing = _missing_files(folder, s.files)
         if missing:
             raise DataNotFoundError(
-                f"{s.title}: the path given ({explicit_path}) lacks {', '.join(missing)}; "
+                f"{s.title}: the path given as {s.name}_path ({explicit_path}) lacks {', '.join(missing)}; "
                 f"it must be a folder holding {', '.join(s.files)}."
             )
         return DataSource(name, "path", str(folder))
