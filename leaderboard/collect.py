@@ -1,0 +1,323 @@
+"""lm_eval output folders → one tidy DataFrame, one row per evaluated model.
+
+lm_eval `--output_path OUT` writes `OUT/<model_name_sanitized>/results_<timestamp>.json` (and
+`samples_<task>_<timestamp>.jsonl` with `--log_samples`). Every results file found under the given
+folders is read; files of the same model (same `model_args`) are merged, the newest file winning per
+task, so a model evaluated in several runs becomes one row. Metric columns are named `task:metric`
+(`compfair_stereoset:ss`, `wikitext:word_perplexity`), with `task:metric_stderr` beside them.
+Checkpoint metadata comes from `compfair_compression.json` beside the checkpoint named by
+`pretrained=` and a measured latency from `compfair_latency.json` (see `leaderboard.latency`).
+A file that cannot be read is reported by name in `Collection.problems` and skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+COMPRESSION_FILE = "compfair_compression.json"
+LATENCY_FILE = "compfair_latency.json"
+RESULTS_GLOB = "results_*.json"
+WEIGHT_GLOBS = ("*.safetensors", "*.bin", "*.pt", "*.gguf")
+INFO_COLUMNS = ["model", "method", "recipe", "teacher", "params", "size_bytes", "latency_ms", "scorer", "pretrained"]
+
+
+@dataclass
+class Run:
+    """One evaluated model: its merged task results and where its files are."""
+
+    model_args: dict
+    results: dict = field(default_factory=dict)  # task -> {metric key: value} as lm_eval wrote it
+    configs: dict = field(default_factory=dict)  # task -> task config
+    n_samples: dict = field(default_factory=dict)  # task -> effective number of docs
+    samples: dict = field(default_factory=dict)  # task -> samples_*.jsonl path
+    results_files: list = field(default_factory=list)
+    num_parameters: int | None = None
+    compression: dict | None = None
+    latency: dict | None = None
+    name: str = ""
+
+    @property
+    def pretrained(self) -> str:
+        return str(self.model_args.get("pretrained") or self.model_args.get("model") or "")
+
+    @property
+    def checkpoint_dir(self) -> Path | None:
+        path = Path(self.pretrained).expanduser() if self.pretrained else None
+        return path if path is not None and path.is_dir() else None
+
+
+@dataclass
+class Collection:
+    frame: pd.DataFrame
+    runs: list[Run]
+    problems: list[str]
+
+    def run(self, model: str) -> Run:
+        for run in self.runs:
+            if model in (run.name, run.pretrained):
+                return run
+        raise KeyError(f"no model named {model!r}; models: {', '.join(r.name for r in self.runs)}")
+
+
+def parse_model_args(model_args) -> dict:
+    """lm_eval records model_args as a dict (0.4.9+) or as the CLI string `k=v,k=v`."""
+    if isinstance(model_args, dict):
+        return dict(model_args)
+    parsed = {}
+    for part in str(model_args or "").split(","):
+        if "=" in part:
+            key, value = part.split("=", 1)
+            parsed[key.strip()] = value.strip()
+    return parsed
+
+
+def _number(value) -> float:
+    if isinstance(value, bool):
+        return float(value)
+    if isinstance(value, (int, float)):
+        return float(value)
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def task_metrics(task_results: dict) -> dict[str, float]:
+    """`{"ss,none": 61.2, "ss_stderr,none": 1.1, "alias": ...}` → `{"ss": 61.2, "ss_stderr": 1.1}`.
+
+    The filter part of the key is dropped; a metric reported under several filters keeps them
+    apart as `metric[filter]`. Non-numeric entries (alias, "N/A" stderr) are left out.
+    """
+    by_metric: dict[str, dict[str, float]] = {}
+    for key, value in task_results.items():
+        if "," not in key:
+            continue
+        metric, filter_name = key.split(",", 1)
+        number = _number(value)
+        if not math.isnan(number):
+            by_metric.setdefault(metric, {})[filter_name] = number
+    flat = {}
+    for metric, per_filter in by_metric.items():
+        if len(per_filter) == 1:
+            flat[metric] = next(iter(per_filter.values()))
+        else:
+            flat.update({f"{metric}[{f}]": v for f, v in per_filter.items()})
+    return flat
+
+
+def _timestamp(path: Path) -> str:
+    match = re.search(r"results_(.+)\.json$", path.name)
+    return match.group(1) if match else ""
+
+
+def _samples_files(results_file: Path) -> dict[str, Path]:
+    stamp = _timestamp(results_file)
+    found = {}
+    for sample_file in results_file.parent.glob(f"samples_*_{stamp}.jsonl"):
+        task = sample_file.name[len("samples_"): -len(f"_{stamp}.jsonl")]
+        found[task] = sample_file
+    return found
+
+
+def _read_json(path: Path, problems: list[str]) -> dict | None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        problems.append(f"{path}: not readable JSON ({error})")
+        return None
+    if not isinstance(data, dict):
+        problems.append(f"{path}: expected a JSON object, found {type(data).__name__}")
+        return None
+    return data
+
+
+def _model_key(model_args: dict) -> str:
+    return json.dumps(model_args, sort_keys=True, default=str)
+
+
+def _find_results_files(folders, problems: list[str]) -> list[Path]:
+    files = []
+    for folder in map(Path, folders):
+        if folder.is_file() and folder.suffix == ".json":
+            files.append(folder)
+        elif folder.is_dir():
+            found = sorted(folder.rglob(RESULTS_GLOB))
+            if not found:
+                problems.append(f"{folder}: no {RESULTS_GLOB} found (is this an lm_eval --output_path folder?)")
+            files += found
+        else:
+            problems.append(f"{folder}: no such file or folder")
+    return files
+
+
+def read_runs(folders, problems: list[str] | None = None) -> list[Run]:
+    """Every model found under `folders`, results of the same model merged (newest file wins per task)."""
+    problems = [] if problems is None else problems
+    runs: dict[str, Run] = {}
+    for path in sorted(_find_results_files(folders, problems), key=_timestamp):
+        data = _read_json(path, problems)
+        if data is None:
+            continue
+        results = data.get("results")
+        if not isinstance(results, dict) or not results:
+            problems.append(f"{path}: no 'results' section (partial or not an lm_eval results file); skipped")
+            continue
+        config = data.get("config") if isinstance(data.get("config"), dict) else {}
+        model_args = parse_model_args(config.get("model_args"))
+        if not model_args:
+            model_args = {"pretrained": data.get("model_name") or path.parent.name}
+        run = runs.setdefault(_model_key(model_args), Run(model_args=model_args))
+        run.results_files.append(path)
+        samples = _samples_files(path)
+        for task, task_results in results.items():
+            if not isinstance(task_results, dict):
+                problems.append(f"{path}: results[{task!r}] is not an object; skipped")
+                continue
+            run.results[task] = task_results
+            run.configs[task] = (data.get("configs") or {}).get(task, {})
+            effective = ((data.get("n-samples") or {}).get(task) or {}).get("effective")
+            if effective is not None:
+                run.n_samples[task] = effective
+            if task in samples:
+                run.samples[task] = samples[task]
+            else:
+                run.samples.pop(task, None)
+        run.num_parameters = config.get("model_num_parameters") or run.num_parameters
+    for run in runs.values():
+        _attach_checkpoint_files(run, problems)
+    _name_runs(list(runs.values()))
+    return list(runs.values())
+
+
+def _attach_checkpoint_files(run: Run, problems: list[str]) -> None:
+    folders = [run.checkpoint_dir] if run.checkpoint_dir else []
+    folders += sorted({p.parent for p in run.results_files})
+    for folder in folders:
+        if run.compression is None and (folder / COMPRESSION_FILE).is_file():
+            run.compression = _read_json(folder / COMPRESSION_FILE, problems)
+        if run.latency is None and (folder / LATENCY_FILE).is_file():
+            run.latency = _read_json(folder / LATENCY_FILE, problems)
+
+
+def _name_runs(runs: list[Run]) -> None:
+    """Short display names: the checkpoint folder name or hub id, widened by parent folders on clashes."""
+    depth = {id(run): 1 for run in runs}
+
+    def name_of(run):
+        parts = Path(run.pretrained.rstrip("/")).parts
+        if not run.checkpoint_dir:  # a hub id keeps its owner: gpt2, microsoft/DialoGPT-small
+            return run.pretrained or "model"
+        return "/".join(parts[-depth[id(run)]:])
+
+    for _ in range(8):
+        names = [name_of(run) for run in runs]
+        clashes = {n for n in names if names.count(n) > 1}
+        if not clashes:
+            break
+        for run in runs:
+            if name_of(run) in clashes:
+                depth[id(run)] += 1
+    seen: dict[str, int] = {}
+    for run in runs:  # identical paths with different model_args (e.g. dtype): number them
+        base = name_of(run)
+        seen[base] = seen.get(base, 0) + 1
+        run.name = base if seen[base] == 1 else f"{base} #{seen[base]}"
+
+
+def _checkpoint_size(run: Run) -> float:
+    if run.compression and run.compression.get("size_bytes"):
+        return _number(run.compression["size_bytes"])
+    folder = run.checkpoint_dir
+    if folder is None:
+        return math.nan
+    files = {f for pattern in WEIGHT_GLOBS for f in folder.glob(pattern)}
+    return float(sum(f.stat().st_size for f in files)) if files else math.nan
+
+
+def _recipe(compression: dict | None) -> str:
+    """The settings of a compression as `key=value` pairs (the method's own names)."""
+    if not compression:
+        return ""
+    settings = compression.get("settings")
+    if isinstance(settings, dict):
+        items = settings.items()
+    else:
+        skip = {"method", "source_model", "teacher", "params", "size_bytes", "removed", "seed", "importance",
+                "losses", "final_losses", "latency_ms"}
+        items = ((k, v) for k, v in compression.items() if k not in skip and not isinstance(v, (dict, list)))
+    return ", ".join(f"{k}={v}" for k, v in items if not isinstance(v, (dict, list)))
+
+
+def _scorer(run: Run) -> str:
+    """The toxicity scorer recorded in the results (task metadata or a results field)."""
+    names = set()
+    for task, config in run.configs.items():
+        metadata = config.get("metadata") if isinstance(config, dict) else None
+        for source in (metadata or {}, run.results.get(task, {})):
+            value = source.get("scorer") if isinstance(source, dict) else None
+            if isinstance(value, str) and value:
+                names.add(value)
+    return ", ".join(sorted(names))
+
+
+def _source_model(compression: dict | None) -> str:
+    if not compression:
+        return ""
+    return str(compression.get("source_model") or compression.get("teacher") or "")
+
+
+def teacher_of(run: Run, runs: list[Run]) -> Run | None:
+    """The run evaluated on the checkpoint this run was compressed from (`source_model`), if any."""
+    source = _source_model(run.compression)
+    if not source:
+        return None
+    wanted = {source, str(Path(source).expanduser().resolve())}
+    for other in runs:
+        if other is run:
+            continue
+        candidates = {other.pretrained, other.name}
+        if other.checkpoint_dir:
+            candidates.add(str(other.checkpoint_dir.resolve()))
+        if wanted & candidates:
+            return other
+    return None
+
+
+def to_frame(runs: list[Run]) -> pd.DataFrame:
+    rows = []
+    for run in runs:
+        teacher = teacher_of(run, runs)
+        compression = run.compression or {}
+        params = compression.get("params") or run.num_parameters
+        latency = (run.latency or {}).get("latency_ms", compression.get("latency_ms"))
+        row = {
+            "model": run.name,
+            "method": compression.get("method", "") or ("" if compression else "none"),
+            "recipe": _recipe(run.compression),
+            "teacher": teacher.name if teacher else _source_model(run.compression),
+            "params": _number(params) if params is not None else math.nan,
+            "size_bytes": _checkpoint_size(run),
+            "latency_ms": _number(latency) if latency is not None else math.nan,
+            "scorer": _scorer(run),
+            "pretrained": run.pretrained,
+        }
+        for task, task_results in run.results.items():
+            for metric, value in task_metrics(task_results).items():
+                row[f"{task}:{metric}"] = value
+        rows.append(row)
+    frame = pd.DataFrame(rows, columns=None if rows else INFO_COLUMNS)
+    metric_columns = sorted(c for c in frame.columns if c not in INFO_COLUMNS)
+    return frame[INFO_COLUMNS + metric_columns].reset_index(drop=True)
+
+
+def collect(folders) -> Collection:
+    """Read every lm_eval results file under `folders` into a Collection (frame, runs, problems)."""
+    problems: list[str] = []
+    runs = read_runs(folders, problems)
+    return Collection(frame=to_frame(runs), runs=runs, problems=problems)

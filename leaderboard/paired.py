@@ -1,0 +1,141 @@
+"""Paired tests between two models over the per-document values in lm_eval's samples files.
+
+Docs are matched by task, `doc_id` and filter (and must have the same `doc_hash`: a doc whose text
+differs between the two runs is not a pair). A per-doc value is the number the task logged for
+that doc: a score (CrowS-Pairs `likelihood_diff`, a toxicity probability) or a 0/1 outcome
+(`pct_stereotype`). Perplexity metrics log `(log-likelihood, words or bytes)`; they are compared as
+negative log-likelihood per word/byte, so a positive effect means the second model is worse there
+too. Per-doc values that are not numbers (records that only the task's aggregation understands)
+are not tested.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from compfair_tasks.stats import paired_bootstrap_test, paired_permutation_test
+
+from .collect import Collection, Run, teacher_of
+
+TESTS = {"bootstrap": paired_bootstrap_test, "permutation": paired_permutation_test}
+MAX_RESAMPLED_VALUES = 8_000_000  # resamples x docs held in memory at once by stats' vectorised tests
+COLUMNS = ["baseline", "model", "relation", "task", "metric", "per_doc", "n", "baseline_mean", "model_mean", "effect",
+           "ci_low", "ci_high", "p_value", "test", "resamples"]
+
+
+def per_doc_value(value, metric: str) -> float | None:
+    """The number a samples line holds for `metric`, or None when it is not a plain score."""
+    if isinstance(value, bool):
+        return float(value)
+    if isinstance(value, (int, float)):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, (list, tuple)) and len(value) == 2 and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+        log_likelihood, weight = value
+        return -log_likelihood / weight if weight else None
+    if isinstance(value, dict):
+        for key in (metric, "value"):
+            if key in value:
+                return per_doc_value(value[key], metric)
+    return None
+
+
+def read_samples(path: Path, problems: list[str]) -> dict:
+    """{"values": metric -> {(doc_id, filter): (doc_hash, number)}, "kinds": metric -> "value" | "NLL per unit"}
+    for the numeric per-doc values of one samples file."""
+    values: dict[str, dict[tuple, tuple[str, float]]] = {}
+    kinds: dict[str, str] = {}  # metric -> what its per-doc number is
+    bad_lines = 0
+    try:
+        with open(path, encoding="utf-8") as handle:
+            for line in handle:
+                if not line.strip():
+                    continue
+                try:
+                    sample = json.loads(line)
+                    key = (sample["doc_id"], sample.get("filter", "none"))
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    bad_lines += 1
+                    continue
+                for metric in sample.get("metrics") or []:
+                    value = sample.get(metric)
+                    number = per_doc_value(value, metric)
+                    if number is not None:
+                        values.setdefault(metric, {})[key] = (sample.get("doc_hash", ""), number)
+                        kinds[metric] = "NLL per unit" if isinstance(value, (list, tuple)) else "value"
+    except OSError as error:
+        problems.append(f"{path}: cannot read samples ({error})")
+        return {"values": {}, "kinds": {}}
+    if bad_lines:
+        problems.append(f"{path}: {bad_lines} malformed line(s) skipped")
+    return {"values": values, "kinds": kinds}
+
+
+def compare_runs(baseline: Run, model: Run, relation: str = "given", test: str = "bootstrap",
+                 n_resamples: int = 2000, seed: int = 0, problems: list[str] | None = None,
+                 cache: dict | None = None) -> list[dict]:
+    """One row per (task, metric) that both runs logged per doc: effect = mean(model - baseline)."""
+    problems = [] if problems is None else problems
+    cache = {} if cache is None else cache
+
+    def samples_of(run, task):
+        path = run.samples[task]
+        if path not in cache:
+            cache[path] = read_samples(path, problems)
+        return cache[path]
+
+    rows = []
+    for task in sorted(set(baseline.samples) & set(model.samples)):
+        base_samples, model_samples = samples_of(baseline, task), samples_of(model, task)
+        base_values, model_values = base_samples["values"], model_samples["values"]
+        for metric in sorted(set(base_values) & set(model_values)):
+            a, b = base_values[metric], model_values[metric]
+            keys = sorted(k for k in set(a) & set(b) if not (a[k][0] and b[k][0] and a[k][0] != b[k][0]))
+            differing = len(set(a) & set(b)) - len(keys)
+            if differing:
+                problems.append(f"{task}/{metric}: {differing} doc(s) differ between {baseline.name} and "
+                                f"{model.name} (same doc_id, other text); left out of the paired test")
+            if len(keys) < 2:
+                continue
+            base_scores = [a[k][1] for k in keys]
+            model_scores = [b[k][1] for k in keys]
+            resamples = max(200, min(n_resamples, MAX_RESAMPLED_VALUES // len(keys)))
+            result = TESTS[test](base_scores, model_scores, n_resamples=resamples, seed=seed)
+            rows.append({
+                "baseline": baseline.name, "model": model.name, "relation": relation, "task": task,
+                "metric": metric, "per_doc": model_samples["kinds"][metric], "n": len(keys),
+                "baseline_mean": sum(base_scores) / len(keys), "model_mean": sum(model_scores) / len(keys),
+                "effect": result["effect"],
+                "ci_low": result.get("ci_low", math.nan), "ci_high": result.get("ci_high", math.nan),
+                "p_value": result["p_value"], "test": test, "resamples": resamples,
+            })
+    return rows
+
+
+def pairs_to_test(collection: Collection, explicit: list[tuple[str, str]] = ()) -> list[tuple[Run, Run, str]]:
+    """Every student with its teacher (from compfair_compression.json), then the pairs asked for."""
+    pairs = []
+    for run in collection.runs:
+        teacher = teacher_of(run, collection.runs)
+        if teacher is not None:
+            pairs.append((teacher, run, "teacher→student"))
+    for baseline_name, model_name in explicit:
+        pair = (collection.run(baseline_name), collection.run(model_name), "given")
+        if not any(p[0] is pair[0] and p[1] is pair[1] for p in pairs):
+            pairs.append(pair)
+    return pairs
+
+
+def paired_tests(collection: Collection, explicit: list[tuple[str, str]] = (), test: str = "bootstrap",
+                 n_resamples: int = 2000, seed: int = 0) -> pd.DataFrame:
+    """All paired tests of a collection; problems found on the way are added to `collection.problems`."""
+    if test not in TESTS:
+        raise ValueError(f"unknown test {test!r}; choose from {', '.join(TESTS)}")
+    rows, cache = [], {}
+    for baseline, model, relation in pairs_to_test(collection, explicit):
+        rows += compare_runs(baseline, model, relation, test, n_resamples, seed, collection.problems, cache)
+    return pd.DataFrame(rows, columns=COLUMNS)
