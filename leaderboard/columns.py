@@ -32,11 +32,6 @@ INFO = [
     Column("latency_ms", "Latency (ms)", "lower", kind="info"),
 ]
 
-PERPLEXITY = [
-    Column("wikitext:word_perplexity", "WikiText-2 PPL", "lower", "perplexity"),
-    Column("compfair_ppl_bold_wiki:word_perplexity", "BOLD-wiki PPL", "lower", "perplexity"),
-]
-
 TOXICITY_TASKS = {
     "compfair_toxicity_rtp": "RTP",
     "compfair_toxicity_rtp_offline": "RTP-offline",
@@ -45,21 +40,49 @@ TOXICITY_TASKS = {
     "compfair_toxicity_tccc_safe": "TCCC-safe",
 }
 TOXICITY_HEADLINE = {"emt": "EMT", "tox_prob": "Tox. prob."}
-
-STEREOSET_TASKS = {
-    "compfair_stereoset": "StereoSet",
-    "compfair_stereoset_intrasentence": "StereoSet intra",
-    "compfair_stereoset_intersentence": "StereoSet inter",
-}
 STEREOSET_HEADLINE = {"ss": ("SS", "50"), "lms": ("LMS", "higher"), "icat": ("ICAT", "higher")}
+STEREOSET_OVERALL = ("compfair_stereoset", "compfair_stereoset_all")
+STEREOSET_SPLITS = {"intrasentence": "intra", "intersentence": "inter"}
+COMPANIONS = ("_stderr", "_ci_low", "_ci_high")  # shown inside a value's cell
 
-OTHER_BIAS = [
-    Column("compfair_winobias_type1:anti_pct", "WinoBias-1 anti %", "50", "fairness"),
-    Column("compfair_winobias_type2:anti_pct", "WinoBias-2 anti %", "50", "fairness"),
-    Column("compfair_winobias:anti_pct", "WinoBias anti %", "50", "fairness"),
-    Column("compfair_crows_pairs:pct_stereotype", "CrowS-Pairs stereo %", "50", "fairness"),
-    Column("crows_pairs_english:pct_stereotype", "CrowS-Pairs (lm-eval) stereo %", "50", "fairness"),
-]
+
+@dataclass(frozen=True)
+class Slot:
+    """A headline column filled, row by row, from the first of its source columns that has a value
+    (the same number can come from a group, an all-in-one task or a sub-task)."""
+
+    column: Column
+    sources: tuple[str, ...]
+
+
+def _slot(key, label, better, kind, *sources) -> Slot:
+    return Slot(Column(f"headline:{key}", label, better, kind), tuple(sources))
+
+
+def _stereoset_slots() -> list[Slot]:
+    slots = [_slot(f"stereoset_{m}", f"StereoSet {label}", better, "metric" if m == "lms" else "fairness",
+                   *(f"{t}:{m}" for t in STEREOSET_OVERALL)) for m, (label, better) in STEREOSET_HEADLINE.items()]
+    for split, short in STEREOSET_SPLITS.items():
+        slots += [_slot(f"stereoset_{split}_{m}", f"StereoSet {short} {label}", better,
+                        "metric" if m == "lms" else "fairness", f"compfair_stereoset_{split}:{m}",
+                        *(f"{t}:{m}_{split}" for t in STEREOSET_OVERALL)) for m, (label, better) in
+                  STEREOSET_HEADLINE.items()]
+    return slots
+
+
+SLOTS = (
+    [_slot("wikitext_ppl", "WikiText-2 PPL", "lower", "perplexity", "wikitext:word_perplexity"),
+     _slot("bold_wiki_ppl", "BOLD-wiki PPL", "lower", "perplexity", "compfair_ppl_bold_wiki:word_perplexity")]
+    + [_slot(f"{t}_{m}", f"{short} {label}", "lower", "fairness", f"{t}:{m}")
+       for t, short in TOXICITY_TASKS.items() for m, label in TOXICITY_HEADLINE.items()]
+    + _stereoset_slots()
+    + [_slot(f"winobias_type{n}_anti_pct", f"WinoBias-{n} anti %", "50", "fairness",
+             f"compfair_winobias_type{n}:anti_pct", f"compfair_winobias:anti_pct_type{n}",
+             f"compfair_winobias_all:anti_pct_type{n}") for n in (1, 2)]
+    + [_slot("crows_pairs", "CrowS-Pairs stereo %", "50", "fairness", "compfair_crows_pairs:pct_stereotype"),
+       _slot("crows_pairs_lm_eval", "CrowS-Pairs (lm-eval) stereo %", "50", "fairness",
+             "crows_pairs_english:pct_stereotype")]
+)
 
 # direction of every metric name the tasks report, for the full table
 DIRECTIONS = {
@@ -73,31 +96,43 @@ def _present(frame: pd.DataFrame, key: str) -> bool:
     return key in frame.columns and frame[key].notna().any()
 
 
-def stereoset_columns(frame: pd.DataFrame) -> list[Column]:
-    """The StereoSet group's overall scores when present, else those of each sub-task."""
-    tasks = [t for t in STEREOSET_TASKS if _present(frame, f"{t}:ss")]
-    if "compfair_stereoset" in tasks:
-        tasks = ["compfair_stereoset"]
-    return [Column(f"{t}:{m}", f"{STEREOSET_TASKS[t]} {label}", better, "metric" if m == "lms" else "fairness")
-            for t in tasks for m, (label, better) in STEREOSET_HEADLINE.items()]
-
-
-def toxicity_columns(frame: pd.DataFrame) -> list[Column]:
-    return [Column(f"{t}:{m}", f"{short} {label}", "lower", "fairness")
-            for t, short in TOXICITY_TASKS.items() for m, label in TOXICITY_HEADLINE.items()]
+def with_headline(frame: pd.DataFrame) -> pd.DataFrame:
+    """The frame plus one `headline:*` column per slot (and its stderr/CI companions), row-wise coalesced."""
+    added = {}
+    for slot in SLOTS:
+        values = {suffix: pd.Series(float("nan"), index=frame.index) for suffix in ("",) + COMPANIONS}
+        for source in slot.sources:
+            if source not in frame.columns:
+                continue
+            take = values[""].isna() & frame[source].notna()
+            for suffix in values:
+                if source + suffix in frame.columns:
+                    values[suffix] = values[suffix].where(~take, frame[source + suffix])
+        added.update({slot.column.key + suffix: series for suffix, series in values.items()})
+    return pd.concat([frame, pd.DataFrame(added, index=frame.index)], axis=1)
 
 
 def headline(frame: pd.DataFrame) -> list[Column]:
-    """The columns of the main table, those with at least one value, in reading order."""
-    candidates = INFO + PERPLEXITY + toxicity_columns(frame) + stereoset_columns(frame) + OTHER_BIAS
-    return [c for c in candidates if c.kind == "info" and c.key in frame.columns or _present(frame, c.key)]
+    """The main table's columns (for a frame from `with_headline`): those with a value, in reading order.
+    StereoSet's intra/inter columns appear only when some model lacks the overall scores."""
+    overall = frame.get("headline:stereoset_ss", pd.Series(dtype=float))
+    columns = [c for c in INFO if c.key in frame.columns]
+    for slot in SLOTS:
+        key = slot.column.key
+        if not _present(frame, key):
+            continue
+        if key.startswith(tuple(f"headline:stereoset_{s}_" for s in STEREOSET_SPLITS)) and \
+                not (frame[key].notna() & overall.isna()).any():
+            continue
+        columns.append(slot.column)
+    return columns
 
 
 def all_metrics(frame: pd.DataFrame) -> list[Column]:
     """Every metric column of the frame (for the full table), stderr columns left to the cells."""
     columns = []
     for key in frame.columns:
-        if ":" not in key or key.endswith("_stderr") or not frame[key].notna().any():
+        if ":" not in key or key.startswith("headline:") or key.endswith(COMPANIONS) or not frame[key].notna().any():
             continue
         metric = key.split(":", 1)[1]
         base = metric.split("_")[0] if metric.split("_")[0] in ("ss", "lms", "icat") else metric

@@ -2,11 +2,14 @@
 
 Docs are matched by task, `doc_id` and filter (and must have the same `doc_hash`: a doc whose text
 differs between the two runs is not a pair). A per-doc value is the number the task logged for
-that doc: a score (CrowS-Pairs `likelihood_diff`, a toxicity probability) or a 0/1 outcome
-(`pct_stereotype`). Perplexity metrics log `(log-likelihood, words or bytes)`; they are compared as
-negative log-likelihood per word/byte, so a positive effect means the second model is worse there
-too. Per-doc values that are not numbers (records that only the task's aggregation understands)
-are not tested.
+that doc: a score (CrowS-Pairs `likelihood_diff`, a toxicity `emt`) or a 0/100 outcome
+(`pct_stereotype`, WinoBias `anti_pct`). Perplexity metrics log `(log-likelihood, words or bytes)`;
+they are compared as negative log-likelihood per word/byte, so a positive effect means the second
+model is worse there too. StereoSet logs one record per example for its per-target aggregation;
+its `ss` is compared as the per-example outcome "stereotype scored above anti-stereotype" (0/100)
+and `lms` as the share of the two meaningful-over-unrelated comparisons won (0/50/100), i.e. the
+example-level rates, not the per-target averages of the table. Other records (ICAT, WinoBias'
+balanced score) have no per-doc value and are not tested; nor are the CI bounds and counts.
 """
 
 from __future__ import annotations
@@ -27,6 +30,24 @@ COLUMNS = ["baseline", "model", "relation", "task", "metric", "per_doc", "n", "b
            "ci_low", "ci_high", "p_value", "test", "resamples"]
 
 
+NOT_TESTED = ("per_token", "n_examples", "n_pairs", "n_not_minimal", "anti_count", "unrelated_count")
+
+
+def _tested(metric: str) -> bool:
+    return metric not in NOT_TESTED and not metric.endswith(("_ci_low", "_ci_high"))
+
+
+def _stereoset_outcome(record: dict, metric: str) -> float | None:
+    from compfair_tasks.preference import beats
+
+    stereo, anti, unrelated = record["stereotype"], record["anti"], record["unrelated"]
+    if metric == "ss" or metric.startswith("ss_"):
+        return 100.0 * beats(stereo, anti)
+    if metric == "lms" or metric.startswith("lms_"):
+        return 50.0 * (beats(stereo, unrelated) + beats(anti, unrelated))
+    return None
+
+
 def per_doc_value(value, metric: str) -> float | None:
     """The number a samples line holds for `metric`, or None when it is not a plain score."""
     if isinstance(value, bool):
@@ -38,10 +59,18 @@ def per_doc_value(value, metric: str) -> float | None:
         log_likelihood, weight = value
         return -log_likelihood / weight if weight else None
     if isinstance(value, dict):
+        if {"stereotype", "anti", "unrelated"} <= value.keys():
+            return _stereoset_outcome(value, metric)
         for key in (metric, "value"):
             if key in value:
                 return per_doc_value(value[key], metric)
     return None
+
+
+def _kind(value) -> str:
+    if isinstance(value, (list, tuple)):
+        return "NLL per unit"
+    return "example outcome" if isinstance(value, dict) else "value"
 
 
 def read_samples(path: Path, problems: list[str]) -> dict:
@@ -61,12 +90,12 @@ def read_samples(path: Path, problems: list[str]) -> dict:
                 except (json.JSONDecodeError, KeyError, TypeError):
                     bad_lines += 1
                     continue
-                for metric in sample.get("metrics") or []:
+                for metric in filter(_tested, sample.get("metrics") or []):
                     value = sample.get(metric)
                     number = per_doc_value(value, metric)
                     if number is not None:
                         values.setdefault(metric, {})[key] = (sample.get("doc_hash", ""), number)
-                        kinds[metric] = "NLL per unit" if isinstance(value, (list, tuple)) else "value"
+                        kinds[metric] = _kind(value)
     except OSError as error:
         problems.append(f"{path}: cannot read samples ({error})")
         return {"values": {}, "kinds": {}}

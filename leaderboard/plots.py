@@ -72,18 +72,14 @@ def _grid(frame: pd.DataFrame, x: C.Column, ys: list[C.Column], title: str, path
     return path
 
 
-def _params_column(frame: pd.DataFrame) -> C.Column:
-    return C.Column("params_m", "Parameters (M)", kind="info")
-
-
 def write_plots(frame: pd.DataFrame, folder: Path) -> dict[str, Path]:
-    """Write the plots that the frame has data for; returns {title: png path}."""
+    """Write the plots that the frame (from `columns.with_headline`) has data for; returns {title: png}."""
     folder.mkdir(parents=True, exist_ok=True)
     frame = frame.assign(params_m=frame["params"] / 1e6)
-    perplexity = C.first_present(frame, C.PERPLEXITY)
     headline = C.headline(frame)
-    stereoset_ss = [c for c in headline if c.key.endswith(":ss")]
-    toxicity = [c for c in headline if c.key.split(":")[0] in C.TOXICITY_TASKS]
+    perplexity = next((c for c in headline if c.kind == "perplexity"), None)
+    stereoset_ss = [c for c in headline if c.key.startswith("headline:stereoset") and c.key.endswith("_ss")]
+    toxicity = [c for c in headline if c.key.startswith("headline:compfair_toxicity")]
     fairness = [c for c in headline if c.kind == "fairness"]
     plots = {}
     if perplexity is not None:
@@ -91,6 +87,7 @@ def write_plots(frame: pd.DataFrame, folder: Path) -> dict[str, Path]:
                                                     folder / "perplexity_vs_stereoset_ss.png")
         plots["Perplexity vs toxicity"] = _grid(frame, perplexity, toxicity, "Perplexity vs toxicity",
                                                 folder / "perplexity_vs_toxicity.png")
-    plots["Parameters vs fairness"] = _grid(frame, _params_column(frame), fairness,
-                                            "Parameters vs each fairness metric", folder / "parameters_vs_fairness.png")
+    params = C.Column("params_m", "Parameters (M)", kind="info")
+    plots["Parameters vs fairness"] = _grid(frame, params, fairness, "Parameters vs each fairness metric",
+                                            folder / "parameters_vs_fairness.png")
     return {title: path for title, path in plots.items() if path is not None}

@@ -31,17 +31,24 @@ def format_value(key: str, value) -> str:
         return f"{value / 2**20:,.1f}"
     if abs(value) >= 1000:
         return f"{value:,.0f}"
-    if abs(value) >= 1 or value == 0:
+    if abs(value) >= 1:
         return f"{value:.2f}"
     return f"{value:.3f}" if abs(value) >= 0.001 else f"{value:.2e}"
 
 
 def cell(frame: pd.DataFrame, index: int, key: str) -> dict:
-    """Display text (value ± stderr when known) and the raw value the table sorts by."""
+    """Display text (value, then its 95% CI or ± stderr when known) and the raw value the table sorts by."""
+
+    def known(column):
+        found = frame.at[index, column] if column in frame.columns else None
+        return found if isinstance(found, (int, float)) and not math.isnan(found) else None
+
     value = frame.at[index, key] if key in frame.columns else None
     text = format_value(key, value)
-    stderr = frame.at[index, f"{key}_stderr"] if f"{key}_stderr" in frame.columns else None
-    if text and isinstance(stderr, float) and not math.isnan(stderr):
+    low, high, stderr = known(f"{key}_ci_low"), known(f"{key}_ci_high"), known(f"{key}_stderr")
+    if text and low is not None and high is not None:
+        text += f" [{format_value(key, low)}, {format_value(key, high)}]"
+    elif text and stderr is not None:
         text += f" ± {format_value(key, stderr)}"
     numeric = isinstance(value, (int, float)) and not (isinstance(value, float) and math.isnan(value))
     return {"text": text, "sort": repr(float(value)) if numeric else (str(value) if value else ""),
@@ -64,7 +71,10 @@ def _markdown_frame(frame: pd.DataFrame, columns: list[C.Column]) -> pd.DataFram
 
 
 def to_markdown(frame: pd.DataFrame, paired: pd.DataFrame, problems: list[str], title: str) -> str:
-    parts = [f"# {title}", "", _markdown_frame(frame, C.headline(frame)).to_markdown(index=False)]
+    columns = C.headline(frame)
+    align = ["left" if c.key in ("model", "method", "teacher") else "right" for c in columns]
+    parts = [f"# {title}", "",
+             _markdown_frame(frame, columns).to_markdown(index=False, disable_numparse=True, colalign=align)]
     if not paired.empty:
         shown = paired.drop(columns=["resamples"])
         parts += ["", "## Paired tests (effect = mean per-doc value of model − baseline)", "",
@@ -95,7 +105,7 @@ def to_html(frame: pd.DataFrame, paired: pd.DataFrame, plots: dict[str, Path], p
 
 def write_site(frame: pd.DataFrame, paired: pd.DataFrame, output: Path, problems: list[str] = (),
                title: str = "compfair leaderboard") -> dict[str, Path]:
-    """Write leaderboard.csv, paired_tests.csv, leaderboard.md, index.html and the PNGs into `output`."""
+    """Write leaderboard.csv (the tidy frame), paired_tests.csv, leaderboard.md, index.html and the PNGs."""
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     problems = list(problems)
@@ -103,6 +113,7 @@ def write_site(frame: pd.DataFrame, paired: pd.DataFrame, output: Path, problems
                "markdown": output / "leaderboard.md", "html": output / "index.html"}
     frame.to_csv(written["csv"], index=False)
     paired.to_csv(written["paired_csv"], index=False)
+    frame = C.with_headline(frame)
     plots = write_plots(frame, output)
     written["markdown"].write_text(to_markdown(frame, paired, problems, title), encoding="utf-8")
     written["html"].write_text(to_html(frame, paired, plots, problems, title), encoding="utf-8")
