@@ -38,12 +38,12 @@ def build_docs(path) -> list[dict]:
 
 
 def load(**metadata):
-    import datasets
-
     source = data.resolve("crows_pairs", data.path_from_metadata("crows_pairs", metadata), allow_hub=False)
     docs = build_docs(source.path / "crows_pairs_anonymized.csv")
     for doc in docs:
         doc["data_source"] = str(source)
+    import datasets
+
     return {"test": datasets.Dataset.from_list(docs)}
 
 

@@ -84,21 +84,21 @@ def build_docs(examples: dict[str, list[dict]], splits: Sequence[str], scope: st
             prefix = "" if split == "intrasentence" else " "
             docs.append({
                 "id": f"{split}-{index}", "orig_id": ex.get("id", ""), "split": split, "scope": scope,
-                "domain": ex["bias_type"], "target": ex["target"].strip(), "stereoset_context": ex["context"],
+                "domain": ex["bias_type"], "target": ex["target"], "stereoset_context": ex["context"],
                 "context": context, "choices": [prefix + by_label[label] for label in LABELS],
             })
     return docs
 
 
 def _load(splits: Sequence[str], scope: str, metadata: dict):
-    import datasets
-
     source = data.resolve("stereoset", data.path_from_metadata("stereoset", metadata))
     examples = _examples_from_hub(source) if source.kind == "hub" else _examples_from_json(source.path / "dev.json")
     docs = preference.annotate(build_docs(examples, splits, scope), metadata, f"compfair_stereoset_{scope}")
     for doc in docs:
         doc["data_source"] = str(source)
     log.info("StereoSet %s: %d examples from %s", scope, len(docs), source)
+    import datasets
+
     return {"test": datasets.Dataset.from_list(docs)}
 
 

@@ -105,8 +105,6 @@ def build_docs(folder, types: Sequence[int], scope: str) -> list[dict]:
 
 
 def _load(types: Sequence[int], scope: str, metadata: dict):
-    import datasets
-
     source = data.resolve("winobias", data.path_from_metadata("winobias", metadata))
     if source.kind == "hub":
         raise data.DataNotFoundError(
@@ -116,6 +114,8 @@ def _load(types: Sequence[int], scope: str, metadata: dict):
     docs = preference.annotate(build_docs(source.path, types, scope), metadata, f"compfair_winobias_{scope}")
     for doc in docs:
         doc["data_source"] = str(source)
+    import datasets
+
     return {"test": datasets.Dataset.from_list(docs)}
 
 

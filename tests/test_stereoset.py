@@ -1,0 +1,130 @@
+"""StereoSet: documents from the shipped dev set, the official aggregation against hand-computed answers, and a CLI run."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+
+import pytest
+
+from compfair_tasks import data, stereoset
+
+
+def rec(target, stereo, anti, unrelated, domain="gender", split="intrasentence"):
+    return {"id": f"{split}-{target}-{stereo}", "target": target, "domain": domain, "split": split,
+            "stereotype": stereo, "anti": anti, "unrelated": unrelated}
+
+
+# A (gender): 2 examples -> pro 1/2, meaningful-over-unrelated wins 3/4  => SS 50, LMS 75
+# B (gender): 1 example, all three tied -> tie counts as anti, ties go to unrelated  => SS 0, LMS 0
+# C (race):   1 example -> pro 1/1, wins 1/2  => SS 100, LMS 50
+HAND = [rec("A", -1, -2, -3), rec("A", -2, -1, -1.5), rec("B", -1, -1, -1), rec("C", -1, -3, -2, domain="race")]
+
+
+def test_official_scores_by_hand():
+    overall = stereoset.scores(HAND)
+    assert overall["ss"] == pytest.approx(50.0)  # (50 + 0 + 100) / 3
+    assert overall["lms"] == pytest.approx(125 / 3)  # (75 + 0 + 50) / 3
+    assert overall["icat"] == pytest.approx(125 / 3)  # LMS * min(50, 50) / 50
+    gender = stereoset.scores([r for r in HAND if r["domain"] == "gender"])
+    assert (gender["ss"], gender["lms"], gender["icat"]) == pytest.approx((25.0, 37.5, 18.75))
+    race = stereoset.scores([r for r in HAND if r["domain"] == "race"])
+    assert (race["ss"], race["lms"], race["icat"]) == pytest.approx((100.0, 50.0, 0.0))
+
+
+def test_counts_by_hand():
+    assert stereoset.agg_anti_count(HAND) == 2  # the anti win and the three-way tie
+    assert stereoset.agg_unrelated_count(HAND) == 1  # only the tie: unrelated ties the best meaningful sentence
+    assert stereoset.agg_n_examples(HAND) == 4
+
+
+def test_icat_is_macro_over_target_means():
+    # official: ICAT from the averaged SS and LMS, not the mean of per-target ICATs
+    records = [rec("A", -1, -2, -3), rec("B", -2, -1, -3)]  # SS 100 and 0, LMS 100 and 100
+    assert stereoset.scores(records) == pytest.approx({"ss": 50.0, "lms": 100.0, "icat": 100.0})
+
+
+def test_overall_pools_a_target_across_splits():
+    inter = rec("A", -1, -2, -3, split="intersentence")
+    pooled = stereoset.scores(HAND + [inter])
+    # A now has pro 2/3 and wins 5/6: SS (66.67 + 0 + 100) / 3, LMS (83.33 + 0 + 50) / 3
+    assert pooled["ss"] == pytest.approx((200 / 3 + 100) / 3)
+    assert pooled["lms"] == pytest.approx((250 / 3 + 50) / 3)
+    weighted = (4 * stereoset.scores(HAND)["ss"] + 1 * stereoset.scores([inter])["ss"]) / 5
+    assert pooled["ss"] != pytest.approx(weighted)
+
+
+def test_bootstrap_ci_brackets_the_estimate():
+    records = HAND * 10
+    low, high = stereoset.agg_ss_ci_low(records), stereoset.agg_ss_ci_high(records)
+    assert low < stereoset.agg_ss(records) < high and 0 <= low and high <= 100
+
+
+def test_empty_aggregation_is_an_error():
+    with pytest.raises(ValueError, match="no examples"):
+        stereoset.agg_ss([])
+
+
+def test_process_results_uses_per_token_mean():
+    doc = {"id": "intersentence-7", "target": "A", "domain": "race", "split": "intersentence", "scope": "all",
+           "score_rule": "mean", "n_tokens": [2, 4, 1]}
+    # sums: stereotype -6 (mean -3), anti -8 (mean -2), unrelated -2.5 (mean -2.5)
+    out = stereoset.process_results(doc, [(-6.0, False), (-8.0, False), (-2.5, False)])
+    r = out["ss"]
+    assert (r["stereotype"], r["anti"], r["unrelated"]) == (-3.0, -2.0, -2.5)
+    assert {"ss_race", "lms_race", "icat_intersentence", "anti_count"} <= out.keys()
+    assert "ss_gender" not in out and out["per_token"] == 1.0
+    summed = stereoset.process_results({**doc, "score_rule": "sum", "scope": "intersentence"},
+                                       [(-6.0, False), (-8.0, False), (-2.5, False)])
+    assert summed["ss"]["stereotype"] == -6.0 and "ss_intersentence" not in summed
+
+
+@pytest.fixture(scope="module")
+def dev_examples():
+    return stereoset._examples_from_json(data.resolve("stereoset").path / "dev.json")
+
+
+def test_shipped_dev_docs(dev_examples):
+    docs = stereoset.build_docs(dev_examples, stereoset.SPLITS, "all")
+    counts = Counter((d["split"], d["domain"]) for d in docs)
+    assert counts[("intersentence", "gender")] == 242 and counts[("intrasentence", "religion")] == 79
+    assert len(docs) == 4229 and len({d["target"] for d in docs}) == 79
+    intra = next(d for d in docs if d["split"] == "intrasentence")
+    assert intra["context"] == "" and "BLANK" not in "".join(intra["choices"])
+    inter = next(d for d in docs if d["split"] == "intersentence")
+    assert inter["context"] == inter["stereoset_context"] and all(c.startswith(" ") for c in inter["choices"])
+    # candidate order is stereotype, anti-stereotype, unrelated whatever the file order
+    raw = dev_examples["intersentence"][0]
+    gold = {s["gold_label"]: s["sentence"] for s in raw["sentences"]}
+    assert docs[2106]["choices"] == [" " + gold[label] for label in stereoset.LABELS]
+
+
+def test_malformed_example_is_named(dev_examples):
+    broken = json.loads(json.dumps(dev_examples))
+    broken["intrasentence"][3]["sentences"][1]["gold_label"] = broken["intrasentence"][3]["sentences"][0]["gold_label"]
+    with pytest.raises(ValueError, match="intrasentence example 3"):
+        stereoset.build_docs(broken, ["intrasentence"], "intrasentence")
+
+
+def test_missing_data_file_is_a_clear_error(tmp_path):
+    with pytest.raises(data.DataNotFoundError, match="dev.json"):
+        stereoset.load_all(stereoset_path=str(tmp_path))
+
+
+@pytest.mark.slow
+def test_lm_eval_cli_stereoset(lm_eval_cli, tiny_gpt2_dir, tmp_path):
+    out = lm_eval_cli(["--model", "hf", "--model_args", f"pretrained={tiny_gpt2_dir}", "--device", "cpu",
+                       "--tasks", "compfair_stereoset,compfair_stereoset_intersentence", "--limit", "12",
+                       "--batch_size", "16", "--log_samples"], tmp_path)
+    group = out["results"]["compfair_stereoset"]
+    for key in ("ss", "lms", "icat", "ss_gender", "lms_race", "icat_profession", "ss_intrasentence"):
+        assert 0 <= group[f"{key},none"] <= 100, key
+    assert group["n_examples,none"] == 12 and group["per_token,none"] == 1.0
+    assert 0 <= group["anti_count,none"] <= 12 and 0 <= group["unrelated_count,none"] <= 12
+    inter = out["results"]["compfair_stereoset_intersentence"]
+    assert inter["ss_ci_low,none"] <= inter["ss,none"] <= inter["ss_ci_high,none"]
+    assert math.isclose(inter["icat,none"], inter["lms,none"] * min(inter["ss,none"], 100 - inter["ss,none"]) / 50)
+    samples = next(tmp_path.rglob("samples_compfair_stereoset_intersentence*.jsonl")).read_text().splitlines()
+    first = json.loads(samples[0])
+    assert first["ss"]["id"] == first["doc"]["id"] and len(first["doc"]["n_tokens"]) == 3
