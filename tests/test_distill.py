@@ -1,0 +1,347 @@
+"""Distillation compressor: student shape, weight copy, loss, accumulation scaling, training, exact resume."""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+import time
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import (AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM,
+                          TrainerCallback, TrainingArguments, default_data_collator)
+
+from compressors import distill as d
+from conftest import OFFLINE_ENV, REPO_ROOT
+
+torch.set_num_threads(1)  # the machine is shared; one thread is faster under load
+
+
+def tiny_gpt2(n_layer=4, vocab=96, seed=0, sharp=1.0) -> GPT2LMHeadModel:
+    """Dropout-free random GPT-2; `sharp` scales the final norm so the teacher's next-token distribution is peaked."""
+    torch.manual_seed(seed)
+    config = GPT2Config(n_layer=n_layer, n_head=2, n_embd=16, n_positions=64, vocab_size=vocab,
+                        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, initializer_range=0.3,
+                        bos_token_id=0, eos_token_id=0)
+    model = GPT2LMHeadModel(config)
+    with torch.no_grad():
+        model.transformer.ln_f.weight.mul_(sharp)
+    return model.eval().requires_grad_(False)
+
+
+def tiny_llama(n_layer=5, vocab=96, seed=0, tie=False) -> LlamaForCausalLM:
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=vocab, hidden_size=24, intermediate_size=48, num_hidden_layers=n_layer,
+                         num_attention_heads=3, num_key_value_heads=1, max_position_embeddings=64,
+                         tie_word_embeddings=tie, initializer_range=0.3, bos_token_id=0, eos_token_id=0)
+    return LlamaForCausalLM(config).eval().requires_grad_(False)
+
+
+def random_blocks(n, length, vocab=96, seed=1) -> torch.Tensor:
+    return torch.randint(0, vocab, (n, length), generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.fixture(scope="module")
+def sharp_teacher_dir(tiny_gpt2_dir, tmp_path_factory):
+    """The tiny fixture GPT-2 with a peaked output distribution, so KL to it is far from zero."""
+    model = AutoModelForCausalLM.from_pretrained(tiny_gpt2_dir)
+    with torch.no_grad():
+        model.transformer.ln_f.weight.mul_(40.0)
+    path = tmp_path_factory.mktemp("sharp_teacher")
+    model.save_pretrained(path)
+    from transformers import AutoTokenizer
+
+    AutoTokenizer.from_pretrained(tiny_gpt2_dir).save_pretrained(path)
+    return path
+
+
+# --------------------------------------------------------------------------- student shape
+
+def test_even_spacing_reproduces_distilgpt2_choice_and_presets_scale_with_depth():
+    assert d.evenly_spaced_layers(6, 12) == [0, 2, 4, 7, 9, 11]  # DistilGPT2's blocks
+    assert d.evenly_spaced_layers(4, 12) == [0, 4, 7, 11]
+    assert d.evenly_spaced_layers(1, 5) == [0]
+    assert [d.preset_depth(p, 12) for p in d.PRESETS] == [4, 6, 6, 8, 10, 10]
+    assert [d.preset_depth(p, 30) for p in d.PRESETS] == [10, 15, 15, 20, 25, 25]  # SmolLM2-135M
+    assert d.preset_depth("B", 2) == 1
+
+
+@pytest.mark.parametrize("name,expected", [("B¬", "B¬"), ("Bnot", "B¬"), ("b-", "B¬"), ("D~", "D¬"), ("c", "C")])
+def test_preset_names_accept_ascii_spellings(name, expected):
+    assert d.canonical_preset(name) == expected
+
+
+def test_settings_choose_preset_blocks_and_explicit_options_win():
+    plan = lambda **kw: d.DistillSettings(output="x", **kw).student_plan(12)
+    assert plan() == ([0, 2, 4, 7, 9, 11], "teacher")  # default preset B
+    assert plan(preset="D¬") == (d.evenly_spaced_layers(10, 12), "random")
+    assert plan(preset="A", num_layers=3) == ([0, 6, 11], "teacher")
+    assert plan(preset="B¬", layers=[1, 5], init="teacher") == ([1, 5], "teacher")
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"num_layers": 12}, "not smaller than its 12-block teacher"),
+    ({"num_layers": 0}, "at least one block"),
+    ({"layers": [0, 12]}, "outside the teacher's blocks 0..11"),
+    ({"layers": [3, 3]}, "strictly increasing"),
+    ({"layers": [4, 2]}, "strictly increasing"),
+    ({"layers": []}, "empty"),
+    ({"layers": [0, 1], "num_layers": 3}, "disagrees"),
+])
+def test_bad_student_shapes_are_refused_with_the_reason(kwargs, message):
+    with pytest.raises(d.DistillError, match=message):
+        d.choose_layers(12, **kwargs)
+
+
+def test_unknown_preset_and_bad_layer_text_name_the_fix():
+    with pytest.raises(d.DistillError, match="choose from A, B, B¬, C, D, D¬"):
+        d.canonical_preset("E")
+    with pytest.raises(d.DistillError, match="comma-separated"):
+        d.parse_layer_list("0;2")
+    assert d.parse_layer_list("0, 2,4") == [0, 2, 4]
+
+
+def test_encoder_decoder_teacher_is_refused(tiny_seq2seq_dir):
+    with pytest.raises(d.DistillError, match="not a decoder-only causal LM"):
+        d.load_teacher(str(tiny_seq2seq_dir))
+
+
+def test_cli_reports_too_deep_student_as_an_error(tiny_gpt2_dir, tmp_path, capsys):
+    code = d.main(["--teacher", str(tiny_gpt2_dir), "--num-layers", "2", "--output", str(tmp_path / "s")])
+    assert code == 2
+    assert "not smaller than its 2-block teacher" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- weight copy
+
+def _teacher_with_only(teacher, layers):
+    """Reference: a copy of the teacher whose block list keeps only `layers`."""
+    import copy
+
+    pruned = copy.deepcopy(teacher)
+    owner_path, _, name = d.blocks_prefix(teacher).rpartition(".")
+    owner = pruned.get_submodule(owner_path)
+    setattr(owner, name, torch.nn.ModuleList([getattr(owner, name)[i] for i in layers]))
+    return pruned
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama", "llama_tied"])
+def test_teacher_init_student_computes_the_chosen_teacher_blocks(family):
+    teacher = {"gpt2": lambda: tiny_gpt2(n_layer=5), "llama": lambda: tiny_llama(n_layer=5),
+               "llama_tied": lambda: tiny_llama(n_layer=5, tie=True)}[family]()
+    layers = [0, 3, 4]
+    student = d.make_student(teacher, layers, "teacher").eval()
+    assert student.config.num_hidden_layers == 3 and teacher.config.num_hidden_layers == 5
+    ids = random_blocks(2, 12)
+    reference = _teacher_with_only(teacher, layers)
+    with torch.no_grad():
+        expected = reference(ids, use_cache=False).logits
+        got = student(ids, use_cache=False).logits
+        full = teacher(ids, use_cache=False).logits
+    assert torch.allclose(got, expected, atol=1e-5)
+    assert not torch.allclose(got, full, atol=1e-3)  # the dropped blocks mattered
+    tied = student.get_output_embeddings().weight is student.get_input_embeddings().weight
+    assert tied == teacher.config.tie_word_embeddings
+
+
+def test_random_init_student_shares_no_teacher_weights():
+    teacher = tiny_gpt2(n_layer=4)
+    student = d.make_student(teacher, [0, 3], "random", seed=0)
+    again = d.make_student(teacher, [0, 3], "random", seed=0)
+    assert not torch.allclose(student.transformer.wte.weight, teacher.transformer.wte.weight)
+    assert not torch.allclose(student.transformer.h[0].attn.c_attn.weight, teacher.transformer.h[0].attn.c_attn.weight)
+    assert all(torch.equal(a, b) for a, b in zip(student.parameters(), again.parameters()))  # seeded
+
+
+# --------------------------------------------------------------------------- loss
+
+def test_loss_terms_match_hand_formulas():
+    torch.manual_seed(0)
+    student_logits, teacher_logits = torch.randn(2, 5, 7), torch.randn(2, 5, 7)
+    student_hidden, teacher_hidden = torch.randn(2, 5, 4), torch.randn(2, 5, 4)
+    labels = torch.randint(0, 7, (2, 5))
+    labels[1, 3] = -100  # this target (predicted at position 2) is skipped
+    weights = d.LossWeights(temperature=3.0, alpha_ce=0.2, alpha_clm=0.7, alpha_cos=0.1)
+    sums, count = d.loss_sums(SimpleNamespace(logits=student_logits, hidden_states=(student_hidden,)),
+                              SimpleNamespace(logits=teacher_logits, hidden_states=(teacher_hidden,)), labels, weights)
+    kl = ce = cos = 0.0
+    n = 0
+    for b in range(2):
+        for t in range(4):
+            if labels[b, t + 1] == -100:
+                continue
+            n += 1
+            p = torch.softmax(teacher_logits[b, t] / 3, -1)
+            q = torch.softmax(student_logits[b, t] / 3, -1)
+            kl += float((p * (p.log() - q.log())).sum()) * 9
+            ce += -float(torch.log_softmax(student_logits[b, t], -1)[labels[b, t + 1]])
+            s, u = student_hidden[b, t], teacher_hidden[b, t]
+            cos += 1 - float(s @ u / (s.norm() * u.norm()))
+    assert int(count) == n == 7
+    assert float(sums["kl"]) == pytest.approx(kl, rel=1e-5)
+    assert float(sums["clm"]) == pytest.approx(ce, rel=1e-5)
+    assert float(sums["cos"]) == pytest.approx(cos, rel=1e-5)
+    assert float(weights.total(sums)) == pytest.approx(0.2 * kl + 0.7 * ce + 0.1 * cos, rel=1e-5)
+
+
+def test_loss_weights_are_validated():
+    with pytest.raises(d.DistillError, match="temperature"):
+        d.LossWeights(temperature=0)
+    with pytest.raises(d.DistillError, match="not all zero"):
+        d.LossWeights(alpha_ce=0, alpha_clm=0)
+
+
+def _one_sgd_step(teacher, blocks, batch_size, grad_accum, output_dir, lr=0.5):
+    student = d.make_student(teacher, [0, 2], "teacher")
+    args = TrainingArguments(output_dir=str(output_dir), max_steps=1, per_device_train_batch_size=batch_size,
+                             gradient_accumulation_steps=grad_accum, optim="sgd", learning_rate=lr,
+                             max_grad_norm=0.0, warmup_steps=0, weight_decay=0.0, save_strategy="no",
+                             logging_steps=1, report_to="none", seed=0, disable_tqdm=True)
+    trainer = d.DistillationTrainer(model=student, args=args, teacher=teacher, train_dataset=d.PackedBlocks(blocks),
+                                    data_collator=default_data_collator)
+    trainer.train()
+    return student, trainer.state.log_history[0]["loss"]
+
+
+def test_gradient_accumulation_gives_the_gradient_of_the_doubled_batch(tmp_path):
+    teacher = tiny_gpt2(n_layer=3, sharp=4.0)
+    blocks = random_blocks(4, 16)
+    accumulated, loss_accumulated = _one_sgd_step(teacher, blocks, 2, 2, tmp_path / "ga")
+    doubled, loss_doubled = _one_sgd_step(teacher, blocks, 4, 1, tmp_path / "batch")
+
+    # reference: plain gradient of the mean per-token loss over the 4 blocks
+    reference = d.make_student(teacher, [0, 2], "teacher")
+    sums, count = d.loss_sums(*d._forward_both(reference, teacher, {"input_ids": blocks}, d.LossWeights()), blocks,
+                              d.LossWeights())
+    mean_loss = d.LossWeights().total(sums) / count
+    mean_loss.backward()
+
+    assert loss_accumulated == pytest.approx(loss_doubled, rel=1e-5)
+    assert loss_doubled == pytest.approx(mean_loss.item(), rel=1e-5)
+    for (name, p_ga), p_batch, p_ref in zip(accumulated.named_parameters(), doubled.parameters(),
+                                            reference.parameters()):
+        expected = p_ref.detach() - 0.5 * p_ref.grad
+        assert torch.allclose(p_ga, p_batch, atol=1e-6), name
+        assert torch.allclose(p_batch, expected, atol=1e-6), name
+
+
+# --------------------------------------------------------------------------- training runs
+
+def settings_for(teacher_dir, output, shared_data, **overrides) -> d.DistillSettings:
+    base = dict(output=str(output), teacher=str(teacher_dir), data=str(shared_data / "bold" / "wikipedia"),
+                data_limit=300, block_size=32, batch_size=4, max_steps=6, save_steps=2, logging_steps=1,
+                eval_blocks=8, learning_rate=2e-3, warmup=0, seed=3)
+    return d.DistillSettings(**{**base, **overrides})
+
+
+def test_training_lowers_the_loss_and_the_kl_to_the_teacher(sharp_teacher_dir, shared_data, tmp_path):
+    settings = settings_for(sharp_teacher_dir, tmp_path / "student", shared_data, preset="Bnot", max_steps=10, learning_rate=1e-2)
+    record = d.distill(settings)
+
+    teacher = d.load_teacher(str(sharp_teacher_dir))
+    trained = AutoModelForCausalLM.from_pretrained(settings.output)
+    untrained = d.make_student(teacher, [0], "random", seed=settings.seed)
+    from compressors.text_data import load_texts, pack_blocks
+    from transformers import AutoTokenizer
+
+    texts = load_texts(settings.data, limit=settings.data_limit, seed=settings.seed)
+    blocks = pack_blocks(texts, AutoTokenizer.from_pretrained(settings.output), settings.block_size)[-8:]
+    after, before = d.evaluate(trained, teacher, blocks), d.evaluate(untrained, teacher, blocks)
+    assert after["kl"] < 0.95 * before["kl"]
+    assert after["loss"] < before["loss"]
+    assert after == pytest.approx(record["heldout_losses"], rel=1e-4)  # the saved checkpoint is the trained model
+
+    assert record["settings"]["init"] == "random" and record["settings"]["layers"] == [0]
+    assert record["settings"]["steps"] == 10 and record["removed"] == {"layers": [1]}
+    assert record["params"] == sum(p.numel() for p in trained.parameters())
+    assert record["train_losses"]["step"] == 10
+    assert not (tmp_path / "student" / d.CHECKPOINTS).exists()  # removed after a finished run
+
+
+class Crash(Exception):
+    pass
+
+
+class CrashAtStep(TrainerCallback):
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            raise Crash(f"simulated kill after step {self.step}")
+
+
+def _weights(folder) -> dict:
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    return {name: tensor.clone() for name, tensor in model.state_dict().items()}
+
+
+def test_a_run_killed_midway_resumes_to_the_uninterrupted_result(tiny_gpt2_dir, shared_data, tmp_path):
+    uninterrupted = settings_for(tiny_gpt2_dir, tmp_path / "straight", shared_data, preset="B")
+    d.distill(uninterrupted)
+
+    resumed = settings_for(tiny_gpt2_dir, tmp_path / "resumed", shared_data, preset="B")
+    with pytest.raises(Crash):
+        d.distill(resumed, callbacks=[CrashAtStep(5)])  # after checkpoint-4, before the end
+    checkpoints = tmp_path / "resumed" / d.CHECKPOINTS
+    assert d.last_complete_checkpoint(checkpoints).endswith("checkpoint-4")
+    (checkpoints / "checkpoint-6").mkdir()  # a save the kill cut short: no trainer_state.json
+    assert d.last_complete_checkpoint(checkpoints).endswith("checkpoint-4")
+
+    with pytest.raises(d.DistillError, match="other settings \\(learning_rate\\)"):
+        d.distill(settings_for(tiny_gpt2_dir, tmp_path / "resumed", shared_data, preset="B", learning_rate=1e-3))
+    record = d.distill(resumed)
+    assert record["settings"]["steps"] == 6
+    straight, again = _weights(tmp_path / "straight"), _weights(tmp_path / "resumed")
+    assert straight.keys() == again.keys()
+    for name in straight:
+        assert torch.equal(straight[name], again[name]), name
+
+    with pytest.raises(d.DistillError, match="already holds a finished student"):
+        d.distill(resumed)
+
+
+# --------------------------------------------------------------------------- end to end (slow)
+
+def _cli(args, **popen):
+    env = {**os.environ, **OFFLINE_ENV, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "compfair_tasks.cli", "compress", "distill", *args], env=env,
+                            cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen)
+
+
+@pytest.mark.slow
+def test_cli_killed_with_sigkill_resumes_and_the_student_runs_in_lm_eval(tiny_gpt2_dir, shared_data, tmp_path,
+                                                                         lm_eval_cli):
+    output = tmp_path / "student"
+    args = ["--teacher", str(tiny_gpt2_dir), "--preset", "B", "--data", str(shared_data / "bold" / "wikipedia"),
+            "--data-limit", "300", "--block-size", "32", "--batch-size", "4", "--max-steps", "50",
+            "--save-steps", "10", "--logging-steps", "10", "--seed", "5", "--output", str(output)]
+    process = _cli(args)
+    marker = output / d.CHECKPOINTS / "checkpoint-10" / "trainer_state.json"
+    deadline = time.time() + 300
+    while not marker.exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    process.kill()
+    process.wait()
+    assert marker.exists() and not (output / "compfair_compression.json").exists(), "not killed mid-run"
+
+    finished = _cli(args)
+    log = finished.communicate(timeout=600)[0]
+    assert finished.returncode == 0, log
+    assert "resuming from" in log and "checkpoint-" in log
+
+    reference = settings_for(tiny_gpt2_dir, tmp_path / "reference", shared_data, preset="B", max_steps=50,
+                             save_steps=10, logging_steps=10, seed=5, learning_rate=5e-4, warmup=0.05, eval_blocks=16)
+    d.distill(reference)
+    straight, again = _weights(tmp_path / "reference"), _weights(output)
+    assert all(torch.equal(straight[name], again[name]) for name in straight)
+
+    results = lm_eval_cli(["--model", "hf", "--model_args", f"pretrained={output}", "--tasks",
+                           "compfair_ppl_bold_wiki", "--limit", "4", "--batch_size", "4", "--device", "cpu"],
+                          tmp_path / "lm_eval")
+    perplexity = results["results"]["compfair_ppl_bold_wiki"]["word_perplexity,none"]
+    assert math.isfinite(perplexity) and perplexity > 1
