@@ -7,8 +7,9 @@ for a few modules to be imported and then runs a callback on them:
 
 - `lm_eval.tasks.manager`: `TaskManager.__init__` gains compfair's `task_configs` directory as the
   first include path (a user's own `include_path` still overrides same-named tasks).
-- transformers' auto classes: the pruned-GPT-2 config and model classes are registered, so
-  checkpoints with per-layer head counts load without `trust_remote_code`.
+- transformers' AutoConfig: the first time it meets a pruned model type (GPT-2 or Llama with
+  per-layer head counts) it imports and registers compfair's config and model classes, so those
+  checkpoints load without `trust_remote_code`.
 
 Set COMPFAIR_NO_HOOK=1 to switch it off (then use `--include_path $(compfair task-dir)`).
 Only the standard library may be imported at module level here.
@@ -104,24 +105,46 @@ def _add_compfair_include_path(manager_module):
     task_manager.__init__ = __init__
 
 
-def _register_pruned_config(_module):
-    from compressors.pruned_gpt2 import register_config_class
-
-    register_config_class()
+PRUNED_MODEL_TYPES = {"pruned_gpt2": "compressors.pruned_gpt2", "pruned_llama": "compressors.pruned_llama"}
 
 
-def _register_pruned_model(_module):
-    from compressors.pruned_gpt2 import register_model_class
+def _register_pruned_on_use(configuration_auto):
+    """Make AutoConfig import compfair's pruned classes the first time it meets their model_type.
 
-    register_model_class()
+    Registering at import time is circular (config classes import modeling_auto via transformers'
+    auto_docstring, possibly half-imported), so registration waits until a pruned checkpoint is loaded.
+    """
+    mapping = configuration_auto.CONFIG_MAPPING
+    if getattr(mapping, "_compfair_pruned", False):
+        return
+
+    class _MappingWithPrunedModels(type(mapping)):
+        _compfair_pruned = True
+
+        def _import_pruned(self, key):
+            if key in PRUNED_MODEL_TYPES and key not in self._extra_content:
+                import importlib
+
+                register = getattr(importlib.import_module(PRUNED_MODEL_TYPES[key]), "register_model_class", None)
+                if register is not None:  # None: that module is being imported and registers itself at its end
+                    register()
+
+        def __getitem__(self, key):
+            self._import_pruned(key)
+            return super().__getitem__(key)
+
+        def __contains__(self, key):
+            self._import_pruned(key)
+            return super().__contains__(key)
+
+    mapping.__class__ = _MappingWithPrunedModels
 
 
 def install():
     if os.environ.get("COMPFAIR_NO_HOOK") == "1" or any(isinstance(f, _PostImportFinder) for f in sys.meta_path):
         return
     when_imported("lm_eval.tasks.manager", _add_compfair_include_path)
-    when_imported("transformers.models.auto.configuration_auto", _register_pruned_config)
-    when_imported("transformers.models.auto.modeling_auto", _register_pruned_model)
+    when_imported("transformers.models.auto.configuration_auto", _register_pruned_on_use)
     sys.meta_path.insert(0, _PostImportFinder())
 
 

@@ -1,0 +1,360 @@
+"""`compfair compress prune`: remove attention heads by gradient importance (Michel et al., 2019).
+
+Each head h gets a gate g_h multiplying its output (a forward pre-hook on the output projection
+scales the head's head_dim slice of its input). The importance of h is E_x |dL(x)/dg_h| at g = 1,
+with L(x) the mean next-token loss of one example x, as in Michel et al. The gates have one row
+per example, so a single backward pass per batch gives every example's own gradient. Scores are
+L2-normalised within each layer (Michel et al.; `--normalize global` divides by the norm over all
+heads instead, which ranks heads by their raw scores). Each iteration removes the lowest-scoring
+`--ratio` of the remaining heads (never a layer's last one unless `--allow-empty-layers`),
+physically, then scores the smaller model again.
+
+Physical removal slices each removed head's columns out of the q, k and v projections and its
+rows out of the output projection and saves a checkpoint whose config records the per-layer head
+counts (compressors/pruned_gpt2.py, compressors/pruned_llama.py). transformers 5 dropped
+`head_mask` and `prune_heads`, hence the hooks and the slicing here.
+
+Why not torch-pruning (1.6.1, tried on GPT-2): its dependency graph has no pruner for
+transformers' `Conv1D` (GPT-2's fused q/k/v and output projections), so it neither couples the
+q, k and v column blocks of one head nor the matching `c_proj` rows; the head's channels would have
+to be handed to it one Conv1D at a time with a custom pruner, i.e. the slicing below written in its
+API. For Llama's separate nn.Linear projections its `num_heads`/`prune_num_heads` mode prunes
+query and key/value heads together, which grouped-KV attention does not allow per query head. The
+slicing is a few lines per architecture and is tested against the gated model.
+
+Grouped key/value attention (Llama family, e.g. SmolLM2-135M): `--unit head` (default) prunes query
+heads within their groups (a group whose last query head goes loses its key/value head too);
+`--unit group` scores and removes whole key/value groups (gate = all its query heads at once).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import math
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+SUPPORTED = "gpt2 (GPT-2 and DistilGPT-2 checkpoints) and llama (Llama-family with grouped key/value heads, e.g. SmolLM2)"
+
+
+class UnsupportedArchitectureError(ValueError):
+    pass
+
+
+# --------------------------------------------------------------------------- architectures
+
+
+@dataclass
+class AttentionLayer:
+    out_proj: torch.nn.Module  # the module whose input holds the heads' outputs side by side
+    head_dim: int
+    num_heads: int
+    group_of_head: list[int]  # key/value group of each query head (each head its own for GPT-2)
+
+
+def family(model) -> str:
+    model_type = getattr(model.config, "model_type", None)
+    if model_type in ("gpt2", "pruned_gpt2"):
+        return "gpt2"
+    if model_type in ("llama", "pruned_llama"):
+        return "llama"
+    raise UnsupportedArchitectureError(
+        f"head pruning does not support model_type {model_type!r}; supported: {SUPPORTED}")
+
+
+def attention_layers(model) -> list[AttentionLayer]:
+    if family(model) == "gpt2":
+        head_dim = model.config.n_embd // model.config.n_head
+        layers = []
+        for block in model.transformer.h:
+            heads = block.attn.c_proj.weight.shape[0] // head_dim
+            layers.append(AttentionLayer(block.attn.c_proj, head_dim, heads, list(range(heads))))
+        return layers
+    from compressors.pruned_llama import current_groups
+
+    head_dim = model.model.layers[0].self_attn.head_dim
+    return [
+        AttentionLayer(layer.self_attn.o_proj, head_dim, sum(groups),
+                       [g for g, size in enumerate(groups) for _ in range(size)])
+        for layer, groups in zip(model.model.layers, current_groups(model))
+    ]
+
+
+def keep_heads(model, keep: list[list[int]]):
+    """A new, physically smaller model with only heads keep[i] of layer i (indices into its current heads)."""
+    if family(model) == "gpt2":
+        from compressors.pruned_gpt2 import keep_heads as keep_gpt2
+
+        return keep_gpt2(model, [sorted(k) for k in keep])
+    from compressors.pruned_llama import keep_heads as keep_llama
+
+    return keep_llama(model, [sorted(k) for k in keep])
+
+
+def units_of_layer(layer: AttentionLayer, unit: str) -> list[int]:
+    """Pruning unit of each query head: itself ("head") or its key/value group ("group")."""
+    return list(range(layer.num_heads)) if unit == "head" else layer.group_of_head
+
+
+# --------------------------------------------------------------------------- gates and importance
+
+
+@contextlib.contextmanager
+def gated(model, gates: list[torch.Tensor]):
+    """Multiply each head's output by gates[layer][example, head] (shape [batch or 1, heads])."""
+    handles = []
+    for layer, gate in zip(attention_layers(model), gates):
+        if layer.num_heads == 0:
+            continue
+
+        def scale_heads(_module, args, gate=gate, head_dim=layer.head_dim):
+            heads = args[0].unflatten(-1, (-1, head_dim))  # [batch, seq, heads, head_dim]
+            return (heads * gate[:, None, :, None].to(heads.dtype)).flatten(-2), *args[1:]
+
+        handles.append(layer.out_proj.register_forward_pre_hook(scale_heads))
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def example_losses(model, input_ids: torch.Tensor) -> torch.Tensor:
+    """Mean next-token loss of each row of `input_ids` (shape [batch])."""
+    logits = model(input_ids=input_ids, use_cache=False).logits[:, :-1]
+    targets = input_ids[:, 1:]
+    losses = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction="none")
+    return losses.view(targets.shape).mean(dim=1)
+
+
+def head_importance(model, blocks: torch.Tensor, batch_size: int = 8, unit: str = "head") -> list[torch.Tensor]:
+    """Per layer, E_x |dL(x)/dg_u| for each pruning unit u (a head, or a key/value group of heads)."""
+    layers = attention_layers(model)
+    unit_index = [torch.tensor(units_of_layer(layer, unit), dtype=torch.long) for layer in layers]
+    n_units = [int(index.max()) + 1 if len(index) else 0 for index in unit_index]
+    totals = [torch.zeros(n) for n in n_units]
+    was_training = model.training
+    requires_grad = [p.requires_grad for p in model.parameters()]
+    model.eval().requires_grad_(False)
+    try:
+        for batch in blocks.split(batch_size):
+            batch = batch.to(model.device)
+            gates = [torch.ones(len(batch), layer.num_heads, device=model.device, requires_grad=True) for layer in layers]
+            with gated(model, gates):
+                example_losses(model, batch).sum().backward()  # row b of each gate's grad: dL(x_b)/dg
+            for total, gate, index, n in zip(totals, gates, unit_index, n_units):
+                if n:
+                    per_unit = torch.zeros(len(batch), n).index_add_(1, index, gate.grad.detach().float().cpu())
+                    total += per_unit.abs().sum(dim=0)
+    finally:
+        for parameter, flag in zip(model.parameters(), requires_grad):
+            parameter.requires_grad_(flag)
+        model.train(was_training)
+    return [total / len(blocks) for total in totals]
+
+
+def normalize(scores: list[torch.Tensor], how: str = "layer") -> list[torch.Tensor]:
+    """Divide by the L2 norm of each layer's scores ("layer", Michel et al.) or of all scores ("global")."""
+    if how == "none":
+        return [s.clone() for s in scores]
+    if how == "layer":
+        return [s / (s.norm() + 1e-20) for s in scores]
+    if how == "global":
+        norm = torch.cat(scores).norm() + 1e-20
+        return [s / norm for s in scores]
+    raise ValueError(f"normalize must be 'layer', 'global' or 'none', got {how!r}")
+
+
+# --------------------------------------------------------------------------- schedule
+
+
+def count_to_remove(remaining: int, ratio: float) -> int:
+    """Units one iteration removes: ratio of the remaining ones, rounded half up, at least one."""
+    return max(1, math.floor(ratio * remaining + 0.5))
+
+
+def lowest_units(scores: list[torch.Tensor], count: int, allow_empty_layers: bool = False) -> dict[int, list[int]]:
+    """The `count` lowest-scoring units, {layer: [unit, ...]}, leaving each layer one unless allowed."""
+    left = {layer: len(s) for layer, s in enumerate(scores)}
+    ranked = sorted((float(value), layer, unit) for layer, s in enumerate(scores) for unit, value in enumerate(s))
+    chosen: dict[int, list[int]] = {}
+    for _, layer, unit in ranked:
+        if sum(len(units) for units in chosen.values()) == count:
+            break
+        if left[layer] <= 1 and not allow_empty_layers:
+            continue
+        chosen.setdefault(layer, []).append(unit)
+        left[layer] -= 1
+    return {layer: sorted(units) for layer, units in sorted(chosen.items())}
+
+
+def remove_units(model, remove: dict[int, list[int]], unit: str = "head"):
+    """The model without the given units; returns (new model, removed head indices per layer)."""
+    keep, removed_heads = [], {}
+    for index, layer in enumerate(attention_layers(model)):
+        gone = set(remove.get(index, ()))
+        units = units_of_layer(layer, unit)
+        keep.append([h for h in range(layer.num_heads) if units[h] not in gone])
+        removed_heads[index] = [h for h in range(layer.num_heads) if units[h] in gone]
+    return keep_heads(model, keep), removed_heads
+
+
+@dataclass
+class PruneResult:
+    model: object
+    iterations: list[dict] = field(default_factory=list)
+    removed: dict[int, list[int]] = field(default_factory=dict)  # original head indices, per layer
+
+
+def prune_iteratively(model, blocks: torch.Tensor, iterations: int = 3, ratio: float = 0.05, unit: str = "head",
+                      normalization: str = "layer", batch_size: int = 8, allow_empty_layers: bool = False,
+                      log=print) -> PruneResult:
+    check_settings(ratio, iterations, unit, model)
+    original = [list(range(layer.num_heads)) for layer in attention_layers(model)]  # original index of each head
+    result = PruneResult(model)
+    for iteration in range(1, iterations + 1):
+        started = time.perf_counter()
+        raw = head_importance(result.model, blocks, batch_size=batch_size, unit=unit)
+        scores = normalize(raw, normalization)
+        remaining = sum(len(s) for s in scores)
+        remove = lowest_units(scores, count_to_remove(remaining, ratio), allow_empty_layers)
+        result.model, removed_now = remove_units(result.model, remove, unit)
+        removed_original = {}
+        for layer, heads in removed_now.items():
+            if heads:
+                removed_original[layer] = [original[layer][h] for h in heads]
+                result.removed.setdefault(layer, []).extend(removed_original[layer])
+            original[layer] = [o for h, o in enumerate(original[layer]) if h not in set(heads)]
+        heads_left = sum(len(o) for o in original)
+        result.iterations.append({
+            "iteration": iteration, f"{unit}s_before": remaining,
+            f"{unit}s_removed": sum(len(u) for u in remove.values()), "heads_left": heads_left,
+            "removed_heads": {str(k): v for k, v in removed_original.items()},
+            "importance": [[round(float(x), 6) for x in s] for s in scores],
+            "importance_raw": [[float(x) for x in s] for s in raw],
+            "seconds": round(time.perf_counter() - started, 2),
+        })
+        log(f"iteration {iteration}: removed {result.iterations[-1][f'{unit}s_removed']} of {remaining} {unit}s, "
+            f"{heads_left} heads left ({time.perf_counter() - started:.1f}s)")
+    result.removed = {layer: sorted(heads) for layer, heads in sorted(result.removed.items())}
+    return result
+
+
+def check_settings(ratio: float, iterations: int, unit: str, model) -> None:
+    if not 0 < ratio < 1:
+        raise ValueError(f"--ratio is the fraction of remaining heads removed per iteration: it must be in (0, 1), "
+                         f"got {ratio} (the paper used 0.05)")
+    if iterations < 1:
+        raise ValueError(f"--iterations must be at least 1, got {iterations}")
+    if unit not in ("head", "group"):
+        raise ValueError(f"--unit must be 'head' or 'group', got {unit!r}")
+    if unit == "group" and family(model) != "llama":
+        raise ValueError("--unit group needs grouped key/value attention (llama family); GPT-2 has one group per head")
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def load_blocks(sources: list[str] | None, tokenizer, num_examples: int | None, block_size: int, seed: int,
+                min_blocks: int = 1) -> tuple[torch.Tensor, int]:
+    """Token blocks from `num_examples` texts (seeded sample) of the given sources; and the texts' count."""
+    from compressors.text_data import load_texts, pack_blocks
+
+    texts = [text for source in (sources or [None]) for text in load_texts(source, seed=seed)]
+    if num_examples is not None and num_examples < len(texts):
+        texts = random.Random(seed).sample(texts, num_examples)
+    try:
+        blocks = pack_blocks(texts, tokenizer, block_size)
+    except ValueError as error:
+        raise ValueError(f"too little text to score heads: {error} (use more --num-examples or a smaller "
+                         f"--block-size)") from error
+    if len(blocks) < min_blocks:
+        raise ValueError(f"too little text to score heads: {len(texts)} texts make {len(blocks)} blocks of "
+                         f"{block_size} tokens, fewer than --min-blocks {min_blocks}; use more --num-examples "
+                         "or a smaller --block-size")
+    return blocks, len(texts)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="compfair compress prune",
+        description="Remove attention heads by gradient importance (Michel et al. 2019) and save a smaller "
+                    "checkpoint that AutoModelForCausalLM and `lm_eval --model hf` load.")
+    parser.add_argument("--model", required=True, help="checkpoint folder or hub id (GPT-2 or Llama family)")
+    parser.add_argument("--output", required=True, help="folder for the pruned checkpoint")
+    parser.add_argument("--data", nargs="*", default=None,
+                        help="text for the importance scores: .txt/.jsonl files or folders, or a hub id "
+                             "(e.g. wikitext:wikitext-103-raw-v1); default: the shipped BOLD Wikipedia sentences")
+    parser.add_argument("--num-examples", type=int, default=256,
+                        help="texts sampled from --data (the paper: 256, 1280, 2560, 5120, 12800); 0 = all")
+    parser.add_argument("--block-size", type=int, default=128, help="tokens per scored block (texts are packed)")
+    parser.add_argument("--min-blocks", type=int, default=4, help="refuse to score heads on fewer blocks")
+    parser.add_argument("--iterations", type=int, default=3)
+    parser.add_argument("--ratio", type=float, default=0.05, help="fraction of remaining heads removed per iteration")
+    parser.add_argument("--unit", choices=("head", "group"), default="head",
+                        help="grouped-KV models: prune query heads within groups, or whole key/value groups")
+    parser.add_argument("--normalize", choices=("layer", "global", "none"), default="layer",
+                        help="L2-normalise scores within each layer (Michel et al.) or over all heads")
+    parser.add_argument("--allow-empty-layers", action="store_true", help="may remove a layer's last head")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from compressors.metadata import write_compression_metadata
+
+    torch.manual_seed(args.seed)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(args.model, dtype="auto").to(args.device)
+        family(model)
+        check_settings(args.ratio, args.iterations, args.unit, model)
+        tokenizer = AutoTokenizer.from_pretrained(args.model)
+        blocks, n_texts = load_blocks(args.data, tokenizer, args.num_examples or None, args.block_size, args.seed,
+                                      args.min_blocks)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"compfair compress prune: {error}", file=sys.stderr)
+        return 2
+    heads_before = sum(layer.num_heads for layer in attention_layers(model))
+    print(f"scoring {heads_before} heads on {len(blocks)} blocks of {args.block_size} tokens from {n_texts} texts")
+    result = prune_iteratively(model, blocks, args.iterations, args.ratio, args.unit, args.normalize,
+                               args.batch_size, args.allow_empty_layers)
+    save_pruned(result.model, tokenizer, args.output)
+    heads_left = [layer.num_heads for layer in attention_layers(result.model)]
+    record = write_compression_metadata(
+        args.output, method="prune_heads", source_model=args.model, seed=args.seed, model=result.model,
+        settings={"iterations": args.iterations, "ratio": args.ratio, "unit": args.unit,
+                  "normalize": args.normalize, "allow_empty_layers": args.allow_empty_layers,
+                  "data": args.data or ["bold_wiki"], "num_examples": n_texts, "block_size": args.block_size,
+                  "blocks": len(blocks), "importance": "E_x |dL(x)/dg_h| (Michel et al. 2019)"},
+        removed={"heads": {str(layer): heads for layer, heads in result.removed.items()}},
+        extra={"heads_before": heads_before, "heads_after": sum(heads_left), "heads_per_layer": heads_left,
+               "source_params": sum(p.numel() for p in model.parameters()), "iterations": result.iterations},
+    )
+    print(f"saved {args.output}: {heads_before} -> {sum(heads_left)} heads, "
+          f"{record['source_params']:,} -> {record['params']:,} parameters")
+    return 0
+
+
+def save_pruned(model, tokenizer, output_dir) -> None:
+    """save_pretrained with the model's code beside it (auto_map), so trust_remote_code loads it anywhere."""
+    Path(output_dir).mkdir(parents=True, exist_ok=True)
+    type(model.config).register_for_auto_class("AutoConfig")
+    type(model).register_for_auto_class("AutoModelForCausalLM")
+    model.save_pretrained(output_dir)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(output_dir)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
