@@ -1,0 +1,221 @@
+"""`compfair compare <preset>`: the paper's baseline comparisons, run through the real `lm_eval` CLI.
+
+Each preset names hub models of one family, the tasks, and the prompt format that family needs; the
+command runs `python -m lm_eval` once per model (with `--log_samples`, so that paired tests are
+possible), then builds the leaderboard with the preset's pairs. `--model` adds checkpoints (the
+compfair students of a teacher); `--dry-run` prints the lm_eval commands, to adapt and run by hand.
+
+Before running anything it checks every model (local folder, or hub id in the Hugging Face cache
+when offline) and builds every task once, so a missing model or dataset stops the run with the
+data layer's own error instead of failing hours into an evaluation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Model:
+    name: str  # hub id or local folder
+    backend: str = "causal"  # "causal" or "seq2seq" (lm-eval HFLM backend)
+    note: str = ""  # hardware note printed before the run
+
+
+@dataclass(frozen=True)
+class Preset:
+    title: str
+    models: tuple[Model, ...]
+    tasks: str
+    pairs: tuple[tuple[str, str], ...] = ()  # (baseline, model) for the paired tests
+    metadata: dict = field(default_factory=dict)  # task metadata (--metadata), e.g. the dialogue format
+    gen_kwargs: str = ""  # --gen_kwargs
+    note: str = ""
+
+
+GPU_NOTE = "needs a GPU for the full task set (CPU works but takes many hours)"
+PRESETS = {
+    "gpt2": Preset(
+        "GPT-2 vs DistilGPT2 (and compfair students given with --model)",
+        (Model("gpt2"), Model("distilgpt2")),
+        tasks="compfair",
+        pairs=(("gpt2", "distilgpt2"),),
+        note="Causal LMs, plain prompts. compfair students of gpt2 (compfair compress ... --teacher gpt2) are "
+             "paired with gpt2 automatically through their compfair_compression.json.",
+    ),
+    "dialogpt": Preset(
+        "DialoGPT small / medium / large",
+        (Model("microsoft/DialoGPT-small"), Model("microsoft/DialoGPT-medium"),
+         Model("microsoft/DialoGPT-large", note=f"762M parameters: {GPU_NOTE}")),
+        tasks="compfair_toxicity",
+        pairs=(("microsoft/DialoGPT-large", "microsoft/DialoGPT-medium"),
+               ("microsoft/DialoGPT-large", "microsoft/DialoGPT-small")),
+        # DialoGPT reads a conversation turn as text + EOS: each prompt ends with the EOS token
+        metadata={"dialogue": True},
+        note="Dialogue format: each toxicity prompt ends with DialoGPT's EOS turn separator (metadata dialogue=true).",
+    ),
+    "blenderbot": Preset(
+        "BlenderBot 400M-distill vs 3B (encoder-decoder)",
+        (Model("facebook/blenderbot-400M-distill", backend="seq2seq"),
+         Model("facebook/blenderbot-3B", backend="seq2seq", note=f"2.7B parameters, ~11 GB in fp32: {GPU_NOTE}")),
+        tasks="compfair_toxicity",
+        pairs=(("facebook/blenderbot-3B", "facebook/blenderbot-400M-distill"),),
+        # lm-eval sizes a seq2seq decoder from the prompt length; bound it to the decoder start + 20 new tokens
+        gen_kwargs="max_length=21",
+        note="Encoder-decoder: the prompt goes to the encoder (backend=seq2seq) and the decoder is bounded with "
+             "--gen_kwargs max_length=21 (BlenderBot has 128 positions).",
+    ),
+}
+
+
+class PreflightError(RuntimeError):
+    """A model or dataset that the comparison needs is not available."""
+
+
+def _offline() -> bool:
+    return any(os.environ.get(v, "").lower() in ("1", "true", "yes") for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def check_model(name: str) -> None:
+    """A local checkpoint folder, or a hub id that is cached (offline) or reachable (online)."""
+    folder = Path(name).expanduser()
+    if folder.exists() or name.startswith((".", "/", "~")):
+        if not (folder / "config.json").is_file():
+            raise PreflightError(f"model {name}: no config.json in that folder (expected a save_pretrained checkpoint)")
+        return
+    from huggingface_hub import hf_hub_download, try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(name, "config.json"), str):
+        return
+    if _offline():
+        raise PreflightError(
+            f"model {name} is not in the Hugging Face cache and the hub is offline (HF_HUB_OFFLINE is set). "
+            f"Download it where there is network (huggingface-cli download {name}) and copy the cache, "
+            f"or pass a local checkpoint folder instead.")
+    try:
+        hf_hub_download(name, "config.json")
+    except Exception as error:  # no network, unknown id or gated model
+        raise PreflightError(f"model {name}: cannot be fetched from the Hugging Face hub ({error})") from error
+
+
+def model_args(model: Model, dtype: str) -> str:
+    args = f"pretrained={model.name}"
+    if model.backend != "causal":
+        args += f",backend={model.backend}"
+    return args + (f",dtype={dtype}" if dtype else "")
+
+
+def check_tasks(tasks: str, metadata: dict) -> None:
+    """Build every task once (as lm_eval will), so missing data stops us before any model runs."""
+    from lm_eval.tasks import TaskManager, get_task_dict
+
+    try:
+        get_task_dict(tasks.split(","), TaskManager(metadata=metadata))
+    except Exception as error:  # the data layer's DataNotFoundError, a hub error, an unknown task name
+        raise PreflightError(f"tasks {tasks}: {type(error).__name__}: {error}") from error
+
+
+def lm_eval_command(model: Model, preset: Preset, args) -> list[str]:
+    metadata = {**preset.metadata, **json.loads(args.metadata or "{}")}
+    command = [sys.executable, "-m", "lm_eval", "--model", "hf", "--model_args", model_args(model, args.dtype),
+               "--tasks", args.tasks or preset.tasks, "--output_path", str(args.output / "results"),
+               "--log_samples", "--batch_size", str(args.batch_size), "--device", args.device]
+    if metadata:
+        command += ["--metadata", json.dumps(metadata)]
+    if preset.gen_kwargs:
+        command += ["--gen_kwargs", preset.gen_kwargs]
+    if args.limit:
+        command += ["--limit", f"{args.limit:g}"]
+    return command
+
+
+def _default_device() -> str:
+    try:
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    except ImportError:
+        return "cpu"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="compfair compare",
+        description="Run a baseline comparison of the compression paper through lm_eval, then build its leaderboard. "
+                    "Presets: " + "; ".join(f"{k}: {p.title}" for k, p in PRESETS.items()),
+    )
+    parser.add_argument("preset", choices=sorted(PRESETS))
+    parser.add_argument("--model", action="append", default=[], metavar="PATH_OR_ID",
+                        help="add a model (e.g. a compfair student checkpoint); repeatable")
+    parser.add_argument("--tasks", help="lm_eval task list instead of the preset's (e.g. compfair_toxicity_rtp_offline)")
+    parser.add_argument("--output", type=Path, default=Path("compfair-compare"),
+                        help="results go to OUTPUT/results, the leaderboard to OUTPUT/site")
+    parser.add_argument("--metadata", help="JSON merged into the preset's task metadata (e.g. '{\"scorer\": ...}')")
+    parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
+    parser.add_argument("--dtype", default="", help="model dtype for lm_eval (e.g. float16 on a GPU)")
+    parser.add_argument("--batch-size", default="auto", help="lm_eval --batch_size (default auto)")
+    parser.add_argument("--limit", type=float, help="lm_eval --limit (for a quick look; not for reported numbers)")
+    parser.add_argument("--dry-run", action="store_true", help="print the lm_eval commands and stop")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    args.device = args.device or _default_device()
+    preset = PRESETS[args.preset]
+    models = list(preset.models) + [Model(name) for name in args.model]
+    commands = [lm_eval_command(model, preset, args) for model in models]
+    print(f"compfair compare {args.preset}: {preset.title}\n  {preset.note}")
+    for model in models:
+        if model.note:
+            print(f"  note: {model.name}: {model.note}")
+    if args.dry_run:
+        print("\n".join(shlex.join(c) for c in commands))
+        return 0
+    missing = []
+    for model in models:
+        try:
+            check_model(model.name)
+        except PreflightError as error:
+            missing.append(str(error))
+    if missing:
+        print("compfair compare: nothing was run.\n  " + "\n  ".join(missing), file=sys.stderr)
+        return 2
+    try:
+        metadata = {**preset.metadata, **json.loads(args.metadata or "{}")}
+        check_tasks(args.tasks or preset.tasks, {"pretrained": models[0].name, **metadata})
+    except PreflightError as error:
+        print(f"compfair compare: nothing was run.\n  {error}", file=sys.stderr)
+        return 2
+    args.output.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    for index, (model, command) in enumerate(zip(models, commands), 1):
+        log = args.output / f"lm_eval_{index}.log"
+        print(f"[{index}/{len(models)}] {model.name} ... (log: {log})", flush=True)
+        began = time.perf_counter()
+        with open(log, "w") as handle:
+            done = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT)
+        if done.returncode != 0:
+            print(f"compfair compare: lm_eval failed for {model.name} (exit {done.returncode}); see {log}",
+                  file=sys.stderr)
+            return 1
+        print(f"      done in {time.perf_counter() - began:.0f} s", flush=True)
+    from .cli import main as leaderboard_main
+
+    pairs = [arg for baseline, other in preset.pairs for arg in ("--pair", baseline, other)]
+    status = leaderboard_main([str(args.output / "results"), "-o", str(args.output / "site"),
+                               "--title", f"compfair compare: {preset.title}", *pairs])
+    print(f"total {time.perf_counter() - start:.0f} s")
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

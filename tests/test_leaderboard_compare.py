@@ -1,0 +1,110 @@
+"""`compfair compare` presets, the latency helper, and the leaderboard over real lm_eval output."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from leaderboard import compare
+from leaderboard.collect import LATENCY_FILE, collect
+from leaderboard.latency import measure_latency
+from leaderboard.paired import paired_tests
+
+
+def test_offline_hub_models_stop_before_anything_runs(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty_hf_cache"))  # nothing cached
+    monkeypatch.setattr(compare.subprocess, "run", lambda *a, **k: pytest.fail("lm_eval must not start"))
+    output = tmp_path / "compare"
+    assert compare.main(["dialogpt", "--output", str(output)]) == 2
+    error = capsys.readouterr().err
+    for model in ("microsoft/DialoGPT-small", "microsoft/DialoGPT-medium", "microsoft/DialoGPT-large"):
+        assert f"model {model} is not in the Hugging Face cache" in error
+    assert "HF_HUB_OFFLINE" in error and not output.exists()
+
+
+def test_local_folder_without_checkpoint_is_named(tmp_path):
+    with pytest.raises(compare.PreflightError, match="no config.json"):
+        compare.check_model(str(tmp_path))
+
+
+def test_preset_commands(tmp_path, capsys):
+    assert compare.main(["blenderbot", "--dry-run", "--output", str(tmp_path), "--limit", "5", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "facebook/blenderbot-3B: 2.7B parameters" in out and "needs a GPU" in out
+    commands = [line for line in out.splitlines() if " -m lm_eval " in line]
+    assert len(commands) == 2
+    assert "--model_args pretrained=facebook/blenderbot-400M-distill,backend=seq2seq" in commands[0]
+    assert "--gen_kwargs max_length=21" in commands[0] and "--log_samples" in commands[0] and commands[0].endswith("--limit 5")
+
+    compare.main(["dialogpt", "--dry-run", "--model", "/ckpt/student", "--metadata", '{"scorer": "profanity-check"}'])
+    commands = [line for line in capsys.readouterr().out.splitlines() if " -m lm_eval " in line]
+    assert len(commands) == 4 and "pretrained=/ckpt/student" in commands[-1]
+    metadata = json.loads(commands[0].split("--metadata ")[1].split(" --")[0].strip("'"))
+    assert metadata == {"dialogue": True, "scorer": "profanity-check"}  # DialoGPT's EOS turn separator
+
+
+@pytest.mark.slow
+def test_missing_data_stops_before_any_model_runs(tiny_gpt2_dir, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv("COMPFAIR_DATA_DIR", raising=False)
+    with pytest.raises(compare.PreflightError, match="RealToxicityPrompts data not found: set COMPFAIR_DATA_DIR"):
+        compare.check_tasks("compfair_toxicity_rtp", {"pretrained": str(tiny_gpt2_dir)})
+
+
+def test_latency_is_measured_and_shown(tiny_gpt2_dir, tmp_path):
+    checkpoint = tmp_path / "ckpt"
+    shutil.copytree(tiny_gpt2_dir, checkpoint)
+    record = measure_latency(checkpoint, seq_len=16, repeats=3, warmup=1, threads=1)
+    saved = json.loads((checkpoint / LATENCY_FILE).read_text())
+    assert saved["latency_ms"] == record["latency_ms"] > 0 and saved["seq_len"] == 16
+
+    from leaderboard_results import write_run
+
+    write_run(tmp_path / "out", str(checkpoint), {"wikitext": {"word_perplexity": 1.0}})
+    assert collect([tmp_path / "out"]).frame.at[0, "latency_ms"] == record["latency_ms"]
+
+
+@pytest.mark.slow
+def test_leaderboard_of_real_lm_eval_runs(tiny_gpt2_dir, tmp_path, lm_eval_cli):
+    """Teacher and a 'student' (another tiny model with compression metadata) through the real lm_eval CLI."""
+    from conftest import save_tiny_gpt2
+    from leaderboard.cli import main as leaderboard_main
+
+    teacher = tiny_gpt2_dir
+    student = save_tiny_gpt2(tmp_path / "student", seed=1)
+    (student / "compfair_compression.json").write_text(json.dumps(
+        {"method": "distill", "source_model": str(teacher), "settings": {"layers": 2}, "seed": 1}))
+    limit = 5
+    tasks = "compfair_crows_pairs,compfair_winobias_type1,compfair_ppl_bold_wiki"
+
+    def evaluate(model):
+        return lm_eval_cli(["--model", "hf", "--model_args", f"pretrained={model}", "--tasks", tasks,
+                            "--limit", str(limit), "--log_samples", "--device", "cpu", "--batch_size", "4"],
+                           tmp_path / "out" / model.name, env={"OMP_NUM_THREADS": "1"})
+
+    with ThreadPoolExecutor(2) as pool:
+        teacher_results, student_results = pool.map(evaluate, [teacher, student])
+
+    collection = collect([tmp_path / "out"])
+    assert collection.problems == []
+    frame = collection.frame.set_index("model")
+    assert frame.at["student", "teacher"] == teacher.name and frame.at["student", "method"] == "distill"
+    assert frame.at["student", "compfair_crows_pairs:pct_stereotype"] == \
+        student_results["results"]["compfair_crows_pairs"]["pct_stereotype,none"]
+
+    paired = paired_tests(collection).set_index(["task", "metric"])
+    for task, metric in (("compfair_crows_pairs", "pct_stereotype"), ("compfair_winobias_type1", "anti_pct"),
+                         ("compfair_ppl_bold_wiki", "word_perplexity")):
+        assert paired.at[(task, metric), "n"] == limit
+    # the per-doc 0/100 outcomes average to the task's own aggregate, for both models
+    crows = paired.loc[("compfair_crows_pairs", "pct_stereotype")]
+    assert crows["baseline_mean"] == pytest.approx(teacher_results["results"]["compfair_crows_pairs"]["pct_stereotype,none"])
+    assert crows["model_mean"] == pytest.approx(student_results["results"]["compfair_crows_pairs"]["pct_stereotype,none"])
+    assert paired.at[("compfair_ppl_bold_wiki", "word_perplexity"), "per_doc"] == "NLL per unit"
+
+    assert leaderboard_main([str(tmp_path / "out"), "-o", str(tmp_path / "site")]) == 0
+    assert (tmp_path / "site" / "parameters_vs_fairness.png").is_file()
