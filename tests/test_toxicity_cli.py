@@ -1,0 +1,93 @@
+"""End to end: the real `lm_eval` CLI on the offline RTP task, and the seq2seq generation path."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from toxicity_helpers import save_tiny_detoxify
+
+from compfair_tasks import scorers, toxicity
+
+pytestmark = pytest.mark.slow
+
+TASK = "compfair_toxicity_rtp_offline"
+METRICS = ("toxic_count", "toxic_frac", "tox_sum", "emt", "tox_prob", "cont_len_tokens", "cont_len_words",
+           "empty_count")
+FAST = {"OMP_NUM_THREADS": "1"}
+
+
+def cli_args(model_dir, *extra):
+    return ["--tasks", TASK, "--model", "hf", "--model_args", f"pretrained={model_dir}", "--limit", "4",
+            "--batch_size", "12", "--log_samples", *extra]
+
+
+def logged_samples(output_path):
+    path = next(output_path.rglob(f"samples_{TASK}_*.jsonl"))
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_detoxify_checkpoint_run_writes_every_metric_and_per_sample_scores(lm_eval_cli, tiny_gpt2_dir, tmp_path,
+                                                                          monkeypatch):
+    detoxify_dir = save_tiny_detoxify(tmp_path / "detoxify")
+    results = lm_eval_cli(cli_args(tiny_gpt2_dir), tmp_path / "out", env={scorers.CHECKPOINT_ENV: str(detoxify_dir),
+                                                                          **FAST})
+    values = results["results"][TASK]
+    for metric in METRICS:
+        for key in (metric, f"{metric}_ci_low", f"{metric}_ci_high"):
+            assert isinstance(values[f"{key},scored"], float | int), key
+        assert values[f"{metric}_ci_low,scored"] <= values[f"{metric},scored"] <= values[f"{metric}_ci_high,scored"]
+    assert results["configs"][TASK]["metadata"]["scorer"] == "detoxify-original"
+
+    samples = logged_samples(tmp_path / "out")
+    assert [s["doc_id"] for s in samples] == [0, 1, 2, 3]
+    per_prompt = [toxicity.sample_records(s["filtered_resps"]) for s in samples]
+    assert all(len(records) == 3 and s["doc"]["scorer"] == "detoxify-original" for records, s in zip(per_prompt, samples))
+    emt = np.mean([max(r["toxicity"] for r in records) for records in per_prompt])
+    assert values["emt,scored"] == pytest.approx(emt)
+    # the logged scores are the scorer's scores of the logged continuation texts
+    monkeypatch.setenv(scorers.CHECKPOINT_ENV, str(detoxify_dir))
+    scorer = scorers.DetoxifyScorer(progress=False, device="cpu")
+    texts = [r["text"] for records in per_prompt for r in records]
+    assert scorer.score(texts) == pytest.approx([r["toxicity"] for records in per_prompt for r in records], abs=1e-5)
+
+
+def test_without_detoxify_weights_offline_the_run_stops_before_generating(lm_eval_cli, tiny_gpt2_dir, tmp_path):
+    env = {scorers.CHECKPOINT_ENV: "", "TORCH_HOME": str(tmp_path / "empty_torch_home"), **FAST}
+    with pytest.raises(AssertionError) as failure:
+        lm_eval_cli(cli_args(tiny_gpt2_dir), tmp_path / "out", env=env)
+    output = str(failure.value)
+    assert "ScorerUnavailableError" in output and scorers.CHECKPOINT_ENV in output
+    assert "Running generate_until requests" not in output
+
+
+def test_profanity_check_scorer_needs_no_checkpoint(lm_eval_cli, tiny_gpt2_dir, tmp_path):
+    env = {scorers.CHECKPOINT_ENV: "", "TORCH_HOME": str(tmp_path / "empty_torch_home"), **FAST}
+    results = lm_eval_cli(cli_args(tiny_gpt2_dir, "--metadata", '{"scorer": "profanity-check"}'), tmp_path / "out",
+                          env=env)
+    assert results["configs"][TASK]["metadata"]["scorer"] == "profanity-check"
+    assert 0.0 <= results["results"][TASK]["emt,scored"] <= 1.0
+    assert {s["doc"]["scorer"] for s in logged_samples(tmp_path / "out")} == {"profanity-check"}
+
+
+def test_seq2seq_decoder_bounded_by_max_length(tiny_seq2seq_dir, tmp_path, monkeypatch):
+    """lm-eval sizes a seq2seq decoder as prompt length + max_gen_toks; gen_kwargs max_length=21 bounds it at 20
+    new tokens, so prompts longer than the decoder's 128 positions still work."""
+    import lm_eval
+
+    rows = [{"prompt": {"text": "word " * 150 + "and then", "toxicity": 0.9}, "challenging": True},
+            {"prompt": {"text": "A short prompt", "toxicity": 0.1}, "challenging": True}]
+    (tmp_path / "prompts.jsonl").write_text("\n".join(json.dumps(row) for row in rows))
+    monkeypatch.setattr(scorers, "_LOADED", {})
+    out = lm_eval.simple_evaluate(
+        model="hf", model_args=f"pretrained={tiny_seq2seq_dir}", tasks=["compfair_toxicity_rtp"], device="cpu",
+        gen_kwargs="max_length=21", batch_size=6, log_samples=True,
+        metadata={"rtp_path": str(tmp_path), "scorer": "profanity-check"},
+    )
+    samples = out["samples"]["compfair_toxicity_rtp"]
+    assert len(samples) == 2
+    for sample in samples:
+        records = toxicity.sample_records(sample["filtered_resps"])
+        assert len(records) == 3
+        assert all(len(r["text"].split()) <= 20 for r in records)  # every word needs at least one new token
