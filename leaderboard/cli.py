@@ -30,29 +30,40 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def build(folders, output, pairs=(), test: str = "bootstrap", n_resamples: int = 2000, seed: int = 0,
+          title: str = "compfair leaderboard"):
+    """Collect `folders`, run the paired tests and write the site; returns (collection, paired, written files).
+
+    The Python entry point (used by `compfair demo`); `pairs` are (baseline, model) names.
+    """
+    collection = collect(folders)
+    if not collection.runs:
+        raise FileNotFoundError("no lm_eval results found:\n  " + "\n  ".join(collection.problems))
+    for pair in pairs:
+        for name in pair:
+            collection.run(name)  # KeyError naming the models there are
+    paired = paired_tests(collection, [tuple(p) for p in pairs], test, n_resamples, seed)
+    written = write_site(collection.frame, paired, Path(output), collection.problems, title)
+    return collection, paired, written
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    collection = collect(args.folders)
-    if not collection.runs:
-        print("compfair leaderboard: no lm_eval results found.", file=sys.stderr)
-        for problem in collection.problems:
-            print(f"  {problem}", file=sys.stderr)
+    try:
+        collection, paired, written = build(args.folders, args.output, args.pair, args.test, args.resamples,
+                                            args.seed, args.title)
+    except FileNotFoundError as error:
+        print(f"compfair leaderboard: {error}", file=sys.stderr)
         return 1
-    for pair in args.pair:
-        for name in pair:
-            try:
-                collection.run(name)
-            except KeyError as error:
-                print(f"compfair leaderboard: --pair: {error.args[0]}", file=sys.stderr)
-                return 2
-    paired = paired_tests(collection, [tuple(p) for p in args.pair], args.test, args.resamples, args.seed)
-    written = write_site(collection.frame, paired, args.output, collection.problems, args.title)
+    except KeyError as error:
+        print(f"compfair leaderboard: --pair: {error.args[0]}", file=sys.stderr)
+        return 2
     print(f"{len(collection.runs)} model(s), {len(paired)} paired test(s) -> {args.output}")
     for kind, path in written.items():
         print(f"  {kind:<32} {path}")
     for problem in collection.problems:
         print(f"  skipped: {problem}", file=sys.stderr)
-    print(f"open file://{(args.output / 'index.html').resolve()}")
+    print(f"open {(Path(args.output) / 'index.html').resolve().as_uri()}")
     return 0
 
 

@@ -32,7 +32,8 @@ INFO = [
     Column("latency_ms", "Latency (ms)", "lower", kind="info"),
 ]
 
-TOXICITY_TASKS = {
+TOXICITY_PREFIX = "compfair_toxicity_"
+TOXICITY_TASKS = {  # short labels; any other compfair_toxicity_* task is shown under its own suffix
     "compfair_toxicity_rtp": "RTP",
     "compfair_toxicity_rtp_offline": "RTP-offline",
     "compfair_toxicity_tccc_tox": "TCCC-toxic",
@@ -70,12 +71,12 @@ def _stereoset_slots() -> list[Slot]:
     return slots
 
 
-SLOTS = (
-    [_slot("wikitext_ppl", "WikiText-2 PPL", "lower", "perplexity", "wikitext:word_perplexity"),
-     _slot("bold_wiki_ppl", "BOLD-wiki PPL", "lower", "perplexity", "compfair_ppl_bold_wiki:word_perplexity")]
-    + [_slot(f"{t}_{m}", f"{short} {label}", "lower", "fairness", f"{t}:{m}")
-       for t, short in TOXICITY_TASKS.items() for m, label in TOXICITY_HEADLINE.items()]
-    + _stereoset_slots()
+PERPLEXITY_SLOTS = [
+    _slot("wikitext_ppl", "WikiText-2 PPL", "lower", "perplexity", "wikitext:word_perplexity"),
+    _slot("bold_wiki_ppl", "BOLD-wiki PPL", "lower", "perplexity", "compfair_ppl_bold_wiki:word_perplexity"),
+]
+BIAS_SLOTS = (
+    _stereoset_slots()
     + [_slot(f"winobias_type{n}_anti_pct", f"WinoBias-{n} anti %", "50", "fairness",
              f"compfair_winobias_type{n}:anti_pct", f"compfair_winobias:anti_pct_type{n}",
              f"compfair_winobias_all:anti_pct_type{n}") for n in (1, 2)]
@@ -96,10 +97,23 @@ def _present(frame: pd.DataFrame, key: str) -> bool:
     return key in frame.columns and frame[key].notna().any()
 
 
+def toxicity_slots(frame: pd.DataFrame) -> list[Slot]:
+    """One EMT and one toxicity-probability column per toxicity task in the frame, known tasks first."""
+    found = {c.split(":")[0] for c in frame.columns if c.startswith(TOXICITY_PREFIX) and ":" in c}
+    tasks = [t for t in TOXICITY_TASKS if t in found] + sorted(found - TOXICITY_TASKS.keys())
+    return [_slot(f"{t}_{m}", f"{TOXICITY_TASKS.get(t, t[len(TOXICITY_PREFIX):])} {label}", "lower", "fairness",
+                  f"{t}:{m}") for t in tasks for m, label in TOXICITY_HEADLINE.items()]
+
+
+def slots(frame: pd.DataFrame) -> list[Slot]:
+    """All headline slots for this frame, in reading order: perplexity, toxicity, bias."""
+    return PERPLEXITY_SLOTS + toxicity_slots(frame) + BIAS_SLOTS
+
+
 def with_headline(frame: pd.DataFrame) -> pd.DataFrame:
     """The frame plus one `headline:*` column per slot (and its stderr/CI companions), row-wise coalesced."""
     added = {}
-    for slot in SLOTS:
+    for slot in slots(frame):
         values = {suffix: pd.Series(float("nan"), index=frame.index) for suffix in ("",) + COMPANIONS}
         for source in slot.sources:
             if source not in frame.columns:
@@ -117,7 +131,7 @@ def headline(frame: pd.DataFrame) -> list[Column]:
     StereoSet's intra/inter columns appear only when some model lacks the overall scores."""
     overall = frame.get("headline:stereoset_ss", pd.Series(dtype=float))
     columns = [c for c in INFO if c.key in frame.columns]
-    for slot in SLOTS:
+    for slot in slots(frame):
         key = slot.column.key
         if not _present(frame, key):
             continue

@@ -25,6 +25,8 @@ def format_value(key: str, value) -> str:
         return ""
     if not isinstance(value, (int, float)):
         return str(value)
+    if value == 0:
+        return "0"
     if key == "params":
         return f"{value / 1e6:,.1f}"
     if key == "size_bytes":
@@ -57,6 +59,11 @@ def cell(frame: pd.DataFrame, index: int, key: str) -> dict:
 
 def table(frame: pd.DataFrame, columns: list[C.Column]) -> dict:
     rows = [[cell(frame, i, c.key) for c in columns] for i in frame.index]
+    if "recipe" in frame.columns:  # the compression settings as the method cell's tooltip
+        for i, row in zip(frame.index, rows):
+            for c, value in zip(columns, row):
+                if c.key == "method":
+                    value["title"] = frame.at[i, "recipe"] or ""
     return {"columns": columns, "rows": rows}
 
 

@@ -145,6 +145,7 @@ def test_headline_slots_coalesce_groups_and_subtasks():
         "compfair_winobias:anti_pct_type1": [40.0, None],
         "compfair_winobias_type1:anti_pct": [None, 45.0], "compfair_winobias_type1:anti_pct_stderr": [None, 2.0],
         "compfair_stereoset:ss": [61.0, None], "compfair_stereoset_intrasentence:ss": [None, 58.0],
+        "compfair_toxicity_rtp_offline_profanity:emt": [0.2, 0.3], "compfair_toxicity_tccc_tox:emt": [0.5, None],
     })
     wide = columns.with_headline(frame)
     assert wide["headline:winobias_type1_anti_pct"].tolist() == [40.0, 45.0]
@@ -152,7 +153,8 @@ def test_headline_slots_coalesce_groups_and_subtasks():
     assert wide.at[1, "headline:winobias_type1_anti_pct_stderr"] == 2.0
     labels = [c.label for c in columns.headline(wide)]
     # model b lacks the overall StereoSet score, so the intrasentence column is shown too
-    assert labels == ["Model", "Params (M)", "StereoSet SS", "StereoSet intra SS", "WinoBias-1 anti %"]
+    assert labels == ["Model", "Params (M)", "TCCC-toxic EMT", "rtp_offline_profanity EMT", "StereoSet SS",
+                      "StereoSet intra SS", "WinoBias-1 anti %"]
 
 
 def test_number_formats():
@@ -198,6 +200,7 @@ def test_site_files(two_models):
     assert "some/file.json: not readable JSON" in markdown
 
     html = (site / "index.html").read_text()
+    assert '<td data-sort="distill" title="layers=6" class="text">distill</td>' in html  # recipe as tooltip
     assert html.count("<tr>") == 3 + 2 + 2 + 1  # 3 header rows; 2 models in the main and full tables, 1 paired test
     assert html.count('src="data:image/png;base64,') == 3
     assert not re.search(r'(src|href)="(https?:)?//', html)  # nothing fetched from the network
