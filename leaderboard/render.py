@@ -64,13 +64,19 @@ def table(frame: pd.DataFrame, columns: list[C.Column]) -> dict:
             for c, value in zip(columns, row):
                 if c.key == "method":
                     value["title"] = frame.at[i, "recipe"] or ""
-    return {"columns": columns, "rows": rows}
+    text_columns = [not any(row[j]["numeric"] for row in rows) for j in range(len(columns))]
+    return {"columns": [{"key": c.key, "title": c.title, "text": t} for c, t in zip(columns, text_columns)],
+            "rows": rows}
 
 
 def paired_table(paired: pd.DataFrame) -> dict:
     columns = [C.Column(k, k.replace("_", " ")) for k in paired.columns if k not in ("test", "resamples")]
     rows = [[cell(paired, i, c.key) for c in columns] for i in paired.index]
-    return {"columns": columns, "rows": rows}
+    for i, row in zip(paired.index, rows):  # a p-value below 0.05 is shown in bold
+        row[[c.key for c in columns].index("p_value")]["strong"] = paired.at[i, "p_value"] < 0.05
+    text_columns = [not any(row[j]["numeric"] for row in rows) for j in range(len(columns))]
+    return {"columns": [{"key": c.key, "title": c.title, "text": t} for c, t in zip(columns, text_columns)],
+            "rows": rows}
 
 
 def _markdown_frame(frame: pd.DataFrame, columns: list[C.Column]) -> pd.DataFrame:
