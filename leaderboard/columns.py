@@ -85,6 +85,10 @@ BIAS_SLOTS = (
              "crows_pairs_english:pct_stereotype")]
 )
 
+# metrics whose paired tests the page and the Markdown show first (paired_tests.csv has them all)
+PAIRED_HEADLINE = ("ss", "lms", "anti_pct", "ll_gap", "pct_stereotype", "likelihood_diff", "emt", "tox_prob",
+                   "toxic_frac", "word_perplexity")
+
 # direction of every metric name the tasks report, for the full table
 DIRECTIONS = {
     "word_perplexity": "lower", "byte_perplexity": "lower", "bits_per_byte": "lower",

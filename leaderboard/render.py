@@ -89,8 +89,9 @@ def to_markdown(frame: pd.DataFrame, paired: pd.DataFrame, problems: list[str], 
     parts = [f"# {title}", "",
              _markdown_frame(frame, columns).to_markdown(index=False, disable_numparse=True, colalign=align)]
     if not paired.empty:
-        shown = paired.drop(columns=["resamples"])
+        shown = paired[paired["metric"].isin(C.PAIRED_HEADLINE)].drop(columns=["resamples"])
         parts += ["", "## Paired tests (effect = mean per-doc value of model − baseline)", "",
+                  f"Main metrics; all {len(paired)} tests are in paired_tests.csv.", "",
                   shown.to_markdown(index=False, floatfmt=".4g")]
     if problems:
         parts += ["", "## Files skipped or partly read", ""] + [f"- {p}" for p in problems]
@@ -110,7 +111,8 @@ def to_html(frame: pd.DataFrame, paired: pd.DataFrame, plots: dict[str, Path], p
         generated=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         main=table(frame, C.headline(frame)),
         full=table(frame, [C.Column("model", "Model", kind="info")] + C.all_metrics(frame)),
-        paired=paired_table(paired) if not paired.empty else None,
+        paired=paired_table(paired[paired["metric"].isin(C.PAIRED_HEADLINE)]) if not paired.empty else None,
+        paired_all=paired_table(paired) if not paired.empty else None,
         plots=[{"title": t, "src": _inline_png(p), "file": p.name} for t, p in plots.items()],
         problems=problems,
     )

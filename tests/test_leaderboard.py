@@ -201,7 +201,7 @@ def test_site_files(two_models):
 
     html = (site / "index.html").read_text()
     assert '<td data-sort="distill" title="layers=6" class="text">distill</td>' in html  # recipe as tooltip
-    assert html.count("<tr>") == 3 + 2 + 2 + 1  # 3 header rows; 2 models in the main and full tables, 1 paired test
+    assert html.count("<tr>") == 4 + 2 + 2 + 1 + 1  # 4 header rows; 2 models in main and full tables; 1 paired test twice
     assert html.count('src="data:image/png;base64,') == 3
     assert not re.search(r'(src|href)="(https?:)?//', html)  # nothing fetched from the network
 
