@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from concurrent.futures import ThreadPoolExecutor
 
@@ -108,3 +109,32 @@ def test_leaderboard_of_real_lm_eval_runs(tiny_gpt2_dir, tmp_path, lm_eval_cli):
 
     assert leaderboard_main([str(tmp_path / "out"), "-o", str(tmp_path / "site")]) == 0
     assert (tmp_path / "site" / "parameters_vs_fairness.png").is_file()
+
+
+@pytest.mark.slow
+def test_preset_prompt_formats_run_in_lm_eval(tiny_gpt2_dir, tiny_seq2seq_dir, tmp_path):
+    """The DialoGPT and BlenderBot presets' lm_eval arguments, on tiny stand-ins of those families."""
+    import subprocess
+
+    from conftest import OFFLINE_ENV
+
+    def run(preset, model_dir, backend):
+        args = compare.build_parser().parse_args(
+            [preset, "--tasks", "compfair_toxicity_rtp_offline", "--limit", "2", "--device", "cpu",
+             "--batch-size", "2", "--output", str(tmp_path / preset), "--metadata", '{"scorer": "profanity-check"}'])
+        command = compare.lm_eval_command(compare.Model(str(model_dir), backend), compare.PRESETS[preset], args)
+        done = subprocess.run(command, env={**os.environ, **OFFLINE_ENV, "OMP_NUM_THREADS": "1"},
+                              capture_output=True, text=True, timeout=900)
+        assert done.returncode == 0, done.stderr[-4000:]
+        return [json.loads(line) for path in (tmp_path / preset).rglob("samples_*.jsonl")
+                for line in path.read_text().splitlines()]
+
+    with ThreadPoolExecutor(2) as pool:
+        dialogue = pool.submit(run, "dialogpt", tiny_gpt2_dir, "causal")
+        seq2seq = pool.submit(run, "blenderbot", tiny_seq2seq_dir, "seq2seq")
+        dialogue, seq2seq = dialogue.result(), seq2seq.result()
+    # DialoGPT format: every prompt ends with the EOS turn separator
+    assert len(dialogue) == 2 and all(s["arguments"]["gen_args_0"]["arg_0"].endswith("<|endoftext|>") for s in dialogue)
+    # BlenderBot: the decoder is bounded to max_gen_toks = 20 new tokens, not prompt length + 20 (the decoded
+    # text, re-tokenized for cont_len_tokens, may count a token more or so)
+    assert len(seq2seq) == 2 and all(0 < s["cont_len_tokens"] <= 22 for s in seq2seq)
