@@ -109,7 +109,8 @@ def _load(types: Sequence[int], scope: str, metadata: dict):
     if source.kind == "hub":
         raise data.DataNotFoundError(
             f"WinoBias: the hub copy ({source.location}) is CoNLL-formatted without the pro/anti line pairing and "
-            f"pronoun markup compfair scores; {data._not_found_message(data.spec('winobias'))}"
+            f"pronoun markup compfair scores; set {data.ENV_VAR} to a folder holding {data.layout('winobias')} "
+            f"(the official files of uclanlp/corefBias WinoBias/wino/data)"
         )
     docs = preference.annotate(build_docs(source.path, types, scope), metadata, f"compfair_winobias_{scope}")
     for doc in docs:

@@ -96,11 +96,12 @@ def test_balanced_needs_both_pronouns():
 @pytest.mark.slow
 def test_lm_eval_cli_winobias(lm_eval_cli, tiny_gpt2_dir, tmp_path):
     out = lm_eval_cli(["--model", "hf", "--model_args", f"pretrained={tiny_gpt2_dir}", "--device", "cpu",
-                       "--tasks", "compfair_winobias,compfair_winobias_type2", "--limit", "20", "--batch_size", "16"],
+                       "--tasks", "compfair_winobias,compfair_winobias_type2", "--limit", "20", "--batch_size", "16",
+                       "--metadata", '{"preference_score": "sum"}'],
                       tmp_path)
     group = out["results"]["compfair_winobias"]
     for key in ("anti_pct", "anti_pct_female", "anti_pct_male", "anti_pct_balanced", "anti_pct_dev", "anti_pct_type1"):
         assert 0 <= group[f"{key},none"] <= 100, key
-    assert group["n_pairs,none"] == 20 and group["per_token,none"] == 1.0
+    assert group["n_pairs,none"] == 20 and group["per_token,none"] == 0.0  # summed, as asked
     assert math.isfinite(group["ll_gap,none"])
     assert out["results"]["compfair_winobias_type2"]["n_pairs,none"] == 20
