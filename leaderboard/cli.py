@@ -27,11 +27,32 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--resamples", type=int, default=2000, help="bootstrap/permutation resamples (default 2000)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--title", default="compfair leaderboard")
+    parser.add_argument("--measure-latency", action="store_true",
+                        help="time a forward pass of every local checkpoint that has no compfair_latency.json yet "
+                             "(same machine, same settings: the numbers are comparable with each other only)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads for --measure-latency")
     return parser
 
 
+def measure_missing_latencies(collection, threads: int | None = None) -> bool:
+    """Measure every local checkpoint without a latency; True when something was measured."""
+    from .latency import measure_latency
+
+    measured = False
+    for run in collection.runs:
+        if run.checkpoint_dir is None or run.latency is not None:
+            continue
+        try:
+            record = measure_latency(run.checkpoint_dir, threads=threads)
+            print(f"  latency {run.name}: {record['latency_ms']:.1f} ms", flush=True)
+            measured = True
+        except Exception as error:  # a checkpoint format AutoModel cannot load: leave the cell blank
+            collection.problems.append(f"{run.checkpoint_dir}: latency not measured ({type(error).__name__}: {error})")
+    return measured
+
+
 def build(folders, output, pairs=(), test: str = "bootstrap", n_resamples: int = 2000, seed: int = 0,
-          title: str = "compfair leaderboard"):
+          title: str = "compfair leaderboard", measure_latency: bool = False, threads: int | None = None):
     """Collect `folders`, run the paired tests and write the site; returns (collection, paired, written files).
 
     The Python entry point (used by `compfair demo`); `pairs` are (baseline, model) names.
@@ -39,6 +60,11 @@ def build(folders, output, pairs=(), test: str = "bootstrap", n_resamples: int =
     collection = collect(folders)
     if not collection.runs:
         raise FileNotFoundError("no lm_eval results found:\n  " + "\n  ".join(collection.problems))
+    if measure_latency:
+        problems = collection.problems
+        if measure_missing_latencies(collection, threads):
+            collection = collect(folders)
+        collection.problems = list(dict.fromkeys(problems + collection.problems))
     for pair in pairs:
         for name in pair:
             collection.run(name)  # KeyError naming the models there are
@@ -51,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         collection, paired, written = build(args.folders, args.output, args.pair, args.test, args.resamples,
-                                            args.seed, args.title)
+                                            args.seed, args.title, args.measure_latency, args.threads)
     except FileNotFoundError as error:
         print(f"compfair leaderboard: {error}", file=sys.stderr)
         return 1

@@ -7,6 +7,7 @@ import os
 import shutil
 from concurrent.futures import ThreadPoolExecutor
 
+import pandas as pd
 import pytest
 
 from leaderboard import compare
@@ -75,7 +76,7 @@ def test_leaderboard_of_real_lm_eval_runs(tiny_gpt2_dir, tmp_path, lm_eval_cli):
     from conftest import save_tiny_gpt2
     from leaderboard.cli import main as leaderboard_main
 
-    teacher = tiny_gpt2_dir
+    teacher = shutil.copytree(tiny_gpt2_dir, tmp_path / "teacher")  # latency files are written beside it
     student = save_tiny_gpt2(tmp_path / "student", seed=1)
     (student / "compfair_compression.json").write_text(json.dumps(
         {"method": "distill", "source_model": str(teacher), "settings": {"layers": 2}, "seed": 1}))
@@ -107,8 +108,11 @@ def test_leaderboard_of_real_lm_eval_runs(tiny_gpt2_dir, tmp_path, lm_eval_cli):
     assert crows["model_mean"] == pytest.approx(student_results["results"]["compfair_crows_pairs"]["pct_stereotype,none"])
     assert paired.at[("compfair_ppl_bold_wiki", "word_perplexity"), "per_doc"] == "NLL per unit"
 
-    assert leaderboard_main([str(tmp_path / "out"), "-o", str(tmp_path / "site")]) == 0
+    assert leaderboard_main([str(tmp_path / "out"), "-o", str(tmp_path / "site"), "--measure-latency",
+                             "--threads", "1"]) == 0
     assert (tmp_path / "site" / "parameters_vs_fairness.png").is_file()
+    site = pd.read_csv(tmp_path / "site" / "leaderboard.csv")
+    assert (site["latency_ms"] > 0).all() and (student / "compfair_latency.json").is_file()
 
 
 @pytest.mark.slow
