@@ -128,8 +128,10 @@ def gated(model, gates: list[torch.Tensor]):
 def example_losses(model, input_ids: torch.Tensor) -> torch.Tensor:
     """Mean next-token loss of each row of `input_ids` (shape [batch])."""
     logits = model(input_ids=input_ids, use_cache=False).logits[:, :-1]
+    if logits.dtype in (torch.float16, torch.bfloat16):
+        logits = logits.float()
     targets = input_ids[:, 1:]
-    losses = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction="none")
+    losses = torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none")
     return losses.view(targets.shape).mean(dim=1)
 
 
@@ -138,7 +140,7 @@ def head_importance(model, blocks: torch.Tensor, batch_size: int = 8, unit: str 
     layers = attention_layers(model)
     unit_index = [torch.tensor(units_of_layer(layer, unit), dtype=torch.long) for layer in layers]
     n_units = [int(index.max()) + 1 if len(index) else 0 for index in unit_index]
-    totals = [torch.zeros(n) for n in n_units]
+    totals = [torch.zeros(n, dtype=torch.float64) for n in n_units]
     was_training = model.training
     requires_grad = [p.requires_grad for p in model.parameters()]
     model.eval().requires_grad_(False)
@@ -150,7 +152,7 @@ def head_importance(model, blocks: torch.Tensor, batch_size: int = 8, unit: str 
                 example_losses(model, batch).sum().backward()  # row b of each gate's grad: dL(x_b)/dg
             for total, gate, index, n in zip(totals, gates, unit_index, n_units):
                 if n:
-                    per_unit = torch.zeros(len(batch), n).index_add_(1, index, gate.grad.detach().float().cpu())
+                    per_unit = torch.zeros(len(batch), n, dtype=torch.float64).index_add_(1, index, gate.grad.detach().double().cpu())
                     total += per_unit.abs().sum(dim=0)
     finally:
         for parameter, flag in zip(model.parameters(), requires_grad):
