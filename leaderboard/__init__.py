@@ -1,1 +1,10 @@
-"""Leaderboard: lm_eval result folders in; tables, a static HTML page and plots out."""
+"""Leaderboard: lm_eval result folders in; tables, a static HTML page and plots out.
+
+    collect.py   lm_eval output folders -> one tidy DataFrame (one row per model) + the runs behind it
+    paired.py    paired bootstrap / permutation tests over logged per-document values
+    columns.py   which metrics the page shows, their labels and better directions
+    plots.py     PNG plots; render.py  CSV, Markdown, HTML (templates/leaderboard.html.j2)
+    latency.py   measured forward latency, saved beside a checkpoint
+    cli.py       `compfair leaderboard` and `build()`, the Python entry point
+    compare.py   `compfair compare`: GPT-2 / DialoGPT / BlenderBot baseline presets
+"""

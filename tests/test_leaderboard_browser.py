@@ -31,8 +31,9 @@ def _browser_or_skip() -> str:
 
 
 @pytest.fixture
-def driver():
+def driver(tmp_path, monkeypatch):
     binary = _browser_or_skip()
+    monkeypatch.setenv("SE_OFFLINE", "true")  # Selenium Manager must never go to the network
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -40,7 +41,7 @@ def driver():
     options.binary_location = binary
     for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                  "--disable-background-networking", "--disable-extensions", "--disable-sync",
-                 "--no-first-run", "--window-size=1400,1800"):
+                 "--no-first-run", "--window-size=1400,1800", f"--user-data-dir={tmp_path / 'profile'}"):
         options.add_argument(flag)
     browser = webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)), options=options)
     yield browser
@@ -100,3 +101,15 @@ def test_page_rows_plots_and_sorting(driver, site, tmp_path):
     driver.save_screenshot(str(tmp_path / "page.png"))
     if os.environ.get("COMPFAIR_SCREENSHOT"):
         shutil.copy(tmp_path / "page.png", os.environ["COMPFAIR_SCREENSHOT"])
+
+
+def test_missing_browser_fails_in_ci_and_skips_locally(monkeypatch):
+    import test_leaderboard_browser as module
+
+    monkeypatch.setattr(module.shutil, "which", lambda name: None)
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="make browser"):
+        module._browser_or_skip()
+    monkeypatch.delenv("CI")
+    with pytest.raises(pytest.skip.Exception, match="chromium-driver"):
+        module._browser_or_skip()
