@@ -123,6 +123,13 @@ def check_tasks(tasks: str, metadata: dict) -> None:
         raise PreflightError(f"tasks {tasks}: {type(error).__name__}: {error}") from error
 
 
+def results_folder(output: Path, model: Model) -> Path:
+    """Where lm_eval writes this model's results under --output_path (its sanitized model name)."""
+    from lm_eval.utils import sanitize_model_name
+
+    return output / "results" / sanitize_model_name(model.name)
+
+
 def lm_eval_command(model: Model, preset: Preset, args) -> list[str]:
     metadata = {**preset.metadata, **json.loads(args.metadata or "{}")}
     command = [sys.executable, "-m", "lm_eval", "--model", "hf", "--model_args", model_args(model, args.dtype),
@@ -164,6 +171,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", default="auto", help="lm_eval --batch_size (default auto)")
     parser.add_argument("--limit", type=float, help="lm_eval --limit (for a quick look; not for reported numbers)")
     parser.add_argument("--dry-run", action="store_true", help="print the lm_eval commands and stop")
+    parser.add_argument("--rerun", action="store_true",
+                        help="evaluate every model again (by default a model with results in OUTPUT is skipped, "
+                             "so an interrupted comparison resumes)")
     return parser
 
 
@@ -199,6 +209,9 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     for index, (model, command) in enumerate(zip(models, commands), 1):
         log = args.output / f"lm_eval_{index}.log"
+        if not args.rerun and any(results_folder(args.output, model).glob("results_*.json")):
+            print(f"[{index}/{len(models)}] {model.name}: results there already, skipped (--rerun to redo)")
+            continue
         print(f"[{index}/{len(models)}] {model.name} ... (log: {log})", flush=True)
         began = time.perf_counter()
         with open(log, "w") as handle:

@@ -142,3 +142,33 @@ def test_preset_prompt_formats_run_in_lm_eval(tiny_gpt2_dir, tiny_seq2seq_dir, t
     # BlenderBot: the decoder is bounded to max_gen_toks = 20 new tokens, not prompt length + 20 (the decoded
     # text, re-tokenized for cont_len_tokens, may count a token more or so)
     assert len(seq2seq) == 2 and all(0 < s["cont_len_tokens"] <= 22 for s in seq2seq)
+
+
+def test_a_comparison_resumes_and_ends_in_a_leaderboard(tmp_path, monkeypatch, capsys):
+    """lm_eval is stubbed: it writes results as the real CLI would; a model with results is not run again."""
+    from leaderboard_results import write_run
+
+    monkeypatch.setattr(compare, "check_model", lambda name: None)
+    monkeypatch.setattr(compare, "check_tasks", lambda tasks, metadata: None)
+    ran = []
+
+    def fake_lm_eval(command, **kwargs):
+        model = command[command.index("--model_args") + 1].split(",")[0].removeprefix("pretrained=")
+        ran.append(model)
+        docs = [{"doc_id": i, "emt": 0.1 * i + (0.2 if "small" in model else 0.0)} for i in range(5)]
+        write_run(tmp_path / "results", model, {"compfair_toxicity_rtp_offline": {"emt": 0.3}},
+                  {"compfair_toxicity_rtp_offline": docs})
+        return subprocess.CompletedProcess(command, 0)
+
+    import subprocess
+
+    monkeypatch.setattr(compare.subprocess, "run", fake_lm_eval)
+    write_run(tmp_path / "results", "microsoft/DialoGPT-medium", {"compfair_toxicity_rtp_offline": {"emt": 0.3}},
+              {"compfair_toxicity_rtp_offline": [{"doc_id": i, "emt": 0.1 * i} for i in range(5)]})
+    assert compare.main(["dialogpt", "--output", str(tmp_path), "--device", "cpu"]) == 0
+    assert ran == ["microsoft/DialoGPT-small", "microsoft/DialoGPT-large"]
+    assert "DialoGPT-medium: results there already, skipped" in capsys.readouterr().out
+    paired = pd.read_csv(tmp_path / "site" / "paired_tests.csv")
+    assert paired[["baseline", "model"]].values.tolist() == [
+        ["microsoft/DialoGPT-large", "microsoft/DialoGPT-medium"], ["microsoft/DialoGPT-large", "microsoft/DialoGPT-small"]]
+    assert paired["effect"].round(6).tolist() == [0.0, 0.2]
