@@ -272,6 +272,11 @@ def _source_model(compression: dict | None) -> str:
     return str(compression.get("source_model") or compression.get("teacher") or "")
 
 
+def _short_source(source: str) -> str:
+    """A local teacher folder by its name (a hub id stays whole)."""
+    return Path(source).name if source and Path(source).expanduser().is_dir() else source
+
+
 def teacher_of(run: Run, runs: list[Run]) -> Run | None:
     """The run evaluated on the checkpoint this run was compressed from (`source_model`), if any."""
     source = _source_model(run.compression)
@@ -300,7 +305,7 @@ def to_frame(runs: list[Run]) -> pd.DataFrame:
             "model": run.name,
             "method": compression.get("method", "") or ("" if compression else "none"),
             "recipe": _recipe(run.compression),
-            "teacher": teacher.name if teacher else _source_model(run.compression),
+            "teacher": teacher.name if teacher else _short_source(_source_model(run.compression)),
             "params": _number(params) if params is not None else math.nan,
             "size_bytes": _checkpoint_size(run),
             "latency_ms": _number(latency) if latency is not None else math.nan,

@@ -217,3 +217,15 @@ def test_cli(two_models, capsys):
     assert "no model named 'nobody'" in capsys.readouterr().err
     assert leaderboard_main([str(two_models / "empty"), "-o", str(site)]) == 1
     assert "no lm_eval results found" in capsys.readouterr().err
+
+
+def test_teacher_by_hub_id_or_unevaluated_folder(tmp_path):
+    write_compression(tmp_path / "ckpt" / "gpt2-student", "distill", "gpt2", 1, 1)
+    (tmp_path / "elsewhere" / "teacher-x").mkdir(parents=True)
+    write_compression(tmp_path / "ckpt" / "orphan", "prune", str(tmp_path / "elsewhere" / "teacher-x"), 1, 1)
+    for name in ("gpt2", str(tmp_path / "ckpt" / "gpt2-student"), str(tmp_path / "ckpt" / "orphan")):
+        write_run(tmp_path / "out", name, {"wikitext": {"word_perplexity": 1.0}})
+    frame = collect([tmp_path / "out"]).frame.set_index("model")
+    assert frame.at["gpt2-student", "teacher"] == "gpt2"  # the evaluated hub model
+    assert frame.at["orphan", "teacher"] == "teacher-x"  # not evaluated: named, but nothing to pair with
+    assert paired_tests(collect([tmp_path / "out"])).empty
