@@ -22,7 +22,9 @@ from pathlib import Path
 from compfair_tasks.models import DEFAULT_MODEL, ModelNotAvailableError, embedded_model_dir
 
 EVAL_TASKS = ["compfair_stereoset", "compfair_winobias", "compfair_crows_pairs",
-              "compfair_toxicity_rtp_offline_profanity", "compfair_ppl_bold_wiki"]
+              "compfair_toxicity_rtp_offline", "compfair_ppl_bold_wiki"]
+# Detoxify's weights cannot be downloaded offline: the demo names the profanity-check scorer explicitly.
+EVAL_METADATA = '{"scorer": "profanity-check"}'
 
 
 @dataclass(frozen=True)
@@ -35,8 +37,8 @@ class Profile:
 
 
 PROFILES = {
-    "quick": Profile(limit=20, distill_steps=10, prune_examples=32, prune_iterations=1, second_model=False),
-    "default": Profile(limit=100, distill_steps=60, prune_examples=128, prune_iterations=3, second_model=True),
+    "quick": Profile(limit=20, distill_steps=5, prune_examples=32, prune_iterations=1, second_model=False),
+    "default": Profile(limit=100, distill_steps=40, prune_examples=128, prune_iterations=3, second_model=True),
 }
 
 
@@ -56,7 +58,7 @@ def _lm_eval(model_dir: Path, out: Path, limit: int, model_args: str = "") -> li
     args = f"pretrained={model_dir},dtype=float32" + (f",{model_args}" if model_args else "")
     return [sys.executable, "-m", "lm_eval", "run", "--model", "hf", "--model_args", args,
             "--tasks", ",".join(EVAL_TASKS), "--limit", str(limit), "--batch_size", "16",
-            "--log_samples", "--seed", "0", "--output_path", str(out)]
+            "--metadata", EVAL_METADATA, "--log_samples", "--seed", "0", "--output_path", str(out)]
 
 
 def plan(output: Path, teacher: Path, profile: Profile, second_model: Path | None) -> list[Step]:
@@ -65,7 +67,7 @@ def plan(output: Path, teacher: Path, profile: Profile, second_model: Path | Non
     steps = [
         Step("distil a half-depth student", _compfair(
             "compress", "distill", "--teacher", teacher, "--num-layers", "15", "--max-steps", profile.distill_steps,
-            "--output", distilled), distilled / "compfair_compression.json"),
+            "--batch-size", "4", "--block-size", "128", "--data-limit", "4000", "--output", distilled), distilled / "compfair_compression.json"),
         Step("prune attention heads", _compfair(
             "compress", "prune", "--model", teacher, "--num-examples", profile.prune_examples,
             "--iterations", profile.prune_iterations, "--output", pruned), pruned / "compfair_compression.json"),
