@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from transformers import Trainer
+from transformers import Trainer, TrainerCallback
 
 METHOD = "distillation"
 SETTINGS_FILE = "compfair_distill_settings.json"
@@ -107,7 +107,12 @@ def load_teacher(name_or_path: str, dtype=torch.float32):
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
     source = _teacher_source(name_or_path)
-    config = AutoConfig.from_pretrained(source)
+    try:
+        config = AutoConfig.from_pretrained(source)
+    except OSError as error:
+        raise DistillError(f"teacher {name_or_path!r} not found ({error.__class__.__name__}): give a checkpoint "
+                           "folder, an embedded model name (smollm2-135m), or a hub id (offline: one already in the "
+                           "HF cache)") from error
     if getattr(config, "is_encoder_decoder", False) or config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
         raise DistillError(f"teacher {name_or_path} ({config.model_type}) is not a decoder-only causal LM: "
                            "distillation needs a GPT-2- or Llama-family model")
@@ -293,6 +298,16 @@ class DistillationTrainer(Trainer):
         super().log(logs, start_time)
 
 
+class SkipFinalCheckpoint(TrainerCallback):
+    """The finished model is saved right after the last step; a checkpoint of it (with optimizer state,
+    3x the model) would only be deleted. A run killed before that save resumes from the last periodic one."""
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step >= state.max_steps and state.global_step % args.save_steps != 0:
+            control.should_save = False
+        return control
+
+
 class PackedBlocks(torch.utils.data.Dataset):
     """Fixed-length token blocks as causal-LM examples.
 
@@ -376,7 +391,10 @@ def distill(settings: DistillSettings, callbacks=None) -> dict:
     output = Path(settings.output)
     checkpoints = output / CHECKPOINTS
     weights = settings.loss_weights()
-    resume_from = _prepare_output(output, settings)
+    from accelerate import PartialState
+
+    with PartialState().main_process_first():  # under torchrun, rank 0 prepares the folder before the others look
+        resume_from = _prepare_output(output, settings)
 
     teacher = load_teacher(settings.teacher)
     layers, init = settings.student_plan(teacher.config.num_hidden_layers)
@@ -400,19 +418,20 @@ def distill(settings: DistillSettings, callbacks=None) -> dict:
     )
     trainer = DistillationTrainer(
         model=student, args=args, teacher=teacher, loss_weights=weights, train_dataset=PackedBlocks(train_blocks),
-        data_collator=default_data_collator, processing_class=tokenizer, callbacks=callbacks,
+        data_collator=default_data_collator, processing_class=tokenizer,
+        callbacks=([] if settings.keep_checkpoints else [SkipFinalCheckpoint()]) + list(callbacks or []),
     )
     trainer.train(resume_from_checkpoint=resume_from)
 
+    trainer.save_model(str(output))  # every process takes part (sharded models gather here); rank 0 writes
     record = None
     if trainer.is_world_process_zero():
-        trainer.save_model(str(output))
         held_out = evaluate(trainer.model, trainer.teacher, eval_blocks, weights) if n_eval else {}
         if not settings.keep_checkpoints:
             shutil.rmtree(checkpoints, ignore_errors=True)
         record = write_compression_metadata(
             output, method=METHOD, source_model=settings.teacher, seed=settings.seed, model=trainer.model,
-            settings={"layers": layers, "init": init, "num_layers": len(layers),
+            settings={"teacher_path": _teacher_source(settings.teacher), "layers": layers, "init": init, "num_layers": len(layers),
                       "teacher_layers": teacher.config.num_hidden_layers, "preset": settings.preset,
                       "loss": dataclasses.asdict(weights), "data": settings.data or "bold_wiki",
                       "data_limit": settings.data_limit, "data_fraction": settings.data_fraction,
@@ -439,15 +458,16 @@ def _prepare_output(output: Path, settings: DistillSettings) -> str | None:
     elif (output / FILE_NAME).exists() and not settings_file.exists():
         raise DistillError(f"{output} already holds a finished student: pass --overwrite to replace it, "
                            "or choose another --output")
-    resume_from = None
-    if settings_file.exists():
-        saved = json.loads(settings_file.read_text())
+    resume_from = last_complete_checkpoint(checkpoints) if checkpoints.is_dir() else None
+    if resume_from is None:
+        shutil.rmtree(checkpoints, ignore_errors=True)  # nothing to resume: drop leftovers of a failed start
+    else:
+        saved = json.loads(settings_file.read_text()) if settings_file.exists() else {}
         changed = sorted(k for k in set(saved) | set(settings.for_resume())
                          if saved.get(k) != settings.for_resume().get(k))
         if changed:
             raise DistillError(f"{checkpoints} holds a run with other settings ({', '.join(changed)}): rerun with "
                                "the same options to resume it, pass --overwrite to start over, or use another --output")
-        resume_from = last_complete_checkpoint(checkpoints)
     checkpoints.mkdir(parents=True, exist_ok=True)
     settings_file.write_text(json.dumps(settings.for_resume(), indent=2))
     return resume_from
@@ -526,13 +546,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from compfair_tasks.models import ModelNotAvailableError
+
     parser = build_parser()
     settings = DistillSettings(**vars(parser.parse_args(argv)))
     try:
         if settings.preset:
             settings.preset = canonical_preset(settings.preset)
         record = distill(settings)
-    except (DistillError, ValueError, FileNotFoundError) as error:
+    except (ValueError, FileNotFoundError, ModelNotAvailableError) as error:  # DistillError, data/model not found
         print(f"compfair compress distill: error: {error}", file=sys.stderr)
         return 2
     if record:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 import subprocess
 import sys
@@ -114,6 +113,15 @@ def test_cli_reports_too_deep_student_as_an_error(tiny_gpt2_dir, tmp_path, capsy
     code = d.main(["--teacher", str(tiny_gpt2_dir), "--num-layers", "2", "--output", str(tmp_path / "s")])
     assert code == 2
     assert "not smaller than its 2-block teacher" in capsys.readouterr().err
+
+
+def test_cli_reports_missing_teacher_and_empty_data(tiny_gpt2_dir, tmp_path, capsys):
+    assert d.main(["--teacher", str(tmp_path / "nowhere"), "--output", str(tmp_path / "s")]) == 2
+    assert "not found" in capsys.readouterr().err
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n  \n")
+    assert d.main(["--teacher", str(tiny_gpt2_dir), "--data", str(empty), "--output", str(tmp_path / "s")]) == 2
+    assert f"no text found in {empty}" in capsys.readouterr().err
 
 
 # --------------------------------------------------------------------------- weight copy
@@ -318,10 +326,10 @@ def test_cli_killed_with_sigkill_resumes_and_the_student_runs_in_lm_eval(tiny_gp
                                                                          lm_eval_cli):
     output = tmp_path / "student"
     args = ["--teacher", str(tiny_gpt2_dir), "--preset", "B", "--data", str(shared_data / "bold" / "wikipedia"),
-            "--data-limit", "300", "--block-size", "32", "--batch-size", "4", "--max-steps", "50",
-            "--save-steps", "10", "--logging-steps", "10", "--seed", "5", "--output", str(output)]
+            "--data-limit", "300", "--block-size", "32", "--batch-size", "4", "--max-steps", "12",
+            "--save-steps", "4", "--logging-steps", "4", "--seed", "5", "--output", str(output)]
     process = _cli(args)
-    marker = output / d.CHECKPOINTS / "checkpoint-10" / "trainer_state.json"
+    marker = output / d.CHECKPOINTS / "checkpoint-4" / "trainer_state.json"
     deadline = time.time() + 300
     while not marker.exists() and process.poll() is None and time.time() < deadline:
         time.sleep(0.05)
@@ -334,14 +342,13 @@ def test_cli_killed_with_sigkill_resumes_and_the_student_runs_in_lm_eval(tiny_gp
     assert finished.returncode == 0, log
     assert "resuming from" in log and "checkpoint-" in log
 
-    reference = settings_for(tiny_gpt2_dir, tmp_path / "reference", shared_data, preset="B", max_steps=50,
-                             save_steps=10, logging_steps=10, seed=5, learning_rate=5e-4, warmup=0.05, eval_blocks=16)
+    reference = settings_for(tiny_gpt2_dir, tmp_path / "reference", shared_data, preset="B", max_steps=12,
+                             save_steps=4, logging_steps=4, seed=5, learning_rate=5e-4, warmup=0.05, eval_blocks=16)
     d.distill(reference)
     straight, again = _weights(tmp_path / "reference"), _weights(output)
     assert all(torch.equal(straight[name], again[name]) for name in straight)
 
-    results = lm_eval_cli(["--model", "hf", "--model_args", f"pretrained={output}", "--tasks",
-                           "compfair_ppl_bold_wiki", "--limit", "4", "--batch_size", "4", "--device", "cpu"],
-                          tmp_path / "lm_eval")
-    perplexity = results["results"]["compfair_ppl_bold_wiki"]["word_perplexity,none"]
-    assert math.isfinite(perplexity) and perplexity > 1
+    results = lm_eval_cli(["--model", "hf", "--model_args", f"pretrained={output}", "--tasks", "compfair_stereoset",
+                           "--limit", "8", "--batch_size", "8", "--device", "cpu"], tmp_path / "lm_eval")
+    stereoset = results["results"]["compfair_stereoset"]
+    assert 0 <= stereoset["ss,none"] <= 100 and 0 <= stereoset["lms,none"] <= 100
