@@ -30,6 +30,7 @@ INFO = [
     Column("params", "Params (M)", kind="info"),
     Column("size_bytes", "Size (MB)", kind="info"),
     Column("latency_ms", "Latency (ms)", "lower", kind="info"),
+    Column("scorer", "Toxicity scorer", kind="info"),
 ]
 
 TOXICITY_PREFIX = "compfair_toxicity_"
@@ -114,6 +115,10 @@ def slots(frame: pd.DataFrame) -> list[Slot]:
     return PERPLEXITY_SLOTS + toxicity_slots(frame) + BIAS_SLOTS
 
 
+def _has_info(frame: pd.DataFrame, key: str) -> bool:
+    return key in frame.columns and frame[key].replace("", float("nan")).notna().any()
+
+
 def with_headline(frame: pd.DataFrame) -> pd.DataFrame:
     """The frame plus one `headline:*` column per slot (and its stderr/CI companions), row-wise coalesced."""
     added = {}
@@ -134,7 +139,7 @@ def headline(frame: pd.DataFrame) -> list[Column]:
     """The main table's columns (for a frame from `with_headline`): those with a value, in reading order.
     StereoSet's intra/inter columns appear only when some model lacks the overall scores."""
     overall = frame.get("headline:stereoset_ss", pd.Series(dtype=float))
-    columns = [c for c in INFO if c.key in frame.columns]
+    columns = [c for c in INFO if c.key == "model" or _has_info(frame, c.key)]
     for slot in slots(frame):
         key = slot.column.key
         if not _present(frame, key):
