@@ -229,3 +229,14 @@ def test_teacher_by_hub_id_or_unevaluated_folder(tmp_path):
     assert frame.at["gpt2-student", "teacher"] == "gpt2"  # the evaluated hub model
     assert frame.at["orphan", "teacher"] == "teacher-x"  # not evaluated: named, but nothing to pair with
     assert paired_tests(collect([tmp_path / "out"])).empty
+
+
+def test_malformed_samples_lines_are_skipped_and_named(tmp_path):
+    teacher_docs = [{"doc_id": i, "likelihood_diff": 1.0} for i in range(4)]
+    collection = _pair_runs(tmp_path, teacher_docs, [{"doc_id": i, "likelihood_diff": 3.0} for i in range(4)])
+    samples = collection.run("student").samples["compfair_crows_pairs"]
+    with open(samples, "a") as handle:
+        handle.write('{"doc_id": 9, "likelih\n')
+    rows = paired_tests(collection)
+    assert rows["n"].tolist() == [4] and rows["effect"].tolist() == [2.0]
+    assert f"{samples}: 1 malformed line(s) skipped" in collection.problems
