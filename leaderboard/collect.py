@@ -24,7 +24,8 @@ COMPRESSION_FILE = "compfair_compression.json"
 LATENCY_FILE = "compfair_latency.json"
 RESULTS_GLOB = "results_*.json"
 WEIGHT_GLOBS = ("*.safetensors", "*.bin", "*.pt", "*.gguf")
-INFO_COLUMNS = ["model", "method", "recipe", "teacher", "params", "size_bytes", "latency_ms", "scorer", "pretrained"]
+INFO_COLUMNS = ["model", "method", "recipe", "teacher", "params", "size_bytes", "latency_ms", "scorer", "limit",
+                "pretrained"]
 
 
 @dataclass
@@ -34,10 +35,10 @@ class Run:
     model_args: dict
     results: dict = field(default_factory=dict)  # task -> {metric key: value} as lm_eval wrote it
     configs: dict = field(default_factory=dict)  # task -> task config
-    n_samples: dict = field(default_factory=dict)  # task -> effective number of docs
     samples: dict = field(default_factory=dict)  # task -> samples_*.jsonl path
     results_files: list = field(default_factory=list)
     num_parameters: int | None = None
+    limit: float | None = None  # lm_eval --limit of any of its runs: numbers from a subset of each task
     compression: dict | None = None
     latency: dict | None = None
     name: str = ""
@@ -181,14 +182,12 @@ def read_runs(folders, problems: list[str] | None = None) -> list[Run]:
                 continue
             run.results[task] = task_results
             run.configs[task] = (data.get("configs") or {}).get(task, {})
-            effective = ((data.get("n-samples") or {}).get(task) or {}).get("effective")
-            if effective is not None:
-                run.n_samples[task] = effective
             if task in samples:
                 run.samples[task] = samples[task]
             else:
                 run.samples.pop(task, None)
         run.num_parameters = config.get("model_num_parameters") or run.num_parameters
+        run.limit = config.get("limit") or run.limit
     for run in runs.values():
         _attach_checkpoint_files(run, problems)
     _name_runs(list(runs.values()))
@@ -310,6 +309,7 @@ def to_frame(runs: list[Run]) -> pd.DataFrame:
             "size_bytes": _checkpoint_size(run),
             "latency_ms": _number(latency) if latency is not None else math.nan,
             "scorer": _scorer(run),
+            "limit": _number(run.limit) if run.limit else math.nan,
             "pretrained": run.pretrained,
         }
         for task, task_results in run.results.items():

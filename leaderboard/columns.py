@@ -31,6 +31,7 @@ INFO = [
     Column("size_bytes", "Size (MB)", kind="info"),
     Column("latency_ms", "Latency (ms)", "lower", kind="info"),
     Column("scorer", "Toxicity scorer", kind="info"),
+    Column("limit", "--limit (docs per task)", kind="info"),
 ]
 
 TOXICITY_PREFIX = "compfair_toxicity_"

@@ -27,6 +27,8 @@ def format_value(key: str, value) -> str:
         return str(value)
     if value == 0:
         return "0"
+    if key == "limit":
+        return f"{value:g}"
     if key == "params":
         return f"{value / 1e6:,.1f}"
     if key == "size_bytes":
@@ -85,7 +87,7 @@ def _markdown_frame(frame: pd.DataFrame, columns: list[C.Column]) -> pd.DataFram
 
 def to_markdown(frame: pd.DataFrame, paired: pd.DataFrame, problems: list[str], title: str) -> str:
     columns = C.headline(frame)
-    align = ["left" if c.key in ("model", "method", "teacher") else "right" for c in columns]
+    align = ["left" if c.key in ("model", "method", "teacher", "scorer") else "right" for c in columns]
     parts = [f"# {title}", "",
              _markdown_frame(frame, columns).to_markdown(index=False, disable_numparse=True, colalign=align)]
     if not paired.empty:

@@ -164,6 +164,7 @@ def test_number_formats():
     assert format_value("x", 61.234) == "61.23"
     assert format_value("x", 0.12345) == "0.123"
     assert format_value("x", float("nan")) == ""
+    assert format_value("limit", 100.0) == "100" and format_value("limit", 0.1) == "0.1"
 
 
 @pytest.fixture

@@ -95,6 +95,7 @@ def test_leaderboard_of_real_lm_eval_runs(tiny_gpt2_dir, tmp_path, lm_eval_cli):
     assert collection.problems == []
     frame = collection.frame.set_index("model")
     assert frame.at["student", "teacher"] == teacher.name and frame.at["student", "method"] == "distill"
+    assert frame.at["student", "limit"] == limit  # shown: these numbers come from a subset of each task
     assert frame.at["student", "compfair_crows_pairs:pct_stereotype"] == \
         student_results["results"]["compfair_crows_pairs"]["pct_stereotype,none"]
 
