@@ -10,6 +10,8 @@ for a few modules to be imported and then runs a callback on them:
 - transformers' AutoConfig: the first time it meets a pruned model type (GPT-2 or Llama with
   per-layer head counts) it imports and registers compfair's config and model classes, so those
   checkpoints load without `trust_remote_code`.
+- `lm_eval.models`: the model type `compfair-quantized` (int8 checkpoints of `compfair compress
+  quantize`) joins lm_eval's model registry.
 
 Set COMPFAIR_NO_HOOK=1 to switch it off (then use `--include_path $(compfair task-dir)`).
 Only the standard library may be imported at module level here.
@@ -140,11 +142,19 @@ def _register_pruned_on_use(configuration_auto):
     mapping.__class__ = _MappingWithPrunedModels
 
 
+def _register_quantized_model_type(_models_module):
+    from lm_eval.api.registry import model_registry
+
+    if "compfair-quantized" not in model_registry:
+        model_registry.register("compfair-quantized", target="compressors.quantize:QuantizedHFLM")
+
+
 def install():
     if os.environ.get("COMPFAIR_NO_HOOK") == "1" or any(isinstance(f, _PostImportFinder) for f in sys.meta_path):
         return
     when_imported("lm_eval.tasks.manager", _add_compfair_include_path)
     when_imported("transformers.models.auto.configuration_auto", _register_pruned_on_use)
+    when_imported("lm_eval.models", _register_quantized_model_type)
     sys.meta_path.insert(0, _PostImportFinder())
 
 
