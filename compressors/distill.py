@@ -285,15 +285,15 @@ class DistillationTrainer(Trainer):
         if num_items_in_batch is not None and self.args.average_tokens_across_devices:
             # the count is global across processes; DDP averages gradients over them
             loss = loss * self.accelerator.num_processes
-        if model.training:
+        if model.training:  # per-term means for the progress log, read out (one device sync) at logging time
             for key, value in sums.items():
-                self._term_sums[key] = self._term_sums.get(key, 0.0) + value.item() / max(int(count), 1)
+                self._term_sums[key] = self._term_sums.get(key, 0.0) + value.detach() / count.clamp(min=1)
             self._term_steps += 1
         return (loss, student_out) if return_outputs else loss
 
     def log(self, logs: dict, start_time=None) -> None:
         if "loss" in logs and self._term_steps:
-            logs.update({key: round(value / self._term_steps, 4) for key, value in self._term_sums.items()})
+            logs.update({key: round(float(value) / self._term_steps, 4) for key, value in self._term_sums.items()})
             self._term_sums, self._term_steps = {}, 0
         super().log(logs, start_time)
 
@@ -383,6 +383,7 @@ class DistillSettings:
 
 def distill(settings: DistillSettings, callbacks=None) -> dict:
     """Train (or resume) the student, save it under settings.output and return its compression record."""
+    from accelerate import PartialState
     from transformers import AutoTokenizer, TrainingArguments, default_data_collator
 
     from compressors.metadata import write_compression_metadata
@@ -391,8 +392,6 @@ def distill(settings: DistillSettings, callbacks=None) -> dict:
     output = Path(settings.output)
     checkpoints = output / CHECKPOINTS
     weights = settings.loss_weights()
-    from accelerate import PartialState
-
     with PartialState().main_process_first():  # under torchrun, rank 0 prepares the folder before the others look
         resume_from = _prepare_output(output, settings)
 
@@ -424,26 +423,30 @@ def distill(settings: DistillSettings, callbacks=None) -> dict:
     trainer.train(resume_from_checkpoint=resume_from)
 
     trainer.save_model(str(output))  # every process takes part (sharded models gather here); rank 0 writes
-    record = None
-    if trainer.is_world_process_zero():
-        held_out = evaluate(trainer.model, trainer.teacher, eval_blocks, weights) if n_eval else {}
-        if not settings.keep_checkpoints:
-            shutil.rmtree(checkpoints, ignore_errors=True)
-        record = write_compression_metadata(
-            output, method=METHOD, source_model=settings.teacher, seed=settings.seed, model=trainer.model,
-            settings={"teacher_path": _teacher_source(settings.teacher), "layers": layers, "init": init, "num_layers": len(layers),
-                      "teacher_layers": teacher.config.num_hidden_layers, "preset": settings.preset,
-                      "loss": dataclasses.asdict(weights), "data": settings.data or "bold_wiki",
-                      "data_limit": settings.data_limit, "data_fraction": settings.data_fraction,
-                      "block_size": settings.block_size, "train_blocks": len(train_blocks),
-                      "batch_size": settings.batch_size, "grad_accum": settings.grad_accum,
-                      "learning_rate": settings.learning_rate, "steps": trainer.state.global_step,
-                      "max_steps": settings.max_steps, "epochs": settings.epochs},
-            removed={"layers": [i for i in range(teacher.config.num_hidden_layers) if i not in layers]},
-            extra={"train_losses": _last_logged_losses(trainer.state.log_history), "heldout_losses": held_out,
-                   "heldout_blocks": n_eval},
-        )
-    return record
+    if not trainer.is_world_process_zero():
+        return None
+    (output / "training_args.bin").unlink(missing_ok=True)  # a pickle of this run's arguments, not the model's
+    if not settings.keep_checkpoints:
+        shutil.rmtree(checkpoints, ignore_errors=True)
+    teacher_depth = teacher.config.num_hidden_layers
+    return write_compression_metadata(
+        output, method=METHOD, source_model=settings.teacher, seed=settings.seed, model=trainer.model,
+        settings={
+            "teacher_path": _teacher_source(settings.teacher), "preset": settings.preset, "layers": layers,
+            "num_layers": len(layers), "teacher_layers": teacher_depth, "init": init,
+            "loss": dataclasses.asdict(weights), "data": settings.data or "bold_wiki",
+            "data_limit": settings.data_limit, "data_fraction": settings.data_fraction,
+            "block_size": settings.block_size, "train_blocks": len(train_blocks), "batch_size": settings.batch_size,
+            "grad_accum": settings.grad_accum, "learning_rate": settings.learning_rate,
+            "steps": trainer.state.global_step, "max_steps": settings.max_steps, "epochs": settings.epochs,
+        },
+        removed={"layers": [i for i in range(teacher_depth) if i not in layers]},
+        extra={
+            "train_losses": _last_logged_losses(trainer.state.log_history),
+            "heldout_losses": evaluate(trainer.model, trainer.teacher, eval_blocks, weights) if n_eval else {},
+            "heldout_blocks": n_eval,
+        },
+    )
 
 
 def _prepare_output(output: Path, settings: DistillSettings) -> str | None:

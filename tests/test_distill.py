@@ -266,6 +266,7 @@ def test_training_lowers_the_loss_and_the_kl_to_the_teacher(sharp_teacher_dir, s
     assert record["settings"]["init"] == "random" and record["settings"]["layers"] == [0]
     assert record["settings"]["steps"] == 10 and record["removed"] == {"layers": [1]}
     assert record["params"] == sum(p.numel() for p in trained.parameters())
+    assert record["size_bytes"] == (tmp_path / "student" / "model.safetensors").stat().st_size
     assert record["train_losses"]["step"] == 10
     assert not (tmp_path / "student" / d.CHECKPOINTS).exists()  # removed after a finished run
 
