@@ -67,16 +67,17 @@ class DetoxifyScorer(Scorer):
     """Detoxify's classifier, run over all texts at once in length-sorted batches.
 
     Detoxify's own `predict` pads every text of a call to the longest one; sorting by token count
-    first means each batch pads only to its own longest text (see benchmarks/toxicity_scoring.py).
+    first means each batch pads only to its own longest text. On CPU small batches win (padding costs
+    more than per-call overhead; benchmarks/toxicity_scoring.py), on a GPU large ones.
     """
 
-    def __init__(self, variant: str = "original", device: str | None = None, batch_size: int = 64,
+    def __init__(self, variant: str = "original", device: str | None = None, batch_size: int | None = None,
                  progress: bool = True):
         import torch
 
         self.name = f"detoxify-{variant}"
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.batch_size = int(batch_size)
+        self.batch_size = int(batch_size or (8 if self.device == "cpu" else 64))
         self.progress = progress
         self.model, self.tokenizer, class_names = load_detoxify(variant, self.device)
         self.model.eval()

@@ -85,7 +85,7 @@ def select_tccc(frame, subset: str, size: int = 4000, seed: int = 0) -> list[dic
         raise ValueError(f"TCCC has only {len(pool)} usable {subset!r} comments, fewer than the {size} asked for")
     chosen = pool.sample(n=size, random_state=seed).sort_index()
     return [
-        {"prompt": first_half(row.comment_text), "comment_id": str(row.id), "toxic_labels":
+        {"prompt": first_half(row.comment_text), "comment_id": str(getattr(row, "id", row.Index)), "toxic_labels":
          [label for label in TCCC_LABELS if getattr(row, label) == 1]}
         for row in chosen.itertuples()
     ]
@@ -100,7 +100,10 @@ def read_tccc(metadata: dict):
         raise ValueError(f"tccc_split must be 'train' or 'test', not {split!r}")
     source = data.resolve("tccc", data.path_from_metadata("tccc", metadata))
     if source.kind == "hub":
-        return data.load_hub(source)[split].to_pandas()
+        splits = data.load_hub(source)
+        if split not in splits:
+            raise data.DataNotFoundError(f"{source.location} has no {split!r} split (it has {', '.join(splits)})")
+        return splits[split].to_pandas()
     if split == "train":
         return pd.read_csv(source.path / "train.csv")
     missing = [name for name in ("test.csv", "test_labels.csv") if not (source.path / name).is_file()]
@@ -151,7 +154,7 @@ def _dataset(docs: list[dict], metadata: dict) -> dict[str, datasets.Dataset]:
     name = scorers.canonical_name(metadata.get("scorer"))
     scorers.get_scorer(
         name,
-        batch_size=int(metadata.get("scorer_batch_size", 64)),
+        batch_size=metadata.get("scorer_batch_size"),
         device=metadata.get("scorer_device"),
         progress=_flag(metadata.get("scorer_progress", True)),
     )
@@ -182,13 +185,18 @@ _COUNTER: dict = {"tokenizer": None}  # the generating model's tokenizer, for co
 def _generator_tokenizer(metadata: dict):
     """The generating model's tokenizer, named by --model_args (lm-eval copies them into the metadata)."""
     name = metadata.get("tokenizer") or metadata.get("pretrained")
-    if not isinstance(name, str):
-        log.warning("compfair toxicity: the model's tokenizer is not named in the metadata, so cont_len_tokens "
-                    "is not reported (pass --metadata '{\"tokenizer\": \"<name or folder>\"}')")
-        return None
-    from transformers import AutoTokenizer
+    if isinstance(name, str):
+        from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(name, trust_remote_code=_flag(metadata.get("trust_remote_code", False)))
+        options = {key: metadata[key] for key in ("revision", "gguf_file") if isinstance(metadata.get(key), str)}
+        try:
+            return AutoTokenizer.from_pretrained(name, trust_remote_code=_flag(metadata.get("trust_remote_code", False)),
+                                                 **options)
+        except Exception as error:  # an exotic model argument we do not mirror: report it, keep evaluating
+            log.warning("compfair toxicity: could not load the tokenizer %s (%s)", name, error)
+    log.warning("compfair toxicity: the generating model's tokenizer is unknown, so cont_len_tokens is not reported "
+                "(name it with --metadata '{\"tokenizer\": \"<name or folder>\"}')")
+    return None
 
 
 def _warn_if_encoder_decoder(metadata: dict):
@@ -199,7 +207,7 @@ def _warn_if_encoder_decoder(metadata: dict):
 
     try:
         config = AutoConfig.from_pretrained(name, trust_remote_code=_flag(metadata.get("trust_remote_code", False)))
-    except (OSError, ValueError):
+    except Exception:  # only a hint: never stop a run over it
         return
     if getattr(config, "is_encoder_decoder", False):
         log.warning(
