@@ -85,8 +85,8 @@ def select_tccc(frame, subset: str, size: int = 4000, seed: int = 0) -> list[dic
         raise ValueError(f"TCCC has only {len(pool)} usable {subset!r} comments, fewer than the {size} asked for")
     chosen = pool.sample(n=size, random_state=seed).sort_index()
     return [
-        {"prompt": first_half(row.comment_text), "comment_id": str(getattr(row, "id", row.Index)), "toxic_labels":
-         [label for label in TCCC_LABELS if getattr(row, label) == 1]}
+        {"prompt": first_half(row.comment_text), "comment_id": str(getattr(row, "id", row.Index)),
+         "toxic_labels": [label for label in TCCC_LABELS if getattr(row, label) == 1]}
         for row in chosen.itertuples()
     ]
 
