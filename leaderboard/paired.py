@@ -1,7 +1,9 @@
 """Paired tests between two models over the per-document values in lm_eval's samples files.
 
-Docs are matched by task, `doc_id` and filter (and must have the same `doc_hash`: a doc whose text
-differs between the two runs is not a pair). A per-doc value is the number the task logged for
+Docs are matched by task, `doc_id` and filter, and must be the same item in both runs: the doc's
+own `id` when it has one, else its fields less those that depend on the model or the machine
+(token counts, score rule, data path, scorer, the model-formatted prompt). lm-eval's `doc_hash`
+covers those too, so it would split a pair of models with different tokenizers. A per-doc value is the number the task logged for
 that doc: a score (CrowS-Pairs `likelihood_diff`, a toxicity `emt`) or a 0/100 outcome
 (`pct_stereotype`, WinoBias `anti_pct`). Perplexity metrics log `(log-likelihood, words or bytes)`;
 they are compared as negative log-likelihood per word/byte, so a positive effect means the second
@@ -14,6 +16,7 @@ balanced score) have no per-doc value and are not tested; nor are the CI bounds 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from pathlib import Path
@@ -67,6 +70,20 @@ def per_doc_value(value, metric: str) -> float | None:
     return None
 
 
+RUN_SPECIFIC_FIELDS = ("n_tokens", "score_rule", "data_source", "scorer", "context")
+
+
+def doc_identity(sample: dict) -> str:
+    """What makes a logged doc the same item in two runs (see the module docstring)."""
+    doc = sample.get("doc")
+    if not isinstance(doc, dict):
+        return str(sample.get("doc_hash", ""))
+    if "id" in doc:
+        return f"id:{doc['id']}"
+    kept = {k: v for k, v in doc.items() if k not in RUN_SPECIFIC_FIELDS}
+    return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()
+
+
 def _kind(value) -> str:
     if isinstance(value, (list, tuple)):
         return "NLL per unit"
@@ -74,7 +91,7 @@ def _kind(value) -> str:
 
 
 def read_samples(path: Path, problems: list[str]) -> dict:
-    """{"values": metric -> {(doc_id, filter): (doc_hash, number)}, "kinds": metric -> "value" | "NLL per unit"}
+    """{"values": metric -> {(doc_id, filter): (doc identity, number)}, "kinds": metric -> "value" | "NLL per unit"}
     for the numeric per-doc values of one samples file."""
     values: dict[str, dict[tuple, tuple[str, float]]] = {}
     kinds: dict[str, str] = {}  # metric -> what its per-doc number is
@@ -90,11 +107,12 @@ def read_samples(path: Path, problems: list[str]) -> dict:
                 except (json.JSONDecodeError, KeyError, TypeError):
                     bad_lines += 1
                     continue
+                identity = doc_identity(sample)
                 for metric in filter(_tested, sample.get("metrics") or []):
                     value = sample.get(metric)
                     number = per_doc_value(value, metric)
                     if number is not None:
-                        values.setdefault(metric, {})[key] = (sample.get("doc_hash", ""), number)
+                        values.setdefault(metric, {})[key] = (identity, number)
                         kinds[metric] = _kind(value)
     except OSError as error:
         problems.append(f"{path}: cannot read samples ({error})")
@@ -123,11 +141,11 @@ def compare_runs(baseline: Run, model: Run, relation: str = "given", test: str =
         base_values, model_values = base_samples["values"], model_samples["values"]
         for metric in sorted(set(base_values) & set(model_values)):
             a, b = base_values[metric], model_values[metric]
-            keys = sorted(k for k in set(a) & set(b) if not (a[k][0] and b[k][0] and a[k][0] != b[k][0]))
+            keys = sorted(k for k in set(a) & set(b) if a[k][0] == b[k][0])
             differing = len(set(a) & set(b)) - len(keys)
             if differing:
                 problems.append(f"{task}/{metric}: {differing} doc(s) differ between {baseline.name} and "
-                                f"{model.name} (same doc_id, other text); left out of the paired test")
+                                f"{model.name} (same doc_id, another item); left out of the paired test")
             if len(keys) < 2:
                 continue
             base_scores = [a[k][1] for k in keys]

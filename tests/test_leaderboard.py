@@ -241,3 +241,14 @@ def test_malformed_samples_lines_are_skipped_and_named(tmp_path):
     rows = paired_tests(collection)
     assert rows["n"].tolist() == [4] and rows["effect"].tolist() == [2.0]
     assert f"{samples}: 1 malformed line(s) skipped" in collection.problems
+
+
+def test_doc_identity_ignores_what_the_model_or_machine_changes():
+    from leaderboard.paired import doc_identity
+
+    stereoset = {"doc": {"id": "intrasentence-0", "n_tokens": [7, 7, 6], "data_source": "shipped:/a"}}
+    assert doc_identity(stereoset) == doc_identity({"doc": {"id": "intrasentence-0", "n_tokens": [9, 8, 8]}})
+    prompt = {"doc": {"prompt": "So I said", "context": "So I said", "scorer": "detoxify-original"}}
+    dialogue = {"doc": {"prompt": "So I said", "context": "So I said<|endoftext|>", "scorer": "detoxify-original"}}
+    assert doc_identity(prompt) == doc_identity(dialogue)
+    assert doc_identity(prompt) != doc_identity({"doc": {"prompt": "So you said", "context": "So you said"}})
