@@ -14,13 +14,14 @@ rows out of the output projection and saves a checkpoint whose config records th
 counts (compressors/pruned_gpt2.py, compressors/pruned_llama.py). transformers 5 dropped
 `head_mask` and `prune_heads`, hence the hooks and the slicing here.
 
-Why not torch-pruning (1.6.1, tried on GPT-2): its dependency graph has no pruner for
-transformers' `Conv1D` (GPT-2's fused q/k/v and output projections), so it neither couples the
-q, k and v column blocks of one head nor the matching `c_proj` rows; the head's channels would have
-to be handed to it one Conv1D at a time with a custom pruner, i.e. the slicing below written in its
-API. For Llama's separate nn.Linear projections its `num_heads`/`prune_num_heads` mode prunes
-query and key/value heads together, which grouped-KV attention does not allow per query head. The
-slicing is a few lines per architecture and is tested against the gated model.
+Why not torch-pruning (1.6.1, tried on a transformers-5 GPT-2): `DependencyGraph.build_dependency`
+traces the model (0.5 s) but transformers' `Conv1D` is not a graph node (its pruner falls back to
+ElementWisePruner), and `get_pruning_group(c_proj, prune_linear_in_channels, ...)` raises "Module
+Conv1D(nf=32, nx=32) is not in the dependency graph". So it cannot couple one head's q, k and v
+column blocks in the fused `c_attn` with its `c_proj` rows; a custom pruner would be this slicing
+written in its API. Llama's heads would be in reach of its attention-head mode, but not pruning
+query heads within grouped key/value heads to unequal group sizes. The slicing is a few lines per
+architecture, tested against the gated model.
 
 Grouped key/value attention (Llama family, e.g. SmolLM2-135M): `--unit head` (default) prunes query
 heads within their groups (a group whose last query head goes loses its key/value head too);

@@ -67,7 +67,7 @@ def test_embedded_smollm2_prunes_offline(tmp_path):
 
     source = embedded_model_dir("smollm2-135m")
     output = tmp_path / "smollm2_pruned"
-    assert prune.main(["--model", str(source), "--num-examples", "24", "--block-size", "32", "--min-blocks", "2",
+    assert prune.main(["--model", str(source), "--num-examples", "8", "--block-size", "32", "--min-blocks", "2",
                        "--iterations", "1", "--batch-size", "4", "--output", str(output)]) == 0
     record = json.loads((output / "compfair_compression.json").read_text())
     assert record["heads_before"] == 270 and record["heads_after"] == 270 - 14  # 5% of 30 x 9 query heads
