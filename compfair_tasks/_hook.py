@@ -120,8 +120,13 @@ def _register_pruned_on_use(configuration_auto):
     if getattr(mapping, "_compfair_pruned", False):
         return
 
-    class _MappingWithPrunedModels(type(mapping)):
+    base = type(mapping)
+
+    class _MappingWithPrunedModels(base):
         _compfair_pruned = True
+
+        def __reduce__(self):  # pickle as transformers' own mapping class (this one is local)
+            return base._from_pickle, (dict(self._mapping), dict(self._extra_content))
 
         def _import_pruned(self, key):
             if key in PRUNED_MODEL_TYPES and key not in self._extra_content:
