@@ -93,25 +93,45 @@ class TokenCounter:
             bos, eos = self.tokenizer.bos_token_id, self.tokenizer.eos_token_id
             self.prefix_token_id = bos if bos is not None else eos
 
-    def _encode(self, text: str, **kwargs) -> list[int]:
-        return self.tokenizer.encode(text, **kwargs)
+    def _encode_many(self, texts: list[str], **kwargs) -> list[list[int]]:
+        if not texts:
+            return []
+        if callable(self.tokenizer):  # HF tokenizers: one batched (Rust) call, same ids as .encode
+            return self.tokenizer(texts, **kwargs)["input_ids"]
+        return [self.tokenizer.encode(text, **kwargs) for text in texts]
 
     def count(self, context: str, continuation: str) -> int:
-        if context == "":
-            if self.prefix_token_id is None:
-                raise ValueError(
-                    f"tokenizer {self.name or type(self.tokenizer).__name__} has neither a BOS nor an EOS token, so "
-                    "lm-eval cannot score a sentence from an empty context; pass one with "
-                    "--model_args prefix_token_id=<id> (the token the model should condition on)"
-                )
-            ids = self._encode(continuation, add_special_tokens=False)
-            return len(ids) - 1 if ids and ids[0] == self.prefix_token_id else len(ids)
-        n_spaces = len(context) - len(context.rstrip())
-        if n_spaces:
-            context, continuation = context[:-n_spaces], context[-n_spaces:] + continuation
+        return self.counts([(context, continuation)])[0]
+
+    def counts(self, pairs: list[tuple[str, str]]) -> list[int]:
+        """Scored continuation tokens of each (context, continuation) pair, tokenized in batches."""
+        empty = [i for i, (context, _) in enumerate(pairs) if context == ""]
+        if empty and self.prefix_token_id is None:
+            raise ValueError(
+                f"tokenizer {self.name or type(self.tokenizer).__name__} has neither a BOS nor an EOS token, so "
+                "lm-eval cannot score a sentence from an empty context; pass one with "
+                "--model_args prefix_token_id=<id> (the token the model should condition on)"
+            )
+        out = [0] * len(pairs)
+        for i, ids in zip(empty, self._encode_many([pairs[i][1] for i in empty], add_special_tokens=False)):
+            out[i] = len(ids) - 1 if ids and ids[0] == self.prefix_token_id else len(ids)
+        rest = [i for i, (context, _) in enumerate(pairs) if context != ""]
+        moved = []
+        for i in rest:
+            context, continuation = pairs[i]
+            n_spaces = len(context) - len(context.rstrip())
+            if n_spaces:
+                context, continuation = context[:-n_spaces], context[-n_spaces:] + continuation
+            moved.append((context, continuation))
         if self.seq2seq:
-            return len(self._encode(continuation, add_special_tokens=False))
-        return len(self._encode(context + continuation)) - len(self._encode(context))
+            lengths = [len(ids) for ids in self._encode_many([c for _, c in moved], add_special_tokens=False)]
+        else:
+            whole = self._encode_many([context + continuation for context, continuation in moved])
+            contexts = self._encode_many([context for context, _ in moved])
+            lengths = [len(w) - len(c) for w, c in zip(whole, contexts)]
+        for i, n in zip(rest, lengths):
+            out[i] = n
+        return out
 
 
 def token_counter(metadata: dict | None) -> TokenCounter | None:
@@ -160,9 +180,11 @@ def annotate(docs: list[dict], metadata: dict | None, task: str) -> list[dict]:
             "SUMMED log-likelihood instead (results report per_token=0).", task
         )
         rule = "sum"
+    pairs = [(doc["context"], choice) for doc in docs for choice in doc["choices"]] if counter else []
+    counts = iter(counter.counts(pairs)) if counter else None
     for doc in docs:
         doc["score_rule"] = rule
-        doc["n_tokens"] = [counter.count(doc["context"], c) for c in doc["choices"]] if counter else None
+        doc["n_tokens"] = [next(counts) for _ in doc["choices"]] if counter else None
     return docs
 
 

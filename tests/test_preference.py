@@ -101,6 +101,7 @@ def bos_adding_gpt2_dir(tiny_gpt2_dir, tmp_path_factory):
     return path
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model_fixture", ["tiny_gpt2_dir", "bos_adding_gpt2_dir"])
 def test_token_counts_match_hflm(model_fixture, request):
     model_dir = request.getfixturevalue(model_fixture)
@@ -119,6 +120,14 @@ def test_boundary_merge_hand_count(tiny_gpt2_dir):
     # empty context: every token of the sentence is scored, none is the prefix
     assert counter.count("", "Hello there.") == len(counter.tokenizer.encode("Hello there."))
     assert counter.count("", "<|endoftext|>Hello there.") == len(counter.tokenizer.encode("Hello there."))
+
+
+def test_bos_adding_tokenizer_hand_count(bos_adding_gpt2_dir):
+    counter = preference.token_counter({"pretrained": str(bos_adding_gpt2_dir)})
+    with_bos = counter.tokenizer.encode("Hello there.")
+    assert len(with_bos) == 4  # <|endoftext|> Hello  there .
+    assert counter.count("", "Hello there.") == 3  # BOS is the condition, not a scored token
+    assert counter.count("Hi.", " Hello there.") == 3  # both encodings carry BOS; it cancels
 
 
 def test_tokenizer_from_metadata_prefers_explicit_tokenizer(tiny_gpt2_dir):
