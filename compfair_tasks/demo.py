@@ -54,9 +54,9 @@ def _compfair(*args) -> list[str]:
     return [sys.executable, "-m", "compfair_tasks.cli", *map(str, args)]
 
 
-def _lm_eval(model_dir: Path, out: Path, limit: int, model_args: str = "") -> list[str]:
-    args = f"pretrained={model_dir},dtype=float32" + (f",{model_args}" if model_args else "")
-    return [sys.executable, "-m", "lm_eval", "run", "--model", "hf", "--model_args", args,
+def _lm_eval(model_dir: Path, out: Path, limit: int, model_type: str = "hf") -> list[str]:
+    args = f"pretrained={model_dir}" + (",dtype=float32" if model_type == "hf" else "")
+    return [sys.executable, "-m", "lm_eval", "run", "--model", model_type, "--model_args", args,
             "--tasks", ",".join(EVAL_TASKS), "--limit", str(limit), "--batch_size", "16",
             "--metadata", EVAL_METADATA, "--log_samples", "--seed", "0", "--output_path", str(out)]
 
@@ -74,14 +74,16 @@ def plan(output: Path, teacher: Path, profile: Profile, second_model: Path | Non
         Step("quantize to int8", _compfair("compress", "quantize", "--model", teacher, "--output", quantized),
              quantized / "compfair_compression.json"),
     ]
-    evaluated = [("teacher", teacher), ("distilled", distilled), ("head-pruned", pruned), ("int8", quantized)]
+    # int8 checkpoints have no transformers loader: compfair registers the lm_eval model type for them
+    evaluated = [("teacher", teacher, "hf"), ("distilled", distilled, "hf"), ("head-pruned", pruned, "hf"),
+                 ("int8", quantized, "compfair-quantized")]
     if second_model:
-        evaluated.append(("gemma3-270m", second_model))
-    for name, model_dir in evaluated:
-        steps.append(Step(f"evaluate {name}", _lm_eval(model_dir, results / name, profile.limit),
+        evaluated.append(("gemma3-270m", second_model, "hf"))
+    for name, model_dir, model_type in evaluated:
+        steps.append(Step(f"evaluate {name}", _lm_eval(model_dir, results / name, profile.limit, model_type),
                           results / name / ".done"))
     steps.append(Step("render the leaderboard",
-                      _compfair("leaderboard", *[results / name for name, _ in evaluated], "-o", output / "site"),
+                      _compfair("leaderboard", *[results / name for name, *_ in evaluated], "-o", output / "site"),
                       output / "site" / "index.html"))
     return steps
 
