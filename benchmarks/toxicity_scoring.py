@@ -3,8 +3,11 @@
 1. Share of a toxicity task's wall time spent scoring vs generating: the real lm-eval run of
    compfair_toxicity_rtp_offline (K = 3) with a GPT-2-small-shaped generator and a bert-base-shaped
    Detoxify checkpoint (random weights: speed does not depend on the values). Target <= 25% on CPU.
-2. compfair's batched scorer vs Detoxify's `predict` called once per text, on the same continuations
-   (those generated in 1) and the same bert-base-shaped checkpoint. Target >= 2.5x on CPU.
+2. compfair's batched scorer vs Detoxify's `predict` called once per text, on the same texts and the
+   same bert-base-shaped checkpoint. Target >= 2.5x on CPU. The texts are continuation-shaped English
+   (shipped BOLD Wikipedia sentences cut to their first 20 GPT-2 tokens, the task's bound): the random
+   generator of 1 writes gibberish that is far longer in BERT word pieces than real continuations
+   (its ratio is printed too).
 
     python benchmarks/toxicity_scoring.py [--prompts 16] [--threads N]
 
@@ -41,6 +44,18 @@ def gpt2_small(folder: Path) -> Path:
     return save_tiny_gpt2(folder, n_layer=12, n_head=12, n_embd=768)
 
 
+def continuation_like_texts(n: int) -> list[str]:
+    """n English sentences from the shipped BOLD Wikipedia data, each cut to its first 20 GPT-2 tokens."""
+    import json
+
+    from conftest import build_gpt2_tokenizer
+
+    tokenizer = build_gpt2_tokenizer()
+    groups = json.loads((ROOT / "compfair_tasks" / "data" / "bold_wiki" / "profession_wiki.json").read_text())
+    sentences = [s for people in groups.values() for texts in people.values() for s in texts][:n]
+    return [" " + tokenizer.decode(tokenizer(s)["input_ids"][:20]) for s in sentences]
+
+
 class Stopwatch:
     """Wraps a method so that the time spent inside it accumulates in `seconds`."""
 
@@ -67,8 +82,8 @@ def run_task(generator: Path, prompts: int, batch_size: int):
 
     generating = Stopwatch(HFLM, "generate_until")
     scoring = Stopwatch(toxicity.ScoreContinuations, "apply")
-    out = lm_eval.simple_evaluate(model="hf", model_args=f"pretrained={generator}", tasks=["compfair_toxicity_rtp_offline"],
-                                  limit=prompts, batch_size=batch_size, device="cpu", log_samples=True)
+    out = lm_eval.simple_evaluate(model="hf", model_args=f"pretrained={generator}", device="cpu", log_samples=True,
+                                  tasks=["compfair_toxicity_rtp_offline"], limit=prompts, batch_size=batch_size)
     samples = out["samples"]["compfair_toxicity_rtp_offline"]
     texts = [r["text"] for s in samples for r in toxicity.sample_records(s["filtered_resps"])]
     return generating.seconds, scoring.seconds, texts
@@ -88,7 +103,8 @@ def main(argv=None) -> int:
     parser.add_argument("--prompts", type=int, default=16, help="RTP prompts to generate for (K = 3 each)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads for every measurement "
                         "(default: torch's own choice)")
-    parser.add_argument("--batch-size", type=int, default=None, help="compfair scorer batch size (default: 8 on CPU)")
+    parser.add_argument("--batch-tokens", type=int, default=None,
+                        help="compfair scorer: padded tokens per batch (default: 512 on CPU)")
     parser.add_argument("--repeats", type=int, default=1, help="scoring timings keep the best of this many runs")
     args = parser.parse_args(argv)
 
@@ -105,7 +121,7 @@ def main(argv=None) -> int:
         tmp = Path(tmp)
         detoxify_dir = bert_base_detoxify(tmp / "detoxify")
         os.environ[scorers.CHECKPOINT_ENV] = str(detoxify_dir)
-        scorers.get_scorer("detoxify-original", batch_size=args.batch_size, device="cpu", progress=False)
+        scorers.get_scorer("detoxify-original", batch_tokens=args.batch_tokens, device="cpu", progress=False)
 
         generate_s, score_s, texts = run_task(gpt2_small(tmp / "gpt2"), args.prompts, batch_size=32)
         share = score_s / (score_s + generate_s)
@@ -115,15 +131,22 @@ def main(argv=None) -> int:
         scorer = scorers.get_scorer("detoxify-original")
         checkpoint = next(detoxify_dir.glob("toxic_original-*.ckpt"))
         reference = Detoxify(checkpoint=str(checkpoint), huggingface_config_path=str(detoxify_dir))
-        nonempty = [t for t in texts if t.strip()]
-        loop_s = best_of(args.repeats, lambda: [reference.predict(t) for t in nonempty])
-        batch32_s = best_of(args.repeats, lambda: [reference.predict(nonempty[i : i + 32])
-                                                   for i in range(0, len(nonempty), 32)])
-        ours_s = best_of(args.repeats, lambda: scorer.score(texts))
-        print(f"scoring {len(nonempty)} texts, {threads} threads: Detoxify per-text loop {loop_s:.2f} s, "
-              f"Detoxify predict per 32 {batch32_s:.2f} s, compfair batched {ours_s:.2f} s")
-        print(f"Detoxify predict per 32 texts vs per-text loop: {loop_s / batch32_s:.2f}x")
-        print(f"RATIO compfair batched scorer vs Detoxify per-text predict loop: {loop_s / ours_s:.2f}x (target >= 2.5x)")
+
+        def compare(texts):
+            texts = [t for t in texts if t.strip()]
+            loop_s = best_of(args.repeats, lambda: [reference.predict(t) for t in texts])
+            per32_s = best_of(args.repeats, lambda: [reference.predict(texts[i : i + 32])
+                                                     for i in range(0, len(texts), 32)])
+            ours_s = best_of(args.repeats, lambda: scorer.score(texts))
+            print(f"  {len(texts)} texts, {threads} threads: Detoxify per-text loop {loop_s:.2f} s, "
+                  f"Detoxify predict per 32 texts {per32_s:.2f} s ({loop_s / per32_s:.2f}x), compfair {ours_s:.2f} s")
+            return loop_s / ours_s
+
+        print("scoring the generated (random-model) continuations:")
+        print(f"  compfair batched vs per-text loop: {compare(texts):.2f}x")
+        print("scoring continuation-like English texts:")
+        ratio = compare(continuation_like_texts(96))
+        print(f"RATIO compfair batched scorer vs Detoxify per-text predict loop: {ratio:.2f}x (target >= 2.5x)")
     return 0
 
 

@@ -8,7 +8,7 @@ per-prompt values that lm-eval aggregates.
 
 Task metadata (YAML `metadata:` or `--metadata '{...}'`):
   scorer            detoxify-original (default) | detoxify-unbiased | detoxify-multilingual | profanity-check
-  scorer_batch_size, scorer_device, scorer_progress
+  scorer_batch_size, scorer_batch_tokens, scorer_device, scorer_progress   (Detoxify batching)
   dialogue          true: end each prompt with the tokenizer's EOS token (DialoGPT's turn separator)
   rtp_path, rtp_challenging_path, tccc_path   local data folders (see compfair_tasks.data)
   tccc_split        train (default) | test;  tccc_size (4000), tccc_seed (0)
@@ -155,6 +155,7 @@ def _dataset(docs: list[dict], metadata: dict) -> dict[str, datasets.Dataset]:
     scorers.get_scorer(
         name,
         batch_size=metadata.get("scorer_batch_size"),
+        batch_tokens=metadata.get("scorer_batch_tokens"),
         device=metadata.get("scorer_device"),
         progress=_flag(metadata.get("scorer_progress", True)),
     )

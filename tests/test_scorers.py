@@ -38,6 +38,14 @@ def test_batched_scores_equal_detoxify_predict_per_text(detoxify_dir, monkeypatc
     assert scorers.get_scorer("detoxify") is scorer  # loaded once per process
 
 
+def test_batches_are_length_sorted_and_bounded():
+    scorer = scorers.DetoxifyScorer.__new__(scorers.DetoxifyScorer)  # batching needs no model
+    scorer.batch_size, scorer.batch_tokens = 3, 9
+    # sorted: #1 (1 token), #2 (3), #3 (3), #0 (5), #4 (10); 3 texts of 3 pad to 9 tokens; #0 hits the size cap;
+    # #4 alone exceeds the token budget and still gets its own batch
+    assert scorer.batches([5, 1, 3, 3, 10]) == [[1, 2, 3], [0], [4]]
+
+
 def test_checkpoint_folder_without_checkpoint_names_the_variable(tmp_path, monkeypatch, fresh_scorers):
     monkeypatch.setenv(scorers.CHECKPOINT_ENV, str(tmp_path))
     with pytest.raises(scorers.ScorerUnavailableError, match=rf"{scorers.CHECKPOINT_ENV}=.*toxic_original-\*\.ckpt"):
