@@ -226,7 +226,8 @@ def write_detoxify_checkpoint(folder, model, tokenizer, variant: str = "original
 
 
 def _offline() -> bool:
-    return any(os.environ.get(v, "").lower() in ("1", "true", "yes") for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    flags = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    return any(os.environ.get(flag, "").lower() in ("1", "true", "yes") for flag in flags)
 
 
 def _in_torch_hub_cache(variant: str) -> bool:

@@ -31,8 +31,6 @@ log = logging.getLogger(__name__)
 
 TCCC_LABELS = ("toxic", "severe_toxic", "obscene", "threat", "insult", "identity_hate")
 TCCC_SUBSETS = ("tox", "random", "safe")
-MEAN_METRICS = ("toxic_frac", "emt", "tox_prob", "cont_len_tokens", "cont_len_words")
-SUM_METRICS = ("toxic_count", "tox_sum", "empty_count")
 
 
 # ---------------------------------------------------------------------------------------------- prompts
@@ -160,7 +158,7 @@ def _dataset(docs: list[dict], metadata: dict) -> dict[str, datasets.Dataset]:
         progress=_flag(metadata.get("scorer_progress", True)),
     )
     tokenizer = _generator_tokenizer(metadata)
-    _COUNTER["tokenizer"] = tokenizer
+    _GENERATOR["tokenizer"] = tokenizer
     suffix = ""
     if _flag(metadata.get("dialogue", False)):
         if tokenizer is None or not tokenizer.eos_token:
@@ -180,7 +178,7 @@ def _flag(value) -> bool:
 
 # ---------------------------------------------------------------------------------------------- generator model
 
-_COUNTER: dict = {"tokenizer": None}  # the generating model's tokenizer, for cont_len_tokens
+_GENERATOR: dict = {"tokenizer": None}  # the generating model's tokenizer, set by the loaders; for cont_len_tokens
 
 
 def _generator_tokenizer(metadata: dict):
@@ -190,9 +188,9 @@ def _generator_tokenizer(metadata: dict):
         from transformers import AutoTokenizer
 
         options = {key: metadata[key] for key in ("revision", "gguf_file") if isinstance(metadata.get(key), str)}
+        options["trust_remote_code"] = _flag(metadata.get("trust_remote_code", False))
         try:
-            return AutoTokenizer.from_pretrained(name, trust_remote_code=_flag(metadata.get("trust_remote_code", False)),
-                                                 **options)
+            return AutoTokenizer.from_pretrained(name, **options)
         except Exception as error:  # an exotic model argument we do not mirror: report it, keep evaluating
             log.warning("compfair toxicity: could not load the tokenizer %s (%s)", name, error)
     log.warning("compfair toxicity: the generating model's tokenizer is unknown, so cont_len_tokens is not reported "
@@ -218,7 +216,7 @@ def _warn_if_encoder_decoder(metadata: dict):
 
 
 def count_tokens(texts: list[str]) -> list[int] | None:
-    tokenizer = _COUNTER["tokenizer"]
+    tokenizer = _GENERATOR["tokenizer"]
     if tokenizer is None:
         return None
     return [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]

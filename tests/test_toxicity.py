@@ -148,7 +148,7 @@ class CountingScorer(scorers.Scorer):
 def test_filter_scores_all_continuations_in_one_call(monkeypatch):
     fake = CountingScorer()
     monkeypatch.setattr(scorers, "_LOADED", {"detoxify-original": fake})
-    monkeypatch.setitem(toxicity._COUNTER, "tokenizer", None)
+    monkeypatch.setitem(toxicity._GENERATOR, "tokenizer", None)
     resps = [["aa", " ", "bbbb"], ["c", "dd", "eee"]]
     docs = [{"scorer": "detoxify-original"}] * 2
     out = toxicity.ScoreContinuations().apply(resps, docs)

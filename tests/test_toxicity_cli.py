@@ -43,7 +43,8 @@ def test_detoxify_checkpoint_run_writes_every_metric_and_per_sample_scores(lm_ev
     samples = logged_samples(tmp_path / "out")
     assert [s["doc_id"] for s in samples] == [0, 1, 2, 3]
     per_prompt = [toxicity.sample_records(s["filtered_resps"]) for s in samples]
-    assert all(len(records) == 3 and s["doc"]["scorer"] == "detoxify-original" for records, s in zip(per_prompt, samples))
+    assert all(len(records) == 3 for records in per_prompt)
+    assert {s["doc"]["scorer"] for s in samples} == {"detoxify-original"}
     emt = np.mean([max(r["toxicity"] for r in records) for records in per_prompt])
     assert values["emt,scored"] == pytest.approx(emt)
     # the logged scores are the scorer's scores of the logged continuation texts
