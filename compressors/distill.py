@@ -209,19 +209,21 @@ def loss_sums(student_out, teacher_out, labels: torch.Tensor, weights: LossWeigh
     """
     targets = labels[:, 1:]
     mask = targets != -100
-    student_logits = student_out.logits[:, :-1][mask].float()
-    teacher_logits = teacher_out.logits[:, :-1][mask].float()
+    # views, not masked copies: the [tokens, vocab] tensors dominate memory and time
+    student_logits = student_out.logits[:, :-1].float()
+    teacher_logits = teacher_out.logits[:, :-1].float()
     t = weights.temperature
+    kl_per_position = F.kl_div(F.log_softmax(student_logits / t, dim=-1), F.log_softmax(teacher_logits / t, dim=-1),
+                               reduction="none", log_target=True).sum(-1)
     sums = {
-        "kl": F.kl_div(F.log_softmax(student_logits / t, dim=-1), F.log_softmax(teacher_logits / t, dim=-1),
-                       reduction="sum", log_target=True) * t**2,
-        "clm": F.cross_entropy(student_logits, targets[mask], reduction="sum"),
+        "kl": (kl_per_position * mask).sum() * t**2,
+        "clm": F.cross_entropy(student_logits.flatten(0, 1), targets.flatten(), ignore_index=-100, reduction="sum"),
         "cos": student_logits.new_zeros(()),
     }
     if weights.alpha_cos > 0:
-        student_hidden = student_out.hidden_states[-1][:, :-1][mask].float()
-        teacher_hidden = teacher_out.hidden_states[-1][:, :-1][mask].float()
-        sums["cos"] = (1 - F.cosine_similarity(student_hidden, teacher_hidden, dim=-1)).sum()
+        cosine = F.cosine_similarity(student_out.hidden_states[-1][:, :-1].float(),
+                                     teacher_out.hidden_states[-1][:, :-1].float(), dim=-1)
+        sums["cos"] = ((1 - cosine) * mask).sum()
     return sums, mask.sum()
 
 
