@@ -104,7 +104,7 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch threads for every measurement "
                         "(default: torch's own choice)")
     parser.add_argument("--batch-tokens", type=int, default=None,
-                        help="compfair scorer: padded tokens per batch (default: 512 on CPU)")
+                        help="compfair scorer: padded tokens per batch (default: 1024 on CPU)")
     parser.add_argument("--repeats", type=int, default=1, help="scoring timings keep the best of this many runs")
     args = parser.parse_args(argv)
 

@@ -80,7 +80,7 @@ class DetoxifyScorer(Scorer):
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         on_cpu = self.device == "cpu"
         self.batch_size = int(batch_size or (64 if on_cpu else 256))
-        self.batch_tokens = int(batch_tokens or (512 if on_cpu else 16384))
+        self.batch_tokens = int(batch_tokens or (1024 if on_cpu else 16384))
         self.progress = progress
         self.model, self.tokenizer, class_names = load_detoxify(variant, self.device)
         self.model.eval()
