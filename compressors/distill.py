@@ -503,18 +503,18 @@ def _last_logged_losses(history: list[dict]) -> dict:
 def build_parser() -> argparse.ArgumentParser:
     defaults = DistillSettings(output="")
     parser = argparse.ArgumentParser(
-        prog="compfair compress distill",
+        prog="compfair compress distill", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         description="Distil a GPT-2/Llama-family teacher into a shallower student (DistilGPT2 recipe) with the HF "
                     "Trainer. Rerunning the same command after a kill resumes from the last checkpoint. "
                     "Paper recipe: --teacher gpt2 --data Skylion007/openwebtext --data-fraction 0.01.",
     )
     add = parser.add_argument
-    add("--teacher", default=defaults.teacher, help="hub id, local folder, or embedded model name (default %(default)s)")
+    add("--teacher", default=defaults.teacher, help="hub id, local folder, or embedded model name")
     add("--output", required=True, help="folder for the student checkpoint (and checkpoints/ while training)")
     shape = parser.add_argument_group("student")
-    shape.add_argument("--preset", help="paper student: A (4 blocks), B (6), B¬ (6, random init; also Bnot/B-), C (8), "
+    shape.add_argument("--preset", metavar="{A,B,B¬,C,D,D¬}", help="paper student: A (4 blocks), B (6), B¬ (6, random init; also Bnot/B-), C (8), "
                                         "D (10), D¬ (10, random); counts are for a 12-block teacher and scale with "
-                                        "depth. Default B")
+                                        "depth (B if no --preset/--num-layers/--layers)")
     shape.add_argument("--num-layers", type=int, help="student blocks, evenly spaced teacher blocks (overrides preset)")
     shape.add_argument("--layers", type=parse_layer_list, help="teacher blocks to copy, e.g. 0,2,4,7,9,11")
     shape.add_argument("--init", choices=("teacher", "random"), help="initialise from teacher blocks or at random "
@@ -529,21 +529,22 @@ def build_parser() -> argparse.ArgumentParser:
                       help="blocks held out to report final losses (at most a tenth of the data; 0 = none)")
     train = parser.add_argument_group("training")
     train.add_argument("--max-steps", type=int, default=defaults.max_steps, help="optimizer steps (overrides --epochs)")
-    train.add_argument("--epochs", type=float, default=defaults.epochs)
+    train.add_argument("--epochs", type=float, default=defaults.epochs, help="passes over the data")
     train.add_argument("--batch-size", type=int, default=defaults.batch_size, help="blocks per device per micro-batch")
     train.add_argument("--grad-accum", type=int, default=defaults.grad_accum, help="micro-batches per optimizer step")
-    train.add_argument("--lr", dest="learning_rate", type=float, default=defaults.learning_rate)
+    train.add_argument("--lr", dest="learning_rate", type=float, default=defaults.learning_rate,
+                       help="peak AdamW learning rate, linear decay")
     train.add_argument("--warmup", type=float, default=defaults.warmup, help="warm-up steps, or a fraction if < 1")
-    train.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
-    train.add_argument("--max-grad-norm", type=float, default=defaults.max_grad_norm)
+    train.add_argument("--weight-decay", type=float, default=defaults.weight_decay, help="AdamW weight decay")
+    train.add_argument("--max-grad-norm", type=float, default=defaults.max_grad_norm, help="clip gradients (0 = off)")
     train.add_argument("--save-steps", type=int, default=defaults.save_steps, help="checkpoint every N steps")
-    train.add_argument("--logging-steps", type=int, default=defaults.logging_steps)
-    train.add_argument("--seed", type=int, default=defaults.seed)
+    train.add_argument("--logging-steps", type=int, default=defaults.logging_steps, help="log losses every N steps")
+    train.add_argument("--seed", type=int, default=defaults.seed, help="random init, data sample and order, dropout")
     train.add_argument("--bf16", action="store_true", help="bfloat16 mixed precision")
     train.add_argument("--keep-checkpoints", action="store_true", help="keep checkpoints/ after a finished run")
     train.add_argument("--overwrite", action="store_true", help="discard earlier checkpoints/results in --output")
     loss = parser.add_argument_group("loss (defaults: DistilGPT2)")
-    loss.add_argument("--temperature", type=float, default=defaults.temperature)
+    loss.add_argument("--temperature", type=float, default=defaults.temperature, help="softmax temperature T")
     loss.add_argument("--alpha-ce", type=float, default=defaults.alpha_ce, help="weight of the soft-target KL")
     loss.add_argument("--alpha-clm", type=float, default=defaults.alpha_clm, help="weight of the LM loss")
     loss.add_argument("--alpha-cos", type=float, default=defaults.alpha_cos, help="weight of the hidden-state cosine")
