@@ -46,6 +46,7 @@ class Clock:
 def run_compfair(lm, model_dir: Path, limit: int | None, batch_size: int):
     """Time the compfair tasks end to end; return (seconds, recorded token sequences, results)."""
     import lm_eval
+    from lm_eval.tasks import TaskManager
 
     recorded, inner = [], []
     original = lm._loglikelihood_tokens
@@ -60,7 +61,7 @@ def run_compfair(lm, model_dir: Path, limit: int | None, batch_size: int):
     lm._loglikelihood_tokens = recording
     metadata = {"pretrained": str(model_dir)}
     # lm-eval's index of its ~14k task YAMLs is a fixed cost of every lm-eval run, not compfair's: build it untimed
-    task_manager = lm_eval.tasks.TaskManager(metadata=metadata)
+    task_manager = TaskManager(metadata=metadata)
     clock = Clock()
     results = lm_eval.simple_evaluate(model=lm, tasks=TASKS, limit=limit, batch_size=batch_size,
                                       task_manager=task_manager, metadata=metadata)
