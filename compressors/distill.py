@@ -416,6 +416,7 @@ def distill(settings: DistillSettings, callbacks=None) -> dict:
         warmup_steps=settings.warmup, weight_decay=settings.weight_decay, max_grad_norm=settings.max_grad_norm,
         save_strategy="steps", save_steps=settings.save_steps, save_total_limit=2,
         logging_steps=settings.logging_steps, report_to="none", bf16=settings.bf16, optim="adamw_torch",
+        ddp_find_unused_parameters=False,  # every student weight is in the loss
     )
     trainer = DistillationTrainer(
         model=student, args=args, teacher=teacher, loss_weights=weights, train_dataset=PackedBlocks(train_blocks),
