@@ -211,7 +211,7 @@ def __getattr__(name):  # `compressors.quantize:QuantizedHFLM` imports lm_eval o
 # --------------------------------------------------------------------------- measurements and CLI
 
 
-def forward_latency(model, input_ids: torch.Tensor, repeats: int = 5) -> float:
+def forward_latency(model, input_ids: torch.Tensor, repeats: int = 3) -> float:
     """Median seconds of one forward pass (after a warm-up)."""
     times = []
     with torch.inference_mode():
@@ -235,7 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--per-tensor", action="store_true", help="one scale per weight matrix, not per row")
     parser.add_argument("--skip-lm-head", action="store_true", help="keep the LM head in float")
     parser.add_argument("--latency-tokens", type=int, default=128, help="sequence length of the latency check")
-    parser.add_argument("--latency-batch", type=int, default=4, help="0 skips the latency check")
+    parser.add_argument("--latency-batch", type=int, default=1, help="0 skips the latency check")
     parser.add_argument("--seed", type=int, default=0)
     return parser
 
