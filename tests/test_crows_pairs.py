@@ -43,12 +43,3 @@ def test_malformed_csv(tmp_path):
     bad.write_text("a,b\n1,2\n")
     with pytest.raises(ValueError, match="missing columns"):
         crows_pairs.build_docs(bad)
-
-
-@pytest.mark.slow
-def test_lm_eval_cli_crows_pairs(lm_eval_cli, tiny_gpt2_dir, tmp_path):
-    out = lm_eval_cli(["--model", "hf", "--model_args", f"pretrained={tiny_gpt2_dir}", "--device", "cpu",
-                       "--tasks", "compfair_crows_pairs", "--limit", "24", "--batch_size", "16"], tmp_path)
-    result = out["results"]["compfair_crows_pairs"]
-    assert 0 <= result["pct_stereotype,none"] <= 100 and result["likelihood_diff,none"] >= 0
-    assert "original" in out["configs"]["compfair_crows_pairs"]["metadata"]["dataset"]

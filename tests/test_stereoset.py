@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 from collections import Counter
 
 import pytest
@@ -110,21 +109,3 @@ def test_malformed_example_is_named(dev_examples):
 def test_missing_data_file_is_a_clear_error(tmp_path):
     with pytest.raises(data.DataNotFoundError, match="dev.json"):
         stereoset.load_all(stereoset_path=str(tmp_path))
-
-
-@pytest.mark.slow
-def test_lm_eval_cli_stereoset(lm_eval_cli, tiny_gpt2_dir, tmp_path):
-    out = lm_eval_cli(["--model", "hf", "--model_args", f"pretrained={tiny_gpt2_dir}", "--device", "cpu",
-                       "--tasks", "compfair_stereoset,compfair_stereoset_intersentence", "--limit", "12",
-                       "--batch_size", "16", "--log_samples"], tmp_path)
-    group = out["results"]["compfair_stereoset"]
-    for key in ("ss", "lms", "icat", "ss_gender", "lms_race", "icat_profession", "ss_intrasentence"):
-        assert 0 <= group[f"{key},none"] <= 100, key
-    assert group["n_examples,none"] == 12 and group["per_token,none"] == 1.0
-    assert 0 <= group["anti_count,none"] <= 12 and 0 <= group["unrelated_count,none"] <= 12
-    inter = out["results"]["compfair_stereoset_intersentence"]
-    assert inter["ss_ci_low,none"] <= inter["ss,none"] <= inter["ss_ci_high,none"]
-    assert math.isclose(inter["icat,none"], inter["lms,none"] * min(inter["ss,none"], 100 - inter["ss,none"]) / 50)
-    samples = next(tmp_path.rglob("samples_compfair_stereoset_intersentence*.jsonl")).read_text().splitlines()
-    first = json.loads(samples[0])
-    assert first["ss"]["id"] == first["doc"]["id"] and len(first["doc"]["n_tokens"]) == 3

@@ -40,7 +40,7 @@ def test_shipped_pairs():
     docs = winobias.build_docs(data.resolve("winobias").path, winobias.TYPES, "all")
     assert len(docs) == 1584
     assert Counter(d["split"] for d in docs) == {"dev": 792, "test": 792}
-    assert sum(not d["minimal"] for d in docs) == 18  # after cleaning; the raw files differ in 22 pairs
+    assert sum(not d["minimal"] for d in docs) == 18  # after cleaning: markup-only differences do not count
     genders = Counter(d["anti_gender"] for d in docs)
     assert genders["female"] + genders["male"] == 1584 and abs(genders["female"] - genders["male"]) < 10
     first = docs[0]
@@ -93,15 +93,6 @@ def test_balanced_needs_both_pronouns():
     assert math.isnan(winobias.agg_balanced(only_female))
 
 
-@pytest.mark.slow
-def test_lm_eval_cli_winobias(lm_eval_cli, tiny_gpt2_dir, tmp_path):
-    out = lm_eval_cli(["--model", "hf", "--model_args", f"pretrained={tiny_gpt2_dir}", "--device", "cpu",
-                       "--tasks", "compfair_winobias,compfair_winobias_type2", "--limit", "20", "--batch_size", "16",
-                       "--metadata", '{"preference_score": "sum"}'],
-                      tmp_path)
-    group = out["results"]["compfair_winobias"]
-    for key in ("anti_pct", "anti_pct_female", "anti_pct_male", "anti_pct_balanced", "anti_pct_dev", "anti_pct_type1"):
-        assert 0 <= group[f"{key},none"] <= 100, key
-    assert group["n_pairs,none"] == 20 and group["per_token,none"] == 0.0  # summed, as asked
-    assert math.isfinite(group["ll_gap,none"])
-    assert out["results"]["compfair_winobias_type2"]["n_pairs,none"] == 20
+def test_summed_option_reaches_the_docs():
+    docs = winobias.load_type1(preference_score="sum")["test"]
+    assert len(docs) == 792 and set(docs["score_rule"]) == {"sum"}
