@@ -21,7 +21,8 @@ def load_texts(source: str | None = None, limit: int | None = None, fraction: fl
         raise ValueError(f"fraction must be in (0, 1], got {fraction}")
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be a positive number of texts, got {limit}")
-    texts = [t.strip() for t in _read(source) if t and t.strip()]
+    # with a limit and no fraction, a hub dataset is streamed: only the first texts are downloaded
+    texts = [t.strip() for t in _read(source, limit if fraction is None else None) if t and t.strip()]
     if fraction is not None and fraction < 1:
         keep = max(1, round(len(texts) * fraction))
         texts = [texts[i] for i in sorted(random.Random(seed).sample(range(len(texts)), keep))]
@@ -33,7 +34,7 @@ def load_texts(source: str | None = None, limit: int | None = None, fraction: fl
     return texts
 
 
-def _read(source: str | None) -> list[str]:
+def _read(source: str | None, hub_limit: int | None = None) -> list[str]:
     if source in (None, "", "bold_wiki"):
         from compfair_tasks.data import resolve
 
@@ -48,7 +49,7 @@ def _read(source: str | None) -> list[str]:
         return _read_file(path)
     if path.suffix in LOCAL_SUFFIXES or "/" not in source or source.startswith((".", "/", "~")):
         raise FileNotFoundError(f"text source {source!r} is neither a file nor a folder (nor a hub id 'owner/name')")
-    return _read_hub(source)
+    return _read_hub(source, hub_limit)
 
 
 def _read_file(path: Path) -> list[str]:
@@ -74,13 +75,16 @@ def bold_wiki_sentences(path: Path) -> list[str]:
     return sentences
 
 
-def _read_hub(source: str) -> list[str]:
-    from compfair_tasks.data import DataNotFoundError
-
+def _read_hub(source: str, limit: int | None = None) -> list[str]:
     import datasets
+
+    from compfair_tasks.data import DataNotFoundError
 
     name, _, config = source.partition(":")
     try:
+        if limit:
+            stream = datasets.load_dataset(name, config or None, split="train", streaming=True)
+            return [row["text"] for row in stream.take(limit)]
         dataset = datasets.load_dataset(name, config or None, split="train")
     except Exception as error:
         raise DataNotFoundError(
