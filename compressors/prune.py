@@ -257,7 +257,7 @@ def check_settings(ratio: float, iterations: int, unit: str, model) -> None:
         raise ValueError(f"--iterations must be at least 1, got {iterations}")
     if unit not in ("head", "group"):
         raise ValueError(f"--unit must be 'head' or 'group', got {unit!r}")
-    if unit == "group" and family(model) != "llama":
+    if unit == "group" and model is not None and family(model) != "llama":
         raise ValueError("--unit group needs grouped key/value attention (llama family); GPT-2 has one group per head")
 
 
@@ -319,6 +319,7 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.manual_seed(args.seed)
     try:
+        check_settings(args.ratio, args.iterations, args.unit, model=None)  # before the slow model load
         model = AutoModelForCausalLM.from_pretrained(args.model, dtype="auto").to(args.device)
         family(model)
         check_settings(args.ratio, args.iterations, args.unit, model)
