@@ -1,7 +1,8 @@
 """`compfair demo`: the whole pipeline offline on the embedded default model, ending in a leaderboard.
 
-Teacher = SmolLM2-135M (shipped on PyPI as GGUF). It is distilled, head-pruned and int8-quantized on
-the shipped BOLD Wikipedia text, every model (plus Gemma-3-270M, where installed) is evaluated with
+Teacher = SmolLM2-135M (shipped on PyPI as GGUF). It is distilled, head-pruned and int8-quantized
+(dynamic; the full run adds weight-only int8) on the shipped BOLD Wikipedia text, every model (plus
+Gemma-3-270M in the full run, where installed) is evaluated with
 the real `lm_eval` CLI on the shipped bias data, the offline toxicity prompts (profanity-check
 scorer: Detoxify weights cannot be downloaded offline) and BOLD Wikipedia perplexity, and the
 leaderboard is rendered. Each step is one command line, printed before it runs; a step whose output
@@ -33,12 +34,12 @@ class Profile:
     distill_steps: int
     prune_examples: int
     prune_iterations: int
-    second_model: bool
+    full: bool  # also int8 weight-only and the second embedded model
 
 
 PROFILES = {
-    "quick": Profile(limit=20, distill_steps=5, prune_examples=32, prune_iterations=1, second_model=False),
-    "default": Profile(limit=100, distill_steps=40, prune_examples=128, prune_iterations=3, second_model=True),
+    "quick": Profile(limit=10, distill_steps=3, prune_examples=32, prune_iterations=1, full=False),
+    "default": Profile(limit=50, distill_steps=40, prune_examples=48, prune_iterations=3, full=True),
 }
 
 
@@ -67,16 +68,24 @@ def plan(output: Path, teacher: Path, profile: Profile, second_model: Path | Non
     steps = [
         Step("distil a half-depth student", _compfair(
             "compress", "distill", "--teacher", teacher, "--num-layers", "15", "--max-steps", profile.distill_steps,
-            "--batch-size", "4", "--block-size", "128", "--data-limit", "4000", "--output", distilled), distilled / "compfair_compression.json"),
+            "--batch-size", "2", "--block-size", "64", "--data-limit", "4000", "--eval-blocks", "4",
+            "--output", distilled), distilled / "compfair_compression.json"),
         Step("prune attention heads", _compfair(
-            "compress", "prune", "--model", teacher, "--num-examples", profile.prune_examples,
-            "--iterations", profile.prune_iterations, "--output", pruned), pruned / "compfair_compression.json"),
+            "compress", "prune", "--model", teacher, "--num-examples", profile.prune_examples, "--block-size", "64",
+            "--min-blocks", "8", "--iterations", profile.prune_iterations, "--output", pruned), pruned / "compfair_compression.json"),
         Step("quantize to int8", _compfair("compress", "quantize", "--model", teacher, "--output", quantized),
              quantized / "compfair_compression.json"),
     ]
+    weight_only = models / "int8-weight-only"
+    if profile.full:
+        steps.append(Step("quantize weights only to int8", _compfair(
+            "compress", "quantize", "--model", teacher, "--mode", "weight-only", "--output", weight_only),
+            weight_only / "compfair_compression.json"))
     # int8 checkpoints have no transformers loader: compfair registers the lm_eval model type for them
     evaluated = [("teacher", teacher, "hf"), ("distilled", distilled, "hf"), ("head-pruned", pruned, "hf"),
                  ("int8", quantized, "compfair-quantized")]
+    if profile.full:
+        evaluated.append(("int8-weight-only", weight_only, "compfair-quantized"))
     if second_model:
         evaluated.append(("gemma3-270m", second_model, "hf"))
     for name, model_dir, model_type in evaluated:
@@ -105,9 +114,10 @@ def run(steps: list[Step], started: float) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="compfair demo", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="fewer examples and steps, no second model (~5 min)")
+    parser.add_argument("--quick", action="store_true",
+                        help="10 examples per task, fewer training steps, 4 models instead of 6 (~5 min)")
     parser.add_argument("--output", type=Path, default=Path("compfair-demo"), help="folder for models, results, site")
-    parser.add_argument("--limit", type=int, help="examples per task (default: 100, --quick: 20)")
+    parser.add_argument("--limit", type=int, help="examples per task (default: 50, --quick: 10)")
     parser.add_argument("--model", default=DEFAULT_MODEL, help="embedded teacher model")
     args = parser.parse_args(argv)
     profile = PROFILES["quick" if args.quick else "default"]
@@ -121,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"[0 {0:6.0f}s] preparing the embedded teacher {args.model} (converted from GGUF once, then cached)")
     teacher = embedded_model_dir(args.model)
     second = None
-    if profile.second_model:
+    if profile.full:
         try:
             second = embedded_model_dir("gemma3-270m")
         except ModelNotAvailableError as error:
