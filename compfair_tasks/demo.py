@@ -1,8 +1,8 @@
 """`compfair demo`: the whole pipeline offline on the embedded default model, ending in a leaderboard.
 
-Teacher = SmolLM2-135M (shipped on PyPI as GGUF). It is distilled, head-pruned and int8-quantized
-(dynamic; the full run adds weight-only int8) on the shipped BOLD Wikipedia text, every model (plus
-Gemma-3-270M in the full run, where installed) is evaluated with
+Teacher = SmolLM2-135M (shipped on PyPI as GGUF). It is distilled, head-pruned and int8-quantized on
+the shipped BOLD Wikipedia text, every model (plus Gemma-3-270M in the full run, where installed) is
+evaluated with
 the real `lm_eval` CLI on the shipped bias data, the offline toxicity prompts (profanity-check
 scorer: Detoxify weights cannot be downloaded offline) and BOLD Wikipedia perplexity, and the
 leaderboard is rendered. Each step is one command line, printed before it runs; a step whose output
@@ -34,7 +34,7 @@ class Profile:
     distill_steps: int
     prune_examples: int
     prune_iterations: int
-    full: bool  # also int8 weight-only and the second embedded model
+    full: bool  # also the second embedded model
 
 
 PROFILES = {
@@ -76,16 +76,9 @@ def plan(output: Path, teacher: Path, profile: Profile, second_model: Path | Non
         Step("quantize to int8", _compfair("compress", "quantize", "--model", teacher, "--output", quantized),
              quantized / "compfair_compression.json"),
     ]
-    weight_only = models / "int8-weight-only"
-    if profile.full:
-        steps.append(Step("quantize weights only to int8", _compfair(
-            "compress", "quantize", "--model", teacher, "--mode", "weight-only", "--output", weight_only),
-            weight_only / "compfair_compression.json"))
     # int8 checkpoints have no transformers loader: compfair registers the lm_eval model type for them
     evaluated = [("teacher", teacher, "hf"), ("distilled", distilled, "hf"), ("head-pruned", pruned, "hf"),
                  ("int8", quantized, "compfair-quantized")]
-    if profile.full:
-        evaluated.append(("int8-weight-only", weight_only, "compfair-quantized"))
     if second_model:
         evaluated.append(("gemma3-270m", second_model, "hf"))
     for name, model_dir, model_type in evaluated:
@@ -115,7 +108,7 @@ def run(steps: list[Step], started: float) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="compfair demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true",
-                        help="10 examples per task, fewer training steps, 4 models instead of 6 (~5 min)")
+                        help="10 examples per task, fewer training steps, 4 models instead of 5 (~3 min)")
     parser.add_argument("--output", type=Path, default=Path("compfair-demo"), help="folder for models, results, site")
     parser.add_argument("--limit", type=int, help="examples per task (default: 50, --quick: 10)")
     parser.add_argument("--model", default=DEFAULT_MODEL, help="embedded teacher model")

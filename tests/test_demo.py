@@ -19,11 +19,11 @@ def test_quick_plan_compresses_evaluates_and_renders(tmp_path):
     assert int8_eval[int8_eval.index("--limit") + 1] == "10"
 
 
-def test_full_plan_adds_weight_only_int8_and_the_second_model(tmp_path):
+def test_full_plan_adds_the_second_model(tmp_path):
     steps = demo.plan(tmp_path, Path("/teacher"), demo.PROFILES["default"], second_model=Path("/gemma"))
     titles = [s.title for s in steps]
-    assert "quantize weights only to int8" in titles
-    assert titles[-3:] == ["evaluate int8-weight-only", "evaluate gemma3-270m", "render the leaderboard"]
+    assert titles[-3:] == ["evaluate int8", "evaluate gemma3-270m", "render the leaderboard"]
+    assert "--limit" in steps[3].command and steps[3].command[steps[3].command.index("--limit") + 1] == "50"
 
 
 def test_finished_steps_are_skipped_and_a_failure_stops_the_run(tmp_path, capsys):
