@@ -26,9 +26,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import statistics
 import sys
-import time
 import warnings
 from pathlib import Path
 
@@ -211,18 +209,6 @@ def __getattr__(name):  # `compressors.quantize:QuantizedHFLM` imports lm_eval o
 # --------------------------------------------------------------------------- measurements and CLI
 
 
-def forward_latency(model, input_ids: torch.Tensor, repeats: int = 3) -> float:
-    """Median seconds of one forward pass (after a warm-up)."""
-    times = []
-    with torch.inference_mode():
-        model(input_ids=input_ids, use_cache=False)
-        for _ in range(repeats):
-            start = time.perf_counter()
-            model(input_ids=input_ids, use_cache=False)
-            times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="compfair compress quantize",
@@ -245,17 +231,20 @@ def main(argv: list[str] | None = None) -> int:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from compressors.metadata import checkpoint_size_bytes, write_compression_metadata
+    from leaderboard.latency import measure_latency
+
+    def forward_seconds(model):  # fp32 and int8 are timed on the same seeded token ids
+        return measure_latency(model, seq_len=args.latency_tokens, batch_size=args.latency_batch, repeats=3,
+                               warmup=1, seed=args.seed)["latency_ms"] / 1000
 
     torch.manual_seed(args.seed)
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).eval()
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     float_params = sum(p.numel() for p in model.parameters())
-    probe = torch.randint(0, model.config.vocab_size, (max(args.latency_batch, 1), args.latency_tokens),
-                          generator=torch.Generator().manual_seed(args.seed))
-    fp32_seconds = forward_latency(model, probe) if args.latency_batch else None
+    fp32_seconds = forward_seconds(model) if args.latency_batch else None
     quantized = quantize_model(model, args.mode, args.per_tensor, args.skip_lm_head)
     save_quantized(model, quantized, args.output, args.mode, tokenizer)
-    int8_seconds = forward_latency(model, probe) if args.latency_batch else None
+    int8_seconds = forward_seconds(model) if args.latency_batch else None
     int8_params = sum(w.numel() for w, _, _ in quantized.values())
     source_size = checkpoint_size_bytes(args.model) if Path(args.model).is_dir() else None
     record = write_compression_metadata(

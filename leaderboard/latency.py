@@ -40,7 +40,8 @@ def measure_latency(model, save_to: str | Path | None = None, seq_len: int = 128
     model = model.to(device).eval()
     generator = torch.Generator().manual_seed(seed)
     vocab = int(getattr(model.config, "vocab_size", 1000))
-    inputs = {"input_ids": torch.randint(0, vocab, (batch_size, seq_len), generator=generator).to(device)}
+    inputs = {"input_ids": torch.randint(0, vocab, (batch_size, seq_len), generator=generator).to(device),
+              "use_cache": False}  # one forward pass, without building a KV cache
     if getattr(model.config, "is_encoder_decoder", False):
         inputs["decoder_input_ids"] = inputs["input_ids"][:, :1]
     times = []
