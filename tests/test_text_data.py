@@ -22,8 +22,8 @@ def test_fraction_is_seeded_and_keeps_order(tmp_path):
     assert picked != text_data.load_texts(str(tmp_path / "t.txt"), fraction=0.1, seed=4)
 
 
-def test_shipped_bold_wiki_is_the_default(shared_data):
-    expected = sum(1 for f in (shared_data / "bold" / "wikipedia").glob("*_wiki.json")
+def test_shipped_bold_wiki_is_the_default(shipped_data):
+    expected = sum(1 for f in (shipped_data / "bold_wiki").glob("*_wiki.json")
                    for people in json.loads(f.read_text()).values()
                    for sentences in people.values() for sentence in sentences if sentence.strip())
     texts = text_data.load_texts()
