@@ -41,7 +41,7 @@ test-newest:
 	$(NEWEST)/bin/python -m pip --disable-pip-version-check install torch==2.13.0
 	$(NEWEST)/bin/python -m pip --disable-pip-version-check install --upgrade --upgrade-strategy eager -e ".[test]" transformers lm-eval
 	$(NEWEST)/bin/python -m pip --disable-pip-version-check install --no-deps -r requirements-offline.txt
-	$(NEWEST)/bin/python -c "from importlib.metadata import version as v; print("newest: transformers", v("transformers"), "lm-eval", v("lm_eval"))"
+	$(NEWEST)/bin/python -c "from importlib.metadata import version as v; print('newest: transformers', v('transformers'), 'lm-eval', v('lm_eval'))"
 	PATH="$(CURDIR)/$(NEWEST)/bin:$$PATH" $(NEWEST)/bin/python -m pytest $(NEWEST_TESTS)
 
 test: lint test-locked test-newest
