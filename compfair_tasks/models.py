@@ -13,6 +13,7 @@ import importlib.util
 import json
 import os
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,18 +92,26 @@ def embedded_model_dir(name: str = DEFAULT_MODEL, output_dir: str | os.PathLike 
     if (target / "config.json").exists() and (target / "model.safetensors").exists():
         return target
     chunks = gguf_chunks(model)
-    work = target.with_name(target.name + ".partial")
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
-    gguf_path = _assemble(chunks, work / model.gguf_name)
-    _convert_gguf(gguf_path, work)
-    gguf_path.unlink()
-    (work / "compfair_source.json").write_text(
-        json.dumps({"embedded_model": name, "title": model.title, "gguf": [str(c) for c in chunks],
-                    "license": model.license}, indent=2)
-    )
-    shutil.rmtree(target, ignore_errors=True)
-    work.rename(target)  # only a complete conversion ever appears under the final name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # a private work folder: several processes (accelerate launch, parallel runs) may convert at once
+    work = Path(tempfile.mkdtemp(prefix=f"{target.name}.partial-", dir=target.parent))
+    try:
+        gguf_path = _assemble(chunks, work / model.gguf_name)
+        _convert_gguf(gguf_path, work)
+        gguf_path.unlink()
+        (work / "compfair_source.json").write_text(
+            json.dumps({"embedded_model": name, "title": model.title, "gguf": [str(c) for c in chunks],
+                        "license": model.license}, indent=2)
+        )
+        if not (target / "model.safetensors").exists():  # another process may have finished first
+            shutil.rmtree(target, ignore_errors=True)
+            try:
+                work.rename(target)  # only a complete conversion ever appears under the final name
+            except OSError:
+                if not (target / "model.safetensors").exists():
+                    raise
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     return target
 
 
