@@ -6,13 +6,9 @@ import json
 import time
 from pathlib import Path
 
+from compfair_tasks.measure import checkpoint_size_bytes, versions
+
 FILE_NAME = "compfair_compression.json"
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
-
-
-def checkpoint_size_bytes(output_dir) -> int:
-    """Bytes of the weight files in a checkpoint folder."""
-    return sum(p.stat().st_size for p in Path(output_dir).rglob("*") if p.is_file() and p.suffix in WEIGHT_SUFFIXES)
 
 
 def count_parameters(model) -> int:
@@ -30,6 +26,7 @@ def write_compression_metadata(output_dir, *, method: str, source_model: str, se
         "removed": removed or {},
         "size_bytes": checkpoint_size_bytes(output_dir),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "versions": versions(),
     }
     if model is not None:
         record["params"] = count_parameters(model)

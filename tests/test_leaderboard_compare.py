@@ -13,7 +13,7 @@ import pytest
 from compfair_tasks import runner
 from leaderboard import compare
 from leaderboard.collect import LATENCY_FILE, collect
-from leaderboard.latency import measure_latency
+from compfair_tasks.measure import measure_latency
 from leaderboard.paired import paired_tests
 
 
