@@ -1,5 +1,4 @@
-"""Measurements of a checkpoint that compressors and the leaderboard both record: forward latency, size on disk,
-and the versions that produced a number.
+"""Measurements of a checkpoint that compressors and the leaderboard both record: forward latency and size on disk.
 
 Latency is the median wall time of one forward pass over `batch_size` x `seq_len` tokens, after warm-up, on
 the given device and thread count; it compares models only when measured on the same machine under the same
@@ -10,9 +9,7 @@ from __future__ import annotations
 
 import json
 import statistics
-import subprocess
 import time
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 LATENCY_FILE = "compfair_latency.json"
@@ -31,23 +28,6 @@ def weight_files(checkpoint) -> list[Path]:
 def checkpoint_size_bytes(checkpoint) -> int:
     """Bytes of a checkpoint's model weight files (0 when it has none)."""
     return sum(p.stat().st_size for p in weight_files(checkpoint))
-
-
-def versions() -> dict:
-    """compfair's version and git commit (when run from a checkout), and the torch/transformers/lm-eval versions."""
-    found = {}
-    for package in ("compfair", "torch", "transformers", "lm_eval"):
-        try:
-            found[package] = version(package)
-        except PackageNotFoundError:
-            found[package] = None
-    try:
-        found["compfair_commit"] = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5,
-            check=True).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        found["compfair_commit"] = None  # an installed wheel, or no git
-    return found
 
 
 def _load(checkpoint: Path):

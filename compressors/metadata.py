@@ -6,7 +6,7 @@ import json
 import time
 from pathlib import Path
 
-from compfair_tasks.measure import checkpoint_size_bytes, versions
+from compfair_tasks.measure import checkpoint_size_bytes
 
 FILE_NAME = "compfair_compression.json"
 
@@ -26,7 +26,6 @@ def write_compression_metadata(output_dir, *, method: str, source_model: str, se
         "removed": removed or {},
         "size_bytes": checkpoint_size_bytes(output_dir),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "versions": versions(),
     }
     if model is not None:
         record["params"] = count_parameters(model)
