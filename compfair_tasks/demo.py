@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from compfair_tasks.hub import OFFLINE_VARIABLES
 from compfair_tasks.models import DEFAULT_MODEL, ModelNotAvailableError, embedded_model_dir
 from compfair_tasks.runner import Step, StepError, lm_eval_command, run_steps
 
@@ -95,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     profile = PROFILES["quick" if args.quick else "default"]
     if args.limit:
         profile = Profile(**{**profile.__dict__, "limit": args.limit})
-    for variable in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+    for variable in OFFLINE_VARIABLES:
         os.environ.setdefault(variable, "1")  # the demo never downloads anything
 
     started = time.monotonic()

@@ -183,7 +183,3 @@ def agg_balanced_ci_low(records) -> float:
 
 def agg_balanced_ci_high(records) -> float:
     return _balanced_ci(records, 1)
-
-
-def agg_sum(values) -> float:
-    return float(sum(values))

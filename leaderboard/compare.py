@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shlex
 import sys
 import time
@@ -22,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from compfair_tasks import runner
+from compfair_tasks.hub import offline
 
 
 @dataclass(frozen=True)
@@ -81,10 +81,6 @@ class PreflightError(RuntimeError):
     """A model or dataset that the comparison needs is not available."""
 
 
-def _offline() -> bool:
-    return any(os.environ.get(v, "").lower() in ("1", "true", "yes") for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
-
-
 def check_model(name: str) -> None:
     """A local checkpoint folder, or a hub id that is cached (offline) or reachable (online)."""
     folder = Path(name).expanduser()
@@ -96,9 +92,9 @@ def check_model(name: str) -> None:
 
     if isinstance(try_to_load_from_cache(name, "config.json"), str):
         return
-    if _offline():
+    if offline():
         raise PreflightError(
-            f"model {name} is not in the Hugging Face cache and the hub is offline (HF_HUB_OFFLINE is set). "
+            f"model {name} is not in the Hugging Face cache and the hub is offline ({offline()} is set). "
             f"Download it where there is network (huggingface-cli download {name}) and copy the cache, "
             f"or pass a local checkpoint folder instead.")
     try:
