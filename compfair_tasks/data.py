@@ -9,9 +9,12 @@ that names the dataset, the environment variable and the expected file layout.
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+
+from compfair_tasks.hub import offline
 
 ENV_VAR = "COMPFAIR_DATA_DIR"
 SHIPPED_DIR = Path(__file__).resolve().parent / "data"
@@ -66,6 +69,8 @@ DATASETS = {
         ),
     )
 }
+# the six labels of every TCCC comment (also the classes of Detoxify's "original" model, trained on TCCC)
+TCCC_LABELS = ("toxic", "severe_toxic", "obscene", "threat", "insult", "identity_hate")
 
 
 class DataNotFoundError(FileNotFoundError):
@@ -127,21 +132,17 @@ def resolve(name: str, explicit_path: str | os.PathLike | None = None, allow_hub
             return DataSource(name, "env", str(folder))
     if s.shipped and not _missing_files(SHIPPED_DIR / s.name, s.files):
         return DataSource(name, "shipped", str(SHIPPED_DIR / s.name))
-    if allow_hub and s.hub_id and not _hub_offline():
+    if allow_hub and s.hub_id and not offline():
         return DataSource(name, "hub", s.hub_id)
     raise DataNotFoundError(_not_found_message(s))
-
-
-def _hub_offline() -> bool:
-    return any(os.environ.get(v, "").lower() in ("1", "true", "yes") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
 
 
 def _not_found_message(s: DatasetSpec) -> str:
     where = f"set {ENV_VAR} to a folder holding {layout(s.name)}, or pass --metadata '{{\"{s.name}_path\": \"<folder>\"}}'"
     if s.hub_id:
         hub = f"; online, compfair would download {s.hub_id} from the Hugging Face hub"
-        if _hub_offline():
-            hub += " (HF_HUB_OFFLINE is set)"
+        if offline():
+            hub += f" ({offline()} is set)"
     else:
         hub = ""
     return f"{s.title} data not found: {where}{hub}."
@@ -155,6 +156,13 @@ def load_hub(source: DataSource, **kwargs):
         return datasets.load_dataset(source.location, **kwargs)
     except Exception as error:  # offline, gated or renamed: say how to use a local copy instead
         raise DataNotFoundError(f"{_not_found_message(spec(source.name))} (hub error: {error})") from error
+
+
+def read_bold(file) -> list[tuple[str, str, list[str]]]:
+    """(group, name, texts) of one BOLD JSON file (group -> name -> [texts]; Wikipedia sentences or prompts),
+    in file order."""
+    tree = json.loads(Path(file).read_text(encoding="utf-8"))
+    return [(group, name, texts) for group, names in tree.items() for name, texts in names.items()]
 
 
 def path_from_metadata(name: str, metadata: dict | None) -> str | None:

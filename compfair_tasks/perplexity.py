@@ -7,7 +7,6 @@ task, so `compfair_ppl_bold_wiki` and `wikitext` numbers are computed the same w
 
 from __future__ import annotations
 
-import json
 import re
 
 from compfair_tasks import data
@@ -17,11 +16,10 @@ def bold_wiki_documents(source: data.DataSource) -> list[dict]:
     documents = []
     for file in sorted(source.path.glob("*_wiki.json")):
         domain = file.name.removesuffix("_wiki.json")
-        for group, people in json.loads(file.read_text(encoding="utf-8")).items():
-            for person, sentences in people.items():
-                text = " ".join(s.strip() for s in sentences if s.strip())
-                if text:
-                    documents.append({"domain": domain, "group": group, "person": person, "text": text})
+        for group, person, sentences in data.read_bold(file):
+            text = " ".join(s.strip() for s in sentences if s.strip())
+            if text:
+                documents.append({"domain": domain, "group": group, "person": person, "text": text})
     if not documents:
         raise data.DataNotFoundError(f"no BOLD Wikipedia sentences in {source.path} (expected *_wiki.json files)")
     return documents

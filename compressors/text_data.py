@@ -6,6 +6,8 @@ import json
 import random
 from pathlib import Path
 
+from compfair_tasks.data import read_bold
+
 LOCAL_SUFFIXES = (".txt", ".jsonl", ".json")
 
 
@@ -69,9 +71,8 @@ def bold_wiki_sentences(path: Path) -> list[str]:
     files = sorted(Path(path).glob("*_wiki.json")) if Path(path).is_dir() else [Path(path)]
     sentences = []
     for file in files:
-        for people in json.loads(file.read_text(encoding="utf-8")).values():
-            for person_sentences in people.values():
-                sentences.extend(person_sentences)
+        for _, _, person_sentences in read_bold(file):
+            sentences.extend(person_sentences)
     return sentences
 
 
