@@ -154,12 +154,45 @@ def _register_quantized_model_type(_models_module):
         model_registry.register("compfair-quantized", target="compressors.quantize:QuantizedHFLM")
 
 
+def _record_data_sources(task_module):
+    """After a compfair task loads its documents, put each dataset's source and sha256 in its config.
+
+    lm-eval passes the task's metadata to `custom_dataset` as keyword arguments (a copy), so the loader
+    cannot write into the config that lands in the results file; this wrapper of the public
+    `ConfigurableTask.download` can: results["configs"][task]["metadata"]["data_sources"].
+    """
+    import functools
+
+    task_class = getattr(task_module, "ConfigurableTask", None)
+    original = getattr(task_class, "download", None)
+    if original is None or getattr(original, "_compfair_wrapped", False):
+        return
+
+    @functools.wraps(original)
+    def download(self, *args, **kwargs):
+        loader = getattr(getattr(self, "config", None), "custom_dataset", None)
+        if not getattr(loader, "__module__", "").startswith("compfair_tasks"):
+            return original(self, *args, **kwargs)
+        from compfair_tasks import data
+
+        with data.recording() as sources:
+            result = original(self, *args, **kwargs)
+        if self.config.metadata is None:
+            self.config.metadata = {}
+        self.config.metadata["data_sources"] = sources
+        return result
+
+    download._compfair_wrapped = True
+    task_class.download = download
+
+
 def install():
     if os.environ.get("COMPFAIR_NO_HOOK") == "1" or any(isinstance(f, _PostImportFinder) for f in sys.meta_path):
         return
     when_imported("lm_eval.tasks.manager", _add_compfair_include_path)
     when_imported("transformers.models.auto.configuration_auto", _register_pruned_on_use)
     when_imported("lm_eval.models", _register_quantized_model_type)
+    when_imported("lm_eval.api.task", _record_data_sources)
     sys.meta_path.insert(0, _PostImportFinder())
 
 

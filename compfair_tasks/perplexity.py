@@ -7,17 +7,24 @@ task, so `compfair_ppl_bold_wiki` and `wikitext` numbers are computed the same w
 
 from __future__ import annotations
 
-import json
 import re
 
 from compfair_tasks import data
+
+
+def _groups(file) -> dict:
+    groups = data.read_json(file, "BOLD Wikipedia file")
+    if not isinstance(groups, dict) or not all(isinstance(people, dict) for people in groups.values()):
+        raise data.DataFormatError(f"{file}: not a BOLD Wikipedia file (group -> name -> [sentences]); "
+                                   "re-copy the original")
+    return groups
 
 
 def bold_wiki_documents(source: data.DataSource) -> list[dict]:
     documents = []
     for file in sorted(source.path.glob("*_wiki.json")):
         domain = file.name.removesuffix("_wiki.json")
-        for group, people in json.loads(file.read_text(encoding="utf-8")).items():
+        for group, people in _groups(file).items():
             for person, sentences in people.items():
                 text = " ".join(s.strip() for s in sentences if s.strip())
                 if text:
@@ -29,10 +36,11 @@ def bold_wiki_documents(source: data.DataSource) -> list[dict]:
 
 def load_bold_wiki(**metadata):
     """custom_dataset for compfair_ppl_bold_wiki: {'test': Dataset} of per-person documents."""
-    import datasets
+    from compfair_tasks.models import check_task_model
 
+    check_task_model(metadata, "compfair_ppl_bold_wiki")
     source = data.resolve("bold_wiki", data.path_from_metadata("bold_wiki", metadata))
-    return {"test": datasets.Dataset.from_list(bold_wiki_documents(source))}
+    return data.to_dataset(bold_wiki_documents(source), f"BOLD Wikipedia in {source.path}")
 
 
 def process_results(doc, results):

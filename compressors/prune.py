@@ -44,7 +44,10 @@ import torch
 SUPPORTED = "gpt2 (GPT-2 and DistilGPT-2 checkpoints) and llama (Llama-family with grouped key/value heads, e.g. SmolLM2)"
 
 
-class UnsupportedArchitectureError(ValueError):
+from compfair_tasks.errors import CompfairError
+
+
+class UnsupportedArchitectureError(CompfairError, ValueError):
     pass
 
 
@@ -286,11 +289,14 @@ def load_blocks(sources: list[str] | None, tokenizer, num_examples: int | None, 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="compfair compress prune",
+        prog="compfair compress prune", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         description="Remove attention heads by gradient importance (Michel et al. 2019) and save a smaller "
                     "checkpoint that AutoModelForCausalLM and `lm_eval --model hf` load.")
-    parser.add_argument("--model", required=True, help="checkpoint folder or hub id (GPT-2 or Llama family)")
-    parser.add_argument("--output", required=True, help="folder for the pruned checkpoint")
+    parser.add_argument("--model", required=True, help="checkpoint folder, embedded model name (smollm2-135m: SmolLM2-135M-Instruct "
+                             "dequantized from a Q4_1 GGUF) or hub id (GPT-2 or Llama family)")
+    parser.add_argument("--output", required=True, help="new folder for the pruned checkpoint (refused if it is or "
+                                                        "holds a model, unless --overwrite)")
+    parser.add_argument("--overwrite", action="store_true", help="replace a model already in --output")
     parser.add_argument("--data", nargs="*", default=None,
                         help="text for the importance scores: .txt/.jsonl files or folders, or a hub id "
                              "(e.g. wikitext:wikitext-103-raw-v1); default: the shipped BOLD Wikipedia sentences")
@@ -298,16 +304,16 @@ def build_parser() -> argparse.ArgumentParser:
                         help="texts sampled from --data (the paper: 256, 1280, 2560, 5120, 12800); 0 = all")
     parser.add_argument("--block-size", type=int, default=128, help="tokens per scored block (texts are packed)")
     parser.add_argument("--min-blocks", type=int, default=4, help="refuse to score heads on fewer blocks")
-    parser.add_argument("--iterations", type=int, default=3)
+    parser.add_argument("--iterations", type=int, default=3, help="score-and-remove rounds")
     parser.add_argument("--ratio", type=float, default=0.05, help="fraction of remaining heads removed per iteration")
     parser.add_argument("--unit", choices=("head", "group"), default="head",
                         help="grouped-KV models: prune query heads within groups, or whole key/value groups")
     parser.add_argument("--normalize", choices=("layer", "global", "none"), default="layer",
                         help="L2-normalise scores within each layer (Michel et al.) or over all heads")
     parser.add_argument("--allow-empty-layers", action="store_true", help="may remove a layer's last head")
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch-size", type=int, default=8, help="blocks per backward pass while scoring")
+    parser.add_argument("--device", default="cpu", help="torch device for scoring (cpu, cuda, ...)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the text sample")
     return parser
 
 
@@ -315,15 +321,20 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from compfair_tasks.models import load_model_config, resolve_model
     from compressors.metadata import write_compression_metadata
+    from compressors.output import prepare_output
 
     torch.manual_seed(args.seed)
     try:
         check_settings(args.ratio, args.iterations, args.unit, model=None)  # before the slow model load
-        model = AutoModelForCausalLM.from_pretrained(args.model, dtype="auto").to(args.device)
+        source = resolve_model(args.model)
+        load_model_config(args.model)
+        prepare_output(args.output, sources=[args.model, source], overwrite=args.overwrite)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype="auto").to(args.device)
         family(model)
         check_settings(args.ratio, args.iterations, args.unit, model)
-        tokenizer = AutoTokenizer.from_pretrained(args.model)
+        tokenizer = AutoTokenizer.from_pretrained(source)
         blocks, n_texts = load_blocks(args.data, tokenizer, args.num_examples or None, args.block_size, args.seed,
                                       args.min_blocks)
     except (ValueError, FileNotFoundError) as error:
