@@ -209,12 +209,12 @@ def recording():
 # --- reading files: one-line errors that name the file, the line and the fix ------------------------
 
 
-def read_text(path, what: str = "dataset file") -> str:
-    """A file's UTF-8 text; an empty, UTF-16 or otherwise non-UTF-8 file is a DataFormatError."""
+def read_text(path, what: str = "dataset file", allow_empty: bool = False) -> str:
+    """A file's UTF-8 text; an empty (unless allowed), UTF-16 or otherwise non-UTF-8 file is a DataFormatError."""
     path = Path(path)
     raw = path.read_bytes()
     fix = "re-save it as UTF-8 (or re-copy the original)"
-    if not raw.strip():
+    if not raw.strip() and not allow_empty:
         raise DataFormatError(f"{path}: the {what} is empty; re-copy the original file")
     if raw[:2] in (b"\xff\xfe", b"\xfe\xff"):
         raise DataFormatError(f"{path}: the {what} is UTF-16, not UTF-8; {fix}")

@@ -59,10 +59,10 @@ def _read_file(path: Path) -> list[str]:
     from compfair_tasks.data import read_json, read_text
 
     if path.suffix == ".txt":
-        return read_text(path, "text file").split("\n")
+        return read_text(path, "text file", allow_empty=True).split("\n")
     if path.suffix == ".jsonl":
         texts = []
-        for number, line in enumerate(read_text(path, "text file").split("\n"), 1):
+        for number, line in enumerate(read_text(path, "text file", allow_empty=True).split("\n"), 1):
             if line.strip():
                 try:
                     row = json.loads(line)
