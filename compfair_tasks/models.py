@@ -118,7 +118,7 @@ def is_quantized_checkpoint(folder) -> bool:
 def refuse_quantized(folder, role: str = "--model") -> None:
     if is_quantized_checkpoint(folder):
         raise ModelNotAvailableError(
-            f"{role} {folder} is an int8 checkpoint of `compfair compress quantize`, which plain transformers "
+            f"{role}{'' if role.endswith('=') else ' '}{folder} is an int8 checkpoint of `compfair compress quantize`, which plain transformers "
             "cannot load: evaluate it with `lm_eval --model compfair-quantized --model_args pretrained=<folder>`, "
             "and compress the float model it came from instead")
 
@@ -256,3 +256,21 @@ def check_task_model(metadata: dict | None, task: str) -> str | None:
         return language_model_kind(config)
     except ModelNotAvailableError as error:
         raise ModelNotAvailableError(f"{task}: pretrained={name}: {error}") from None
+
+
+class GenerationSettingsError(CompfairError, ValueError):
+    """Generation settings under which a task's numbers mean nothing."""
+
+
+def check_generation_kwargs(task: str, generation_kwargs: dict | None) -> None:
+    value = (generation_kwargs or {}).get("max_gen_toks")
+    if value is None:
+        return
+    try:
+        tokens = int(value)
+    except (TypeError, ValueError):
+        tokens = None
+    if tokens is None or tokens < 1 or tokens != float(value):
+        raise GenerationSettingsError(
+            f"{task}: max_gen_toks={value!r} must be a positive whole number of tokens (with 0 every continuation is "
+            "empty and scores as non-toxic); drop it from --gen_kwargs to use the task's 20, or give e.g. max_gen_toks=20")
