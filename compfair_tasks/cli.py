@@ -71,7 +71,8 @@ def _run(command: str, function, argv: list[str]) -> int:
 
 
 def print_task_dir(argv: list[str]) -> int:
-    argparse.ArgumentParser(prog="compfair task-dir").parse_args(argv)
+    argparse.ArgumentParser(prog="compfair task-dir", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                            description="print the task_configs folder (for lm_eval --include_path)").parse_args(argv)
     from compfair_tasks._hook import task_configs_dir
 
     print(task_configs_dir())
@@ -79,7 +80,9 @@ def print_task_dir(argv: list[str]) -> int:
 
 
 def print_data_sources(argv: list[str]) -> int:
-    argparse.ArgumentParser(prog="compfair data", description="where each dataset resolves").parse_args(argv)
+    argparse.ArgumentParser(prog="compfair data", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                            description="where each dataset resolves (explicit path > COMPFAIR_DATA_DIR > shipped "
+                                        "> hub) and its license").parse_args(argv)
     from compfair_tasks import data
 
     for name, spec in data.DATASETS.items():
@@ -94,8 +97,10 @@ def print_data_sources(argv: list[str]) -> int:
 def print_model_dir(argv: list[str]) -> int:
     from compfair_tasks.models import DEFAULT_MODEL, EMBEDDED_MODELS, embedded_model_dir
 
-    parser = argparse.ArgumentParser(prog="compfair model-dir")
-    parser.add_argument("name", nargs="?", default=DEFAULT_MODEL, choices=sorted(EMBEDDED_MODELS))
+    parser = argparse.ArgumentParser(prog="compfair model-dir", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                                     description="convert an embedded model (once) and print its checkpoint folder")
+    parser.add_argument("name", nargs="?", default=DEFAULT_MODEL, choices=sorted(EMBEDDED_MODELS),
+                        help="embedded model: " + "; ".join(f"{m.name} = {m.title}" for m in EMBEDDED_MODELS.values()))
     print(embedded_model_dir(parser.parse_args(argv).name))
     return 0
 
