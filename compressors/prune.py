@@ -139,7 +139,8 @@ def example_losses(model, input_ids: torch.Tensor) -> torch.Tensor:
     return losses.view(targets.shape).mean(dim=1)
 
 
-def head_importance(model, blocks: torch.Tensor, batch_size: int = 8, unit: str = "head") -> list[torch.Tensor]:
+def head_importance(model, blocks: torch.Tensor, batch_size: int = 8, unit: str = "head",
+                    progress: str | None = None) -> list[torch.Tensor]:
     """Per layer, E_x |dL(x)/dg_u| for each pruning unit u (a head, or a key/value group of heads)."""
     layers = attention_layers(model)
     unit_index = [torch.tensor(units_of_layer(layer, unit), dtype=torch.long) for layer in layers]
@@ -149,7 +150,9 @@ def head_importance(model, blocks: torch.Tensor, batch_size: int = 8, unit: str 
     requires_grad = [p.requires_grad for p in model.parameters()]
     model.eval().requires_grad_(False)
     try:
-        for batch in blocks.split(batch_size):
+        from tqdm.auto import tqdm
+
+        for batch in tqdm(blocks.split(batch_size), desc=progress, unit="batch", leave=False, disable=progress is None):
             batch = batch.to(model.device)
             gates = [torch.ones(len(batch), layer.num_heads, device=model.device, requires_grad=True) for layer in layers]
             with gated(model, gates):
@@ -220,13 +223,14 @@ class PruneResult:
 
 def prune_iteratively(model, blocks: torch.Tensor, iterations: int = 3, ratio: float = 0.05, unit: str = "head",
                       normalization: str = "layer", batch_size: int = 8, allow_empty_layers: bool = False,
-                      log=print) -> PruneResult:
+                      log=print, progress: bool = False) -> PruneResult:
     check_settings(ratio, iterations, unit, model)
     original = [list(range(layer.num_heads)) for layer in attention_layers(model)]  # original index of each head
     result = PruneResult(model)
     for iteration in range(1, iterations + 1):
         started = time.perf_counter()
-        raw = head_importance(result.model, blocks, batch_size=batch_size, unit=unit)
+        raw = head_importance(result.model, blocks, batch_size=batch_size, unit=unit,
+                              progress=f"iteration {iteration}/{iterations}: scoring" if progress else None)
         scores = normalize(raw, normalization)
         remaining = sum(len(s) for s in scores)
         remove = lowest_units(scores, count_to_remove(remaining, ratio), allow_empty_layers)
@@ -343,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
     heads_before = sum(layer.num_heads for layer in attention_layers(model))
     print(f"scoring {heads_before} heads on {len(blocks)} blocks of {args.block_size} tokens from {n_texts} texts")
     result = prune_iteratively(model, blocks, args.iterations, args.ratio, args.unit, args.normalize,
-                               args.batch_size, args.allow_empty_layers)
+                               args.batch_size, args.allow_empty_layers, progress=True)
     save_pruned(result.model, tokenizer, args.output)
     heads_left = [layer.num_heads for layer in attention_layers(result.model)]
     record = write_compression_metadata(

@@ -36,3 +36,13 @@ def test_every_subcommand_shows_defaults_and_documents_every_option(words, monke
     assert issubclass(parser.formatter_class, argparse.ArgumentDefaultsHelpFormatter), words
     undocumented = [action.dest for action in parser._actions if not (action.help or "").strip()]
     assert not undocumented, f"compfair {' '.join(words)}: options without help text: {undocumented}"
+
+
+def test_prune_shows_progress_inside_each_iteration(tiny_gpt2_dir, tmp_path, capsys):
+    code = cli.main(["compress", "prune", "--model", str(tiny_gpt2_dir), "--output", str(tmp_path / "out"),
+                     "--num-examples", "16", "--block-size", "16", "--min-blocks", "1", "--batch-size", "1",
+                     "--iterations", "2", "--ratio", "0.25"])
+    assert code == 0
+    err = capsys.readouterr().err
+    assert "iteration 1/2: scoring" in err and "iteration 2/2: scoring" in err
+    assert "batch" in err
