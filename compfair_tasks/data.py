@@ -305,3 +305,21 @@ def path_from_metadata(name: str, metadata: dict | None) -> str | None:
     """The explicit path for `name` in task metadata (`<name>_path`), if any; misspelt keys are refused."""
     check_metadata(metadata)
     return (metadata or {}).get(f"{name}_path")
+
+
+def metadata_json(text: str) -> str:
+    """argparse type of a --metadata option: a JSON object whose compfair-looking keys are spelt right."""
+    import argparse
+
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({error.msg} at column {error.colno}): {text!r}; quote "
+                                         """it for the shell, e.g. --metadata '{"scorer": "profanity-check"}'""") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"must be a JSON object {{...}}, got {text!r}")
+    try:
+        check_metadata(value)
+    except MetadataKeyError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return text

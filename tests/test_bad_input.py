@@ -315,3 +315,67 @@ def test_causal_and_seq2seq_models_pass(tiny_gpt2_dir, tiny_seq2seq_dir):
     assert models.check_task_model({"pretrained": str(tiny_gpt2_dir)}, "t") == "causal"
     assert models.check_task_model({"pretrained": str(tiny_seq2seq_dir)}, "t") == "seq2seq"
     assert models.check_task_model({}, "t") is None
+
+
+@pytest.mark.parametrize("text, match", [("{scorer: x}", "not valid JSON"), ("[1]", "JSON object"),
+                                         ('{"stereoset_pth": "x"}', "did you mean 'stereoset_path'")])
+def test_compare_rejects_bad_metadata_json_in_one_line(text, match, capsys):
+    with pytest.raises(SystemExit) as caught:
+        cli.main(["compare", "gpt2", "--dry-run", "--metadata", text])
+    assert caught.value.code == 2
+    assert match in capsys.readouterr().err.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("value", [0, -1, "2.5", "x"])
+def test_max_gen_toks_below_one_is_refused(value):
+    with pytest.raises(models.GenerationSettingsError, match="max_gen_toks"):
+        models.check_generation_kwargs("t", {"max_gen_toks": value})
+    models.check_generation_kwargs("t", {"max_gen_toks": 20})
+    models.check_generation_kwargs("t", {})
+
+
+# --- the same through the real lm_eval command: one line, non-zero exit ----------------------------
+
+def _tiny_bert(folder: Path) -> Path:
+    from transformers import BertConfig, BertForMaskedLM
+
+    from conftest import build_gpt2_tokenizer
+
+    BertForMaskedLM(BertConfig(vocab_size=50257, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                               intermediate_size=16)).save_pretrained(folder)
+    build_gpt2_tokenizer().save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["int8_as_hf", "bert", "max_gen_toks_0", "metadata_typo"])
+def test_lm_eval_prints_compfair_errors_in_one_line(tiny_gpt2_dir, tmp_path, case):
+    import os
+    import subprocess
+    import sys
+
+    from conftest import OFFLINE_ENV
+
+    model, task, extra = str(tiny_gpt2_dir), "compfair_winobias_type1", []
+    if case == "int8_as_hf":
+        model = str(tmp_path / "int8")
+        Path(model).mkdir()
+        (Path(model) / "config.json").write_text('{"model_type": "gpt2"}')
+        (Path(model) / "compfair_quantized.safetensors").write_bytes(b"")
+        match = "compfair-quantized"
+    elif case == "bert":
+        model, extra, match = str(_tiny_bert(tmp_path / "bert")), [], "not a causal or seq2seq"
+        model += ",prefix_token_id=0"
+    elif case == "max_gen_toks_0":
+        task = "compfair_toxicity_rtp_offline"
+        extra = ["--gen_kwargs", "max_gen_toks=0", "--metadata", '{"scorer": "profanity-check"}']
+        match = "max_gen_toks=0"
+    else:
+        extra, match = ["--metadata", '{"winobias_pth": "/x"}'], "did you mean 'winobias_path'"
+    done = subprocess.run([sys.executable, "-m", "lm_eval", "--model", "hf", "--model_args", f"pretrained={model}",
+                           "--tasks", task, "--limit", "2", *extra], env={**os.environ, **OFFLINE_ENV},
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode != 0
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("compfair: error:") and match in last, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
