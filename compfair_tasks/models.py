@@ -84,7 +84,7 @@ def resolve_model(name_or_path: str, role: str = "--model") -> str:
     if text in EMBEDDED_MODELS:
         return str(embedded_model_dir(text))
     if not HUB_ID.match(text) or text.startswith((".", "~")):
-        raise ModelNotAvailableError(f"{role} {text}: no such folder; give a checkpoint folder, an embedded model "
+        raise ModelNotAvailableError(f"{role} {text} not found (no such folder); give a checkpoint folder, an embedded model "
                                      f"name ({', '.join(EMBEDDED_MODELS)}) or a hub id")
     return text
 

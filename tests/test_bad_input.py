@@ -379,3 +379,15 @@ def test_lm_eval_prints_compfair_errors_in_one_line(tiny_gpt2_dir, tmp_path, cas
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("compfair: error:") and match in last, done.stderr[-2000:]
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("case", ["missing", "int8"])
+def test_distill_explains_a_bad_teacher_in_one_line(tmp_path, case, capsys):
+    target = tmp_path / "t"
+    if case == "int8":
+        target.mkdir()
+        (target / "config.json").write_text('{"model_type": "gpt2"}')
+        (target / "compfair_quantized.safetensors").write_bytes(b"")
+    assert cli.main(["compress", "distill", "--teacher", str(target), "--output", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(target) in err[0] and ("no such folder" if case == "missing" else "int8") in err[0]
