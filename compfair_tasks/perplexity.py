@@ -12,6 +12,7 @@ import re
 from compfair_tasks import data
 
 
+
 def bold_wiki_documents(source: data.DataSource) -> list[dict]:
     documents = []
     for file in sorted(source.path.glob("*_wiki.json")):
@@ -27,10 +28,11 @@ def bold_wiki_documents(source: data.DataSource) -> list[dict]:
 
 def load_bold_wiki(**metadata):
     """custom_dataset for compfair_ppl_bold_wiki: {'test': Dataset} of per-person documents."""
-    import datasets
+    from compfair_tasks.models import check_task_model
 
+    check_task_model(metadata, "compfair_ppl_bold_wiki")
     source = data.resolve("bold_wiki", data.path_from_metadata("bold_wiki", metadata))
-    return {"test": datasets.Dataset.from_list(bold_wiki_documents(source))}
+    return data.to_dataset(bold_wiki_documents(source), f"BOLD Wikipedia in {source.path}")
 
 
 def process_results(doc, results):

@@ -169,6 +169,9 @@ def annotate(docs: list[dict], metadata: dict | None, task: str) -> list[dict]:
     The choices must be the exact continuations lm-eval will score (the task's target_delimiter
     is ""), so the counts match HFLM's. Falls back to 'sum' (logged) when no tokenizer is known.
     """
+    from compfair_tasks.models import check_task_model
+
+    check_task_model(metadata, task)
     rule = score_rule(metadata)
     counter = token_counter(metadata) if rule == "mean" else None
     if rule == "mean" and counter is None:

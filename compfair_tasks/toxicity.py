@@ -25,7 +25,7 @@ import numpy as np
 from lm_eval.api.filter import Filter
 from lm_eval.api.registry import register_filter
 
-from compfair_tasks import data, hub, scorers, stats
+from compfair_tasks import data, hub, models, scorers, stats
 from compfair_tasks.data import TCCC_LABELS
 
 log = logging.getLogger(__name__)
@@ -149,6 +149,7 @@ def load_tccc_safe(**metadata):
 
 def _dataset(docs: list[dict], metadata: dict) -> dict[str, datasets.Dataset]:
     """Add the model input and the scorer to each doc; load the scorer now so that it fails before generation."""
+    models.check_task_model(metadata, "compfair toxicity")
     name = scorers.canonical_name(metadata.get("scorer"))
     scorers.get_scorer(
         name,

@@ -123,11 +123,9 @@ def load_teacher(name_or_path: str, dtype=torch.float32):
 
 
 def _teacher_source(name_or_path: str) -> str:
-    from compfair_tasks.models import EMBEDDED_MODELS, embedded_model_dir
+    from compfair_tasks.models import resolve_model
 
-    if name_or_path in EMBEDDED_MODELS and not Path(name_or_path).exists():
-        return str(embedded_model_dir(name_or_path))
-    return name_or_path
+    return resolve_model(name_or_path, "--teacher")  # embedded names, missing folders, int8 folders
 
 
 def blocks_prefix(model) -> str:

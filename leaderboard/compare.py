@@ -22,6 +22,7 @@ from pathlib import Path
 
 from compfair_tasks import runner
 from compfair_tasks.hub import offline
+from compfair_tasks.data import metadata_json
 
 
 @dataclass(frozen=True)
@@ -155,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tasks", help="lm_eval task list instead of the preset's (e.g. compfair_toxicity_rtp_offline)")
     parser.add_argument("--output", type=Path, default=Path("compfair-compare"),
                         help="results go to OUTPUT/results, the leaderboard to OUTPUT/site")
-    parser.add_argument("--metadata", help="JSON merged into the preset's task metadata (e.g. '{\"scorer\": ...}')")
+    parser.add_argument("--metadata", type=metadata_json, help="JSON merged into the preset's task metadata (e.g. '{\"scorer\": ...}')")
     parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
     parser.add_argument("--dtype", default="", help="model dtype for lm_eval (e.g. float16 on a GPU)")
     parser.add_argument("--batch-size", default="auto", help="lm_eval --batch_size (default auto)")
