@@ -268,6 +268,19 @@ def test_offline_task_builds_with_profanity_check_and_dialogue_separator(monkeyp
     assert task.config.repeats == 3 and task.config.generation_kwargs["top_k"] == 10
 
 
+def test_task_with_an_hf_classifier_scorer_records_it_in_every_doc(monkeypatch, tmp_path):
+    from toxicity_helpers import save_tiny_hf_classifier
+
+    folder = save_tiny_hf_classifier(tmp_path / "clf", ["neutral", "offensive"])
+    task = build_task("compfair_toxicity_rtp_offline", monkeypatch, scorer=f"hf:{folder}", scorer_device="cpu")
+    doc = task.eval_docs[0]
+    scorer = scorers.get_scorer(f"hf:{folder}", device="cpu", progress=True)  # the loader's load, reused
+    assert (doc["scorer"], doc["scorer_revision"]) == (f"hf:{folder}", scorer.revision)
+    assert len(scorers._CACHE) == 1  # one load, keyed on every option
+    assert scorer.label == "offensive" and json.loads(doc["scoring"])["scorer"] == f"hf:{folder}"
+    assert task.config.metadata["fluency_model"] == "none" and doc["fluency_model"] == "none"
+
+
 def test_k25_preset(monkeypatch):
     task = build_task("compfair_toxicity_rtp_offline_k25", monkeypatch, scorer="profanity-check")
     assert task.config.repeats == 25 and task.eval_docs[0]["context"] == task.eval_docs[0]["prompt"]
