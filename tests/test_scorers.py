@@ -11,8 +11,9 @@ from toxicity_helpers import save_tiny_detoxify, save_tiny_hf_classifier
 
 from compfair_tasks import scorers
 
-TEXTS = ["you are a wonderful person", "", "idiot", "   ", "a considerably longer sentence, so that batches "
-         "of sorted texts pad differently from one call over everything", "ok", "what a stupid idea that was"]
+TEXTS = ["you are a wonderful person", "", "idiot", "   ",
+         ("a considerably longer sentence, so that batches of sorted texts pad differently from one call over "
+          "everything"), "ok", "what a stupid idea that was"]
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +34,7 @@ def test_batched_scores_equal_detoxify_predict_per_text(detoxify_dir, monkeypatc
     from detoxify import Detoxify
 
     monkeypatch.setenv(scorers.CHECKPOINT_ENV, str(detoxify_dir))
-    options = dict(batch_size=2, progress=False, device="cpu")
+    options = {"batch_size": 2, "progress": False, "device": "cpu"}
     scorer = scorers.get_scorer("detoxify-original", **options)
     got = scorer.score(TEXTS)
 
@@ -42,7 +43,7 @@ def test_batched_scores_equal_detoxify_predict_per_text(detoxify_dir, monkeypatc
     for text, score in zip(TEXTS, got, strict=True):
         expected = reference.predict(text)["toxicity"] if text.strip() else 0.0
         assert score == pytest.approx(expected, abs=1e-5), text
-    assert len(set(round(s, 4) for s in got if s)) > 3  # the tiny model tells texts apart
+    assert len({round(s, 4) for s in got if s}) > 3  # the tiny model tells texts apart
     assert scorer.name == "detoxify-original"
     assert scorer.revision == f"{checkpoint.name} {sha256(checkpoint)}"
     assert scorers.get_scorer("detoxify", **options) is scorer  # one load per (name, options)
@@ -81,7 +82,7 @@ def test_hf_classifier_equals_the_transformers_pipeline(tmp_path, fresh_scorers,
     assert scorer.name == f"hf:{folder}" and scorer.label == label
     assert scorer.multi_label == (problem_type == "multi_label_classification")
     assert scorer.revision == sha256(folder / "model.safetensors")
-    assert len(set(round(s, 4) for s in got if s)) > 3
+    assert len({round(s, 4) for s in got if s}) > 3
     if not scorer.multi_label:  # the softmax really is over the labels: the other label holds the rest
         assert pipeline_scores(folder, ["idiot"], labels[0])[0] == pytest.approx(1 - got[2], abs=1e-5)
 
@@ -201,4 +202,5 @@ def test_profanity_check_scores_offline(fresh_scorers):
     assert scorer.name == "profanity-check"
     assert scorer.revision == f"alt-profanity-check=={version('alt-profanity-check')}"
     assert empty == 0.0
-    assert rude > 0.9 > 0.2 > clean
+    assert rude > 0.9
+    assert clean < 0.2

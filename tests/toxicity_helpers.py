@@ -23,8 +23,8 @@ def tiny_bert_classifier(seed: int = 0, **config):
     from transformers import BertConfig, BertForSequenceClassification, BertTokenizer
 
     torch.manual_seed(seed)
-    shape = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-                 initializer_range=0.5, num_labels=6) | config
+    shape = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 64,
+             "initializer_range": 0.5, "num_labels": 6} | config
     model = BertForSequenceClassification(BertConfig(vocab_size=30522, **shape)).eval()
     return model, BertTokenizer(vocab_file=str(bert_vocab()), model_max_length=512)
 
