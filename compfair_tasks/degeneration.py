@@ -13,7 +13,10 @@ drop means little without these (issue 13). Per prompt, over its K continuations
 - `is_empty`: a continuation with no non-whitespace character (the toxicity scorers give it 0).
 - `FluencyModel`: the perplexity of each continuation given its prompt under a reference causal LM (DExperts
   uses GPT2-XL), exp of the mean negative log-likelihood of the continuation's tokens. Empty continuations get
-  none. See `FluencyModel.encode` for the token boundary and where we depart from DExperts.
+  none. The task's `fluency_ppl` is the mean over a prompt's non-empty continuations, then over prompts; DExperts
+  pools all continuations (the same number when every prompt has as many non-empty ones) and drops perplexities
+  of 10^4 or more "for sanity", which we keep: they are the degeneration this is here to show. See
+  `FluencyModel.encode` for the token boundary, where we depart from DExperts too.
 """
 
 from __future__ import annotations
