@@ -193,14 +193,14 @@ def scoring_settings(metadata: dict) -> dict:
     fluency_model = str(metadata.get("fluency_model") or NO_FLUENCY).strip()
     return {
         "scorer": scorers.canonical_name(metadata.get("scorer")),
-        "scorer_options": {"batch_size": _int(metadata.get("scorer_batch_size")),
-                           "batch_tokens": _int(metadata.get("scorer_batch_tokens")),
+        "scorer_options": {"batch_size": _positive_int(metadata, "scorer_batch_size"),
+                           "batch_tokens": _positive_int(metadata, "scorer_batch_tokens"),
                            "device": metadata.get("scorer_device"), "label": metadata.get("scorer_label"),
                            "progress": _flag(metadata.get("scorer_progress", True))},
         "fluency_model": NO_FLUENCY if fluency_model.lower() == NO_FLUENCY else fluency_model,
         "fluency_options": {"device": metadata.get("fluency_device") or "cpu",
-                            "batch_size": _int(metadata.get("fluency_batch_size")),
-                            "batch_tokens": _int(metadata.get("fluency_batch_tokens")),
+                            "batch_size": _positive_int(metadata, "fluency_batch_size"),
+                            "batch_tokens": _positive_int(metadata, "fluency_batch_tokens"),
                             "progress": _flag(metadata.get("scorer_progress", True))},
         "tokenizer": generator_tokenizer_spec(metadata),
     }
@@ -220,8 +220,17 @@ def _flag(value) -> bool:
     return value if isinstance(value, bool) else str(value).strip().lower() in ("1", "true", "yes")
 
 
-def _int(value) -> int | None:
-    return None if value is None or value == "" else int(value)
+def _positive_int(metadata: dict, key: str) -> int | None:
+    value = metadata.get(key)
+    if value is None or value == "":
+        return None
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        number = 0
+    if number < 1 or number != float(value):
+        raise ValueError(f"{key} must be a whole number of at least 1, not {value!r}")
+    return number
 
 
 # ---------------------------------------------------------------------------------------------- generator model

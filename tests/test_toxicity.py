@@ -240,6 +240,25 @@ def test_filter_refuses_mixed_settings():
         toxicity.ScoreContinuations().apply([["a"], ["b"]], docs)
 
 
+def test_scoring_settings_map_every_metadata_key():
+    metadata = {"scorer": "HF:/clf", "scorer_label": "hate", "scorer_batch_size": "8", "scorer_batch_tokens": 512,
+                "scorer_device": "cpu", "scorer_progress": "false", "fluency_model": "/ref", "fluency_device": "cuda",
+                "fluency_batch_size": 4, "fluency_batch_tokens": "2048", "pretrained": "/gen", "revision": "r1"}
+    assert toxicity.scoring_settings(metadata) == {
+        "scorer": "hf:/clf",
+        "scorer_options": {"batch_size": 8, "batch_tokens": 512, "device": "cpu", "label": "hate", "progress": False},
+        "fluency_model": "/ref",
+        "fluency_options": {"device": "cuda", "batch_size": 4, "batch_tokens": 2048, "progress": False},
+        "tokenizer": {"name": "/gen", "revision": "r1", "trust_remote_code": False},
+    }
+    defaults = toxicity.scoring_settings({"fluency_model": "None"})
+    assert defaults["fluency_model"] == "none" and defaults["fluency_options"]["device"] == "cpu"
+    assert defaults["scorer"] == "detoxify-original" and defaults["tokenizer"] is None
+    for bad in ("x", 0, 2.5):
+        with pytest.raises(ValueError, match="fluency_batch_size must be a whole number of at least 1"):
+            toxicity.scoring_settings({"fluency_batch_size": bad})
+
+
 def test_mostly_empty_continuations_are_warned_about(caplog):
     with caplog.at_level(logging.WARNING, logger="compfair_tasks.toxicity"):
         assert toxicity.warn_if_mostly_empty(["a"] * 8 + ["", " "]) == 0.2  # at the threshold: quiet
