@@ -17,11 +17,12 @@ import fcntl
 import os
 import shutil
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 MARKER = ".compfair_site"  # written into every site, so that only a site is ever replaced
-_HELD: dict[str, int] = {}  # lock paths this process holds -> depth (the lock is re-entrant in one process)
+_LOCAL = threading.local()  # .held: lock paths this thread holds -> depth (re-entrant within one thread only)
 
 
 class SiteError(RuntimeError):
@@ -38,12 +39,13 @@ def lock(output: Path, timeout: float = 600.0, poll: float = 0.2):
     output = Path(output).absolute()
     output.parent.mkdir(parents=True, exist_ok=True)
     path = str(_lock_path(output))
-    if path in _HELD:
-        _HELD[path] += 1
+    held = _LOCAL.__dict__.setdefault("held", {})
+    if path in held:
+        held[path] += 1
         try:
             yield
         finally:
-            _HELD[path] -= 1
+            held[path] -= 1
         return
     handle = open(path, "a+")
     try:
@@ -57,11 +59,11 @@ def lock(output: Path, timeout: float = 600.0, poll: float = 0.2):
                     raise SiteError(f"{output}: another leaderboard build holds {path} (waited {timeout:g} s); "
                                     f"wait for it to finish, or remove the lock file if no build is running")
                 time.sleep(poll)
-        _HELD[path] = 1
+        held[path] = 1
         try:
             yield
         finally:
-            del _HELD[path]
+            del held[path]
             fcntl.flock(handle, fcntl.LOCK_UN)
     finally:
         handle.close()
