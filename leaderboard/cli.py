@@ -10,7 +10,7 @@ from pathlib import Path
 
 from . import sitedir
 from .collect import collect, to_frame
-from .degeneration import Thresholds
+from .degeneration import DEFAULTS, Thresholds
 from .flips import flip_rates
 from .paired import TESTS, paired_tests
 from .render import write_files
@@ -106,7 +106,7 @@ def cached_latencies(collection, site: Path, staged: Path, measure: bool, thread
 
 def build(folders, output, pairs=(), test: str = "bootstrap", n_resamples: int = 2000, seed: int = 0,
           title: str = "compfair leaderboard", measure_latency: bool = False, threads: int | None = None,
-          limits: Thresholds = Thresholds(), lock_timeout: float = 600.0):
+          limits: Thresholds = DEFAULTS, lock_timeout: float = 600.0):
     """Collect `folders`, run the paired tests and flip rates, and replace the site in `output` in one swap;
     returns (collection, paired, written files). The Python entry point; `pairs` are (baseline, model) names."""
     output = Path(output)

@@ -58,7 +58,7 @@ def _value(row, key: str) -> float | None:
 
 
 def _generation_tasks(row) -> list[str]:
-    return sorted({key.split(":", 1)[0] for key in row.keys() if isinstance(key, str) and ":" in key
+    return sorted({key.split(":", 1)[0] for key in row if isinstance(key, str) and ":" in key
                    and not key.startswith("headline:") and key.split(":", 1)[1] in TOXICITY_MEASURES})
 
 
@@ -115,12 +115,15 @@ def _preference_reasons(base, model, limits: Thresholds) -> list[Reason]:
     return []
 
 
-def assess(base, model, limits: Thresholds = Thresholds()) -> list[Reason]:
+DEFAULTS = Thresholds()
+
+
+def assess(base, model, limits: Thresholds = DEFAULTS) -> list[Reason]:
     """Why `model` (a row of the frame from `columns.with_headline`) may be degenerate next to `base`."""
     return _toxicity_reasons(base, model, limits) + _preference_reasons(base, model, limits)
 
 
-def flag_models(frame: pd.DataFrame, limits: Thresholds = Thresholds()) -> pd.DataFrame:
+def flag_models(frame: pd.DataFrame, limits: Thresholds = DEFAULTS) -> pd.DataFrame:
     """`degenerate` (True/False; empty when the model has no evaluated teacher) and `degeneration` (the reasons)
     for every row of a `with_headline` frame, each model judged against its teacher."""
     rows = {row["model"]: row for _, row in frame.iterrows()}
@@ -142,7 +145,7 @@ def affected(task: str, reasons: list[Reason]) -> bool:
     return any(task.startswith(FAMILIES[r.kind]) for r in reasons)
 
 
-def mark(table: pd.DataFrame, frame: pd.DataFrame, limits: Thresholds = Thresholds()) -> pd.DataFrame:
+def mark(table: pd.DataFrame, frame: pd.DataFrame, limits: Thresholds = DEFAULTS) -> pd.DataFrame:
     """`table` (paired tests or flip rates: baseline, model, task columns) with `note` set to NOT_COMPARABLE
     where the model may be degenerate next to that baseline."""
     table = table.copy()

@@ -23,7 +23,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from compfair_tasks.stats import group_gap, paired_bootstrap_test, paired_group_gap_test, paired_permutation_test
+from compfair_tasks.stats import (
+    group_gap,
+    paired_bootstrap_test,
+    paired_group_gap_test,
+    paired_permutation_test,
+)
 
 from .collect import Collection, Run, teacher_of
 

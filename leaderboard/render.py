@@ -16,7 +16,7 @@ import pandas as pd
 
 from . import columns as C
 from . import sitedir
-from .degeneration import NOT_COMPARABLE, Thresholds, flag_models, mark
+from .degeneration import DEFAULTS, NOT_COMPARABLE, Thresholds, flag_models, mark
 from .plots import write_plots
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
@@ -114,8 +114,8 @@ def to_markdown(frame: pd.DataFrame, paired: pd.DataFrame, flips: pd.DataFrame, 
     if not paired.empty:
         shown = paired[paired["metric"].isin(C.PAIRED_HEADLINE)]
         parts += ["", "## Paired tests (effect = mean per-doc value of model − baseline)", "",
-                  f"Main metrics; all {len(paired)} tests are in paired_tests.csv. "
-                  f"\"{NOT_COMPARABLE}\": the model is flagged next to that baseline.", "", _paired_markdown(shown)]
+                  (f"Main metrics; all {len(paired)} tests are in paired_tests.csv. "
+                   f"\"{NOT_COMPARABLE}\": the model is flagged next to that baseline."), "", _paired_markdown(shown)]
     if not flips.empty:
         parts += ["", "## Flip rates (share of items whose preferred sentence changed; 95% Wilson CI)", "",
                   flips.to_markdown(index=False, floatfmt=".3g")]
@@ -151,7 +151,7 @@ def to_html(frame: pd.DataFrame, paired: pd.DataFrame, flips: pd.DataFrame, plot
 
 def write_files(folder: Path, frame: pd.DataFrame, paired: pd.DataFrame, flips: pd.DataFrame | None = None,
                 problems: list[str] = (), title: str = "compfair leaderboard",
-                limits: Thresholds = Thresholds()) -> dict[str, Path]:
+                limits: Thresholds = DEFAULTS) -> dict[str, Path]:
     """Write leaderboard.csv (the tidy frame plus the degeneration flag), paired_tests.csv, flip_rates.csv,
     leaderboard.md, index.html and the PNGs into `folder` (see `write_site` for the safe way)."""
     folder = Path(folder)
@@ -184,7 +184,7 @@ def flip_columns_frame() -> pd.DataFrame:
 
 def write_site(frame: pd.DataFrame, paired: pd.DataFrame, output: Path, problems: list[str] = (),
                title: str = "compfair leaderboard", flips: pd.DataFrame | None = None,
-               limits: Thresholds = Thresholds()) -> dict[str, Path]:
+               limits: Thresholds = DEFAULTS) -> dict[str, Path]:
     """`write_files` into a fresh folder swapped in for `output` (under its lock): a failed or killed build
     leaves the previous site as it was."""
     output = Path(output)

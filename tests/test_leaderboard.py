@@ -14,6 +14,7 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 import pytest
+from leaderboard_results import write_compression, write_run
 
 from leaderboard import columns, render, sitedir
 from leaderboard.cli import main as leaderboard_main
@@ -22,7 +23,6 @@ from leaderboard.degeneration import NOT_COMPARABLE, Thresholds, assess, mark
 from leaderboard.flips import flip_rates
 from leaderboard.paired import compare_runs, paired_tests, per_doc_value
 from leaderboard.render import format_value
-from leaderboard_results import write_compression, write_run
 
 
 def test_task_metrics_drop_the_filter_and_non_numbers():
@@ -248,6 +248,15 @@ def test_a_build_that_fails_after_the_csv_leaves_the_old_site_intact(two_models,
     assert sorted(p.name for p in site.parent.iterdir() if p.name.startswith(".site")) == [".site.lock"]
 
 
+def test_without_an_atomic_exchange_the_old_site_is_moved_aside_then_replaced(two_models, monkeypatch):
+    site = two_models / "site"
+    assert leaderboard_main([str(two_models / "out"), "-o", str(site), "--title", "old"]) == 0
+    monkeypatch.setattr(sitedir, "_exchange", lambda a, b: False)  # e.g. a file system without RENAME_EXCHANGE
+    assert leaderboard_main([str(two_models / "out"), "-o", str(site), "--title", "new"]) == 0
+    assert "<title>new</title>" in (site / "index.html").read_text()
+    assert sorted(p.name for p in two_models.iterdir() if p.name.startswith(".site")) == [".site.lock"]
+
+
 def test_leftovers_of_a_killed_build_are_cleaned_and_a_site_renamed_aside_is_restored(two_models):
     site = two_models / "site"
     assert leaderboard_main([str(two_models / "out"), "-o", str(site)]) == 0
@@ -285,10 +294,9 @@ def test_a_folder_that_is_not_a_site_or_is_a_file_is_refused(two_models, capsys)
 
 def test_a_second_build_waits_for_the_lock_or_stops_naming_it(two_models, capsys):
     site = two_models / "site"
-    with sitedir.lock(site):
-        with ThreadPoolExecutor(1) as pool:  # another thread opens the lock file anew: it must not get in
-            status = pool.submit(leaderboard_main, [str(two_models / "out"), "-o", str(site), "--lock-timeout", "0.5"])
-            assert status.result() == 2
+    with sitedir.lock(site), ThreadPoolExecutor(1) as pool:  # another thread opens the lock file anew
+        status = pool.submit(leaderboard_main, [str(two_models / "out"), "-o", str(site), "--lock-timeout", "0.5"])
+        assert status.result() == 2
     assert f"another leaderboard build holds {two_models / '.site.lock'}" in capsys.readouterr().err
     assert not site.exists()
 
