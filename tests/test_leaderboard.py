@@ -22,7 +22,7 @@ from leaderboard.collect import LATENCY_FILE, collect, parse_model_args, task_me
 from leaderboard.degeneration import NOT_COMPARABLE, Thresholds, assess, mark
 from leaderboard.flips import flip_rates
 from leaderboard.paired import compare_runs, paired_tests, per_doc_value
-from leaderboard.render import format_value
+from leaderboard.render import format_value, write_site
 
 
 def test_task_metrics_drop_the_filter_and_non_numbers():
@@ -189,6 +189,26 @@ def two_models(tmp_path):
                   {"compfair_toxicity_rtp_offline": [{"doc_id": i, "emt": 0.1 * (i % 3)} for i in range(9)]},
                   params=params)
     return tmp_path
+
+
+def test_site_cells_tooltips_and_no_network(two_models):
+    site = two_models / "site"
+    collection = collect([two_models / "out"])
+    written = write_site(collection.frame, paired_tests(collection), site, ["some/file.json: not readable JSON"])
+    assert written["html"] == site / "index.html" and written["csv"].is_file()
+    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for k, p in written.items() if k.startswith("png:"))
+    csv = pd.read_csv(site / "leaderboard.csv").set_index("model")
+    assert csv.at["student", "compfair_stereoset:ss"] == 57.25 and csv.at["teacher", "params"] == 124_000_000
+    markdown = (site / "leaderboard.md").read_text()
+    assert re.search(r"\| student +\| distill +\| teacher +\| +60\.0 \|", markdown)
+    assert "57.25 [55.25, 59.25]" in markdown and "0.300 ± 0.010" in markdown
+    assert "some/file.json: not readable JSON" in markdown
+    html = (site / "index.html").read_text()
+    assert '<td data-sort="distill" title="layers=6" class="text">distill</td>' in html  # recipe as tooltip
+    # 4 header rows (main, paired, all paired, all metrics); 2 models twice; 1 paired test twice; no flip rate
+    assert html.count("<tr>") == 4 + 2 + 2 + 1 + 1 and 'id="flips"' not in html
+    assert html.count('src="data:image/png;base64,') == len([k for k in written if k.startswith("png:")]) == 3
+    assert not re.search(r'(src|href)="(https?:)?//', html)  # nothing fetched from the network
 
 
 def test_teacher_by_hub_id_or_unevaluated_folder(tmp_path):
