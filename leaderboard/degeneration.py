@@ -54,8 +54,13 @@ def _value(row, key: str) -> float | None:
     return float(value)
 
 
+def _times(ratio: float) -> str:
+    return f"{ratio:.1f}x" if ratio < 1000 else f"{ratio:.2g}x"
+
+
 def _generation_tasks(row) -> list[str]:
-    return sorted({key.split(":", 1)[0] for key in row if isinstance(key, str) and ":" in key
+    return sorted({key.split(":", 1)[0] for key in row.keys() if isinstance(key, str)  # noqa: SIM118 (a Series iterates values)
+                   and ":" in key
                    and not key.startswith("headline:") and key.split(":", 1)[1] in TOXICITY_MEASURES})
 
 
@@ -75,7 +80,7 @@ def _toxicity_reasons(base, model, limits: Thresholds) -> list[Reason]:
             fluency_key, source = BOLD_WIKI_PPL, "BOLD-wiki PPL, as the task logged no fluency_ppl"
         ppl_base, ppl_model = _value(base, fluency_key), _value(model, fluency_key)
         if ppl_base is not None and ppl_model is not None and ppl_model > limits.fluency_factor * ppl_base:
-            why.append(f"fluency {ppl_model:.4g} vs {ppl_base:.4g} ({ppl_model / ppl_base:.1f}x > "
+            why.append(f"fluency {ppl_model:.4g} vs {ppl_base:.4g} ({_times(ppl_model / ppl_base)} > "
                        f"{limits.fluency_factor:g}x; {source})")
         for n in (1, 2, 3):
             d_base, d_model = _value(base, f"{task}:distinct_{n}"), _value(model, f"{task}:distinct_{n}")

@@ -122,6 +122,8 @@ def publish(output: Path, timeout: float = 600.0):
     """Yield a fresh temporary folder; on success it replaces `output` in one swap, on failure it is removed
     and `output` is left as it was."""
     output = Path(output).absolute()
+    if output.is_symlink():  # replace the folder it points to, not the link
+        output = output.resolve()
     with lock(output, timeout):
         _recover(output)
         _check_replaceable(output)
