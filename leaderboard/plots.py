@@ -1,7 +1,7 @@
 """PNG plots of a leaderboard frame (matplotlib, no display needed).
 
 Every scatter draws an arrow from each teacher to the students compressed from it, so the effect of
-compression on both axes is read off the arrow's direction.
+compression on both axes is read off the arrow's direction; models with the degeneration flag are red.
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ ARROW = dict(arrowstyle="-|>", color="#c2410c", lw=1.4, shrinkA=6, shrinkB=6)
 
 
 def _points(frame: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
-    return frame[["model", "teacher", x, y]].dropna(subset=[x, y])
+    flagged = frame["degenerate"].fillna(False).astype(bool) if "degenerate" in frame.columns else False
+    return frame[["model", "teacher", x, y]].assign(flagged=flagged).dropna(subset=[x, y])
 
 
 def _wide_range(values: pd.Series) -> bool:
@@ -35,9 +36,11 @@ def scatter(ax, frame: pd.DataFrame, x: C.Column, y: C.Column) -> bool:
     if points.empty:
         ax.set_visible(False)
         return False
-    ax.scatter(points[x.key], points[y.key], s=36, color="#1d4ed8", zorder=3)
-    for _, row in points.iterrows():
-        ax.annotate(row["model"], (row[x.key], row[y.key]), xytext=(4, 4), textcoords="offset points", fontsize=7)
+    colors = ["#dc2626" if flagged else "#1d4ed8" for flagged in points["flagged"]]
+    ax.scatter(points[x.key], points[y.key], s=36, color=colors, zorder=3)
+    for _, row in points.iterrows():  # a degenerate model is labelled so (red)
+        label = f"{row['model']} (degenerate?)" if row["flagged"] else row["model"]
+        ax.annotate(label, (row[x.key], row[y.key]), xytext=(4, 4), textcoords="offset points", fontsize=7)
     located = points.set_index("model")
     for _, row in points.iterrows():
         if row["teacher"] in located.index and row["teacher"] != row["model"]:
