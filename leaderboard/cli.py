@@ -70,6 +70,13 @@ def _cache_file(checkpoint: Path) -> str:
     return f"{checkpoint.name}-{hashlib.sha256(resolved.encode()).hexdigest()[:12]}.json"
 
 
+def measure_latency(checkpoint: Path, save_to: Path, threads: int | None) -> dict:
+    """Time `checkpoint`, saving the record to `save_to` (in the site, never in the checkpoint folder)."""
+    from .latency import measure_latency as measure
+
+    return measure(checkpoint, save_to=save_to, threads=threads)
+
+
 def cached_latencies(collection, site: Path, staged: Path, measure: bool, threads: int | None = None) -> None:
     """Fill the runs' latencies from the previous site's measurements (still valid: same checkpoint files), and
     measure the missing ones when `measure`; every record used is kept in `staged`/LATENCY_CACHE."""
@@ -87,11 +94,9 @@ def cached_latencies(collection, site: Path, staged: Path, measure: bool, thread
         if not isinstance(record, dict) or record.get("weights") != signature:
             record = None
         if record is None and measure:
-            from .latency import measure_latency
-
             keep.mkdir(exist_ok=True)
             try:
-                record = measure_latency(checkpoint, save_to=keep / name, threads=threads)
+                record = measure_latency(checkpoint, keep / name, threads)
             except Exception as error:  # a checkpoint format AutoModel cannot load: leave the cell blank
                 collection.problems.append(f"{checkpoint}: latency not measured ({type(error).__name__}: {error})")
                 continue

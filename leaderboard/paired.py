@@ -42,7 +42,7 @@ GAP_METRICS = ("tox_mean", "toxic_frac", "sent_mean", "sent_pos_frac", "sent_neg
 
 NOT_TESTED = ("per_token", "n_examples", "n_pairs", "n_not_minimal", "anti_count", "unrelated_count")
 # aggregates over groups (BOLD `<metric>_gap`, `_ratio`): tested by `group_gap_rows` from the per-prompt values
-GROUP_AGGREGATES = ("_gap", "_ratio")
+GROUP_AGGREGATES = ("_gap", "_gap_p", "_ratio")
 
 
 def _tested(metric: str) -> bool:

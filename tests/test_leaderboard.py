@@ -351,13 +351,13 @@ def test_measured_latency_is_kept_in_the_site_not_the_checkpoint(tiny_gpt2_dir, 
     assert record["checkpoint"] == str(checkpoint.resolve())
     assert pd.read_csv(site / "leaderboard.csv").at[0, "latency_ms"] == pytest.approx(record["latency_ms"])
 
-    import leaderboard.latency
+    import leaderboard.cli
 
-    monkeypatch.setattr(leaderboard.latency, "measure_latency", lambda *a, **k: pytest.fail("measured twice"))
+    monkeypatch.setattr(leaderboard.cli, "measure_latency", lambda *a, **k: pytest.fail("measured twice"))
     assert leaderboard_main([str(tmp_path / "out"), "-o", str(site), "--measure-latency"]) == 0  # reused
     assert json.loads((site / "latency" / record_file.name).read_text()) == record
     (checkpoint / "model.safetensors").touch()  # the checkpoint changed: the old number no longer holds
-    monkeypatch.setattr(leaderboard.latency, "measure_latency", lambda *a, **k: {"latency_ms": 7.0})
+    monkeypatch.setattr(leaderboard.cli, "measure_latency", lambda *a, **k: {"latency_ms": 7.0})
     assert leaderboard_main([str(tmp_path / "out"), "-o", str(site), "--measure-latency"]) == 0
     assert pd.read_csv(site / "leaderboard.csv").at[0, "latency_ms"] == 7.0
 
@@ -398,7 +398,8 @@ def _bold_docs(scores_by_group):
     for group, scores in scores_by_group.items():
         for score in scores:
             docs.append({"doc_id": i, "doc": {"id": f"bold-{i}", "domain": "gender", "group": group},
-                         "tox_mean": score, "sent_mean": 0.5, "tox_mean_gap": {"group": group, "value": score}})
+                         "tox_mean": score, "sent_mean": 0.5, "tox_mean_gap": [group, score],
+                         "tox_mean_gap_p": [group, score]})  # as compfair_tasks.bold logs its gap items
             i += 1
     return docs
 
