@@ -7,6 +7,9 @@ import math
 import pathlib
 import re
 import shutil
+import signal
+import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
@@ -266,6 +269,34 @@ def test_a_build_that_fails_after_the_csv_leaves_the_old_site_intact(two_models,
         leaderboard_main([str(two_models / "out"), "-o", str(site), "--title", "new"])
     assert _site_bytes(site) == before
     assert sorted(p.name for p in site.parent.iterdir() if p.name.startswith(".site")) == [".site.lock"]
+
+
+@pytest.mark.slow  # a subprocess importing pandas and matplotlib: ~5 s idle, 20 s on a loaded machine
+def test_a_build_killed_with_sigkill_mid_render_leaves_the_old_site(two_models):
+    site = two_models / "site"
+    assert leaderboard_main([str(two_models / "out"), "-o", str(site)]) == 0
+    before = _site_bytes(site)
+    rendering = two_models / "rendering"
+    script = (f"import time, leaderboard.render as r\n"
+              f"def stall(*a, **k):\n    open({str(rendering)!r}, 'w').close(); time.sleep(120)\n"
+              f"r.to_html = stall\n"
+              f"from leaderboard.cli import main\nmain([{str(two_models / 'out')!r}, '-o', {str(site)!r}])\n")
+    build = subprocess.Popen([sys.executable, "-c", script])
+    try:
+        deadline = time.monotonic() + 120
+        while not rendering.exists():  # the new CSV and Markdown are written by now
+            assert build.poll() is None and time.monotonic() < deadline, "the build did not reach rendering"
+            time.sleep(0.1)
+        build.send_signal(signal.SIGKILL)
+        build.wait()
+    finally:
+        if build.poll() is None:
+            build.kill()
+    assert _site_bytes(site) == before
+    [leftover] = two_models.glob(".site.building-*")
+    assert (leftover / "leaderboard.csv").is_file()  # the killed build's half-written site, beside, not in it
+    assert leaderboard_main([str(two_models / "out"), "-o", str(site)]) == 0
+    assert not list(two_models.glob(".site.building-*"))
 
 
 def test_without_an_atomic_exchange_the_old_site_is_moved_aside_then_replaced(two_models, monkeypatch):
