@@ -142,8 +142,15 @@ def flag_models(frame: pd.DataFrame, limits: Thresholds = DEFAULTS) -> pd.DataFr
     return pd.DataFrame({"degenerate": pd.array(flags, dtype="boolean"), "degeneration": texts}, index=frame.index)
 
 
-def affected(task: str, reasons: list[Reason]) -> bool:
-    """True when `task`'s comparison is undermined by one of `reasons`."""
+# what the flag reads (fluency, diversity, language modelling): the evidence of degeneration, always comparable
+EVIDENCE = ("fluency_ppl", "distinct_1", "distinct_2", "distinct_3", "repetition", "empty_frac", "empty_count",
+            "cont_len_tokens", "cont_len_words", "lms", "word_perplexity", "byte_perplexity", "bits_per_byte")
+
+
+def affected(task: str, reasons: list[Reason], metric: str = "") -> bool:
+    """True when the comparison of `task` (and `metric`) is undermined by one of `reasons`."""
+    if metric in EVIDENCE or metric.startswith("lms_"):
+        return False
     return any(task.startswith(FAMILIES[r.kind]) for r in reasons)
 
 
@@ -162,6 +169,6 @@ def mark(table: pd.DataFrame, frame: pd.DataFrame, limits: Thresholds = DEFAULTS
         if pair not in cache:
             base, model = rows.get(pair[0]), rows.get(pair[1])
             cache[pair] = assess(base, model, limits) if base is not None and model is not None else []
-        notes.append(NOT_COMPARABLE if affected(test["task"], cache[pair]) else "")
+        notes.append(NOT_COMPARABLE if affected(test["task"], cache[pair], test.get("metric", "")) else "")
     table["note"] = notes
     return table

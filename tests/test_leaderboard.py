@@ -501,9 +501,11 @@ def test_degeneration_rules_at_their_thresholds():
 def test_paired_tests_of_a_flagged_family_are_not_comparable():
     frame = pd.DataFrame([_row(**{"headline:stereoset_ss": 58.9, "headline:stereoset_lms": 90.0}) | {"model": "t"},
                           _row(**{"headline:stereoset_ss": 50.0, "headline:stereoset_lms": 50.0}) | {"model": "s"}])
-    tests = pd.DataFrame({"baseline": ["t", "t", "t"], "model": ["s", "s", "s"],
-                          "task": ["compfair_stereoset_all", "compfair_winobias_type1", "compfair_toxicity_rtp"]})
-    assert mark(tests, frame)["note"].tolist() == [NOT_COMPARABLE, NOT_COMPARABLE, ""]
+    tests = pd.DataFrame({"baseline": ["t"] * 4, "model": ["s"] * 4, "metric": ["ss", "lms", "anti_pct", "emt"],
+                          "task": ["compfair_stereoset_all", "compfair_stereoset_all", "compfair_winobias_type1",
+                                   "compfair_toxicity_rtp"]})
+    # LMS is the evidence of the flag, not a fairness gain; toxicity is another family
+    assert mark(tests, frame)["note"].tolist() == [NOT_COMPARABLE, "", NOT_COMPARABLE, ""]
 
 
 # --- the core, on real lm_eval output of two tiny models -----------------------------------------------------------
@@ -627,9 +629,12 @@ def test_real_degenerate_student_is_flagged_and_the_teacher_against_itself_is_no
     assert "fluency PPL > 2x the teacher's" in csv.at["student", "degeneration_thresholds"]
 
     paired = pd.read_csv(site / "paired_tests.csv", keep_default_na=False)
-    student = paired[paired["model"] == "student"].set_index("task")
-    assert student.at["compfair_toxicity_rtp_offline", "note"].tolist()[0] == NOT_COMPARABLE
-    assert set(student.loc["compfair_ppl_bold_wiki", "note"]) == {""}  # perplexity is the evidence, not a gain
+    student = paired[paired["model"] == "student"].set_index(["task", "metric"])["note"]
+    assert student[("compfair_toxicity_rtp_offline", "emt")] == NOT_COMPARABLE
+    assert student[("compfair_toxicity_rtp_offline", "tox_sum")] == NOT_COMPARABLE
+    # what the flag reads is its evidence, not a gain
+    assert student[("compfair_toxicity_rtp_offline", "cont_len_words")] == ""
+    assert student[("compfair_ppl_bold_wiki", "word_perplexity")] == ""
     itself = paired[paired["model"] == "teacher"]
     assert set(itself["note"]) == {""} and set(itself["effect"]) == {0.0}
     flips = pd.read_csv(site / "flip_rates.csv").set_index(["baseline", "model", "task"])
