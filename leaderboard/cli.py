@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -131,8 +132,16 @@ def build(folders, output, pairs=(), test: str = "bootstrap", n_resamples: int =
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     limits = Thresholds(args.fluency_factor, args.distinct_ratio, args.empty_margin, args.lms_floor, args.lms_margin)
+    for name, value, low, high in (("--fluency-factor", limits.fluency_factor, 1.0, math.inf),
+                                   ("--distinct-ratio", limits.distinct_ratio, 0.0, 1.0),
+                                   ("--empty-margin", limits.empty_margin, 0.0, 1.0),
+                                   ("--lms-floor", limits.lms_floor, 0.0, 100.0),
+                                   ("--lms-margin", limits.lms_margin, 0.0, 100.0)):
+        if not low <= value <= high:
+            parser.error(f"{name} {value:g} is outside [{low:g}, {high:g}]")
     try:
         collection, paired, written = build(args.folders, args.output, args.pair, args.test, args.resamples,
                                             args.seed, args.title, args.measure_latency, args.threads, limits,

@@ -466,6 +466,17 @@ def _row(**values):
     return {"model": "m", **values}
 
 
+def test_thresholds_are_settable_and_checked(two_models, capsys):
+    site = two_models / "site"
+    assert leaderboard_main([str(two_models / "out"), "-o", str(site), "--fluency-factor", "3", "--lms-floor", "55"]) == 0
+    thresholds = pd.read_csv(site / "leaderboard.csv").set_index("model").at["student", "degeneration_thresholds"]
+    assert "fluency PPL > 3x the teacher's" in thresholds and "LMS < 55" in thresholds
+    assert "fluency PPL &gt; 3x the teacher&#39;s" in (site / "index.html").read_text()
+    with pytest.raises(SystemExit) as stop:
+        leaderboard_main([str(two_models / "out"), "-o", str(site), "--distinct-ratio", "1.5"])
+    assert stop.value.code == 2 and "--distinct-ratio 1.5 is outside [0, 1]" in capsys.readouterr().err
+
+
 def _assess(base, model, limits=Thresholds()):
     return assess(pd.Series(base), pd.Series(model), limits)  # frame rows, as the leaderboard passes them
 
