@@ -80,7 +80,9 @@ def per_doc_value(value, metric: str) -> float | None:
     return None
 
 
-RUN_SPECIFIC_FIELDS = ("n_tokens", "score_rule", "data_source", "scorer", "context")
+RUN_SPECIFIC_FIELDS = ("n_tokens", "score_rule", "data_source", "scorer", "context",
+                       # the toxicity filter's settings, logged in each doc (they name the evaluated model's tokenizer)
+                       "scoring", "scorer_revision", "fluency_model", "fluency_revision")
 
 
 def doc_identity(sample: dict) -> str:

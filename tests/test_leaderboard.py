@@ -245,6 +245,9 @@ def test_doc_identity_ignores_what_the_model_or_machine_changes():
     prompt = {"doc": {"prompt": "So I said", "context": "So I said", "scorer": "detoxify-original"}}
     dialogue = {"doc": {"prompt": "So I said", "context": "So I said<|endoftext|>", "scorer": "detoxify-original"}}
     assert doc_identity(prompt) == doc_identity(dialogue)
+    scored = {"doc": {**prompt["doc"], "scorer_revision": "alt-profanity-check==1.9.1", "fluency_model": "/m/t",
+                      "fluency_revision": "sha256:4f7b", "scoring": '{"tokenizer": {"name": "/m/student"}}'}}
+    assert doc_identity(prompt) == doc_identity(scored)  # the filter's settings name the evaluated model
     assert doc_identity(prompt) != doc_identity({"doc": {"prompt": "So you said", "context": "So you said"}})
 
 
