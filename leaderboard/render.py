@@ -33,6 +33,8 @@ def format_value(key: str, value) -> str:
         return "0"
     if key == "limit":
         return f"{value:g}"
+    if isinstance(value, int):  # a count (a paired test's n)
+        return f"{value:,}"
     if key == "params":
         return f"{value / 1e6:,.1f}"
     if key == "size_bytes":
@@ -54,6 +56,8 @@ def cell(frame: pd.DataFrame, index: int, key: str) -> dict:
     value = frame.at[index, key] if key in frame.columns else None
     if value is pd.NA:
         value = None
+    elif hasattr(value, "item") and not isinstance(value, str):  # numpy scalars (counts) sort as numbers
+        value = value.item()
     text = format_value(key, value)
     low, high, stderr = known(f"{key}_ci_low"), known(f"{key}_ci_high"), known(f"{key}_stderr")
     if text and low is not None and high is not None:

@@ -208,6 +208,7 @@ def test_site_cells_tooltips_and_no_network(two_models):
     assert "some/file.json: not readable JSON" in markdown
     html = (site / "index.html").read_text()
     assert '<td data-sort="distill" title="layers=6" class="text">distill</td>' in html  # recipe as tooltip
+    assert '<td data-sort="9.0" data-numeric="1">9</td>' in html  # the paired test's n sorts as a number
     # 4 header rows (main, paired, all paired, all metrics); 2 models twice; 1 paired test twice; no flip rate
     assert html.count("<tr>") == 4 + 2 + 2 + 1 + 1 and 'id="flips"' not in html
     assert html.count('src="data:image/png;base64,') == len([k for k in written if k.startswith("png:")]) == 3
