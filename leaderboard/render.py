@@ -33,12 +33,12 @@ def format_value(key: str, value) -> str:
         return "0"
     if key == "limit":
         return f"{value:g}"
-    if isinstance(value, int):  # a count (a paired test's n)
-        return f"{value:,}"
     if key == "params":
         return f"{value / 1e6:,.1f}"
     if key == "size_bytes":
         return f"{value / 2**20:,.1f}"
+    if isinstance(value, int):  # a count (a paired test's n)
+        return f"{value:,}"
     if abs(value) >= 1000:
         return f"{value:,.0f}"
     if abs(value) >= 1:

@@ -174,7 +174,7 @@ def test_number_formats():
     assert format_value("x", 53_417.2) == "53,417"
     assert format_value("x", 61.234) == "61.23"
     assert format_value("x", 0.12345) == "0.123"
-    assert format_value("x", float("nan")) == ""
+    assert format_value("x", float("nan")) == "" and format_value("n", 1508) == "1,508"
     assert format_value("limit", 100.0) == "100" and format_value("limit", 0.1) == "0.1"
 
 
