@@ -92,3 +92,53 @@ def _paired_differences(a: Sequence[float], b: Sequence[float]) -> np.ndarray:
     if a.shape != b.shape or a.ndim != 1 or len(a) == 0:
         raise ValueError(f"paired tests need two equal-length, non-empty 1-D samples (got {a.shape} and {b.shape})")
     return b - a
+
+
+def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of a proportion successes/n (stays inside [0, 1] and is not [0, 0] at 0/n)."""
+    if n <= 0:
+        raise ValueError("a proportion needs at least one trial")
+    from statistics import NormalDist
+
+    z = NormalDist().inv_cdf(0.5 + confidence / 2)
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return float(max(0.0, centre - half)), float(min(1.0, centre + half))
+
+
+def group_gap(groups: Sequence, values: Sequence[float]) -> float:
+    """max - min over groups of the group means."""
+    groups, values = np.asarray(groups), np.asarray(values, dtype=float)
+    means = [values[groups == g].mean() for g in np.unique(groups)]
+    return float(max(means) - min(means))
+
+
+def paired_group_gap_test(groups: Sequence, a: Sequence[float], b: Sequence[float], n_resamples: int = 2000,
+                          seed: int = 0) -> dict:
+    """Paired bootstrap of gap(b) - gap(a), gap = max - min of group means (BOLD's group gap).
+
+    a and b are two models' per-prompt values on the same prompts, in the same order, `groups` each prompt's
+    group. Each resample draws prompts with replacement within every group, the same draw for both models.
+    Returns the effect, its 95% percentile CI and a two-sided p-value (resampled differences recentred at the
+    effect, as in `paired_bootstrap_test`; the max-min statistic is biased upward, so read p as a screen).
+    """
+    groups = np.asarray(groups)
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if not (a.shape == b.shape == groups.shape) or a.ndim != 1 or len(a) == 0:
+        raise ValueError(f"a group-gap test needs equal-length groups and scores (got {groups.shape}, {a.shape}, "
+                         f"{b.shape})")
+    labels = np.unique(groups)
+    if len(labels) < 2:
+        raise ValueError("a group gap needs at least two groups")
+    rng = np.random.default_rng(seed)
+    means_a, means_b = np.empty((n_resamples, len(labels))), np.empty((n_resamples, len(labels)))
+    for j, label in enumerate(labels):
+        members = np.flatnonzero(groups == label)
+        draw = members[rng.integers(0, len(members), (n_resamples, len(members)))]
+        means_a[:, j], means_b[:, j] = a[draw].mean(axis=1), b[draw].mean(axis=1)
+    resampled = (means_b.max(axis=1) - means_b.min(axis=1)) - (means_a.max(axis=1) - means_a.min(axis=1))
+    effect = group_gap(groups, b) - group_gap(groups, a)
+    p_value = float((np.abs(resampled - effect) >= abs(effect)).mean()) if effect != 0 else 1.0
+    low, high = np.percentile(resampled, [2.5, 97.5])
+    return {"effect": float(effect), "ci_low": float(low), "ci_high": float(high), "p_value": p_value, "n": len(a)}

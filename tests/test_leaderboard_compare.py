@@ -1,4 +1,4 @@
-"""`compfair compare` presets, the latency helper, and the leaderboard over real lm_eval output."""
+"""`compfair compare` presets and the latency helper (the leaderboard over real lm_eval output: test_leaderboard.py)."""
 
 from __future__ import annotations
 
@@ -69,52 +69,6 @@ def test_latency_is_measured_and_shown(tiny_gpt2_dir, tmp_path):
 
     write_run(tmp_path / "out", str(checkpoint), {"wikitext": {"word_perplexity": 1.0}})
     assert collect([tmp_path / "out"]).frame.at[0, "latency_ms"] == record["latency_ms"]
-
-
-@pytest.mark.slow
-def test_leaderboard_of_real_lm_eval_runs(tiny_gpt2_dir, tmp_path, lm_eval_cli):
-    """Teacher and a 'student' (another tiny model with compression metadata) through the real lm_eval CLI."""
-    from conftest import save_tiny_gpt2
-    from leaderboard.cli import main as leaderboard_main
-
-    teacher = shutil.copytree(tiny_gpt2_dir, tmp_path / "teacher")  # latency files are written beside it
-    student = save_tiny_gpt2(tmp_path / "student", seed=1)
-    (student / "compfair_compression.json").write_text(json.dumps(
-        {"method": "distill", "source_model": str(teacher), "settings": {"layers": 2}, "seed": 1}))
-    limit = 5
-    tasks = "compfair_crows_pairs,compfair_winobias_type1,compfair_ppl_bold_wiki"
-
-    def evaluate(model):
-        return lm_eval_cli(["--model", "hf", "--model_args", f"pretrained={model}", "--tasks", tasks,
-                            "--limit", str(limit), "--log_samples", "--device", "cpu", "--batch_size", "4"],
-                           tmp_path / "out" / model.name, env={"OMP_NUM_THREADS": "1"})
-
-    with ThreadPoolExecutor(2) as pool:
-        teacher_results, student_results = pool.map(evaluate, [teacher, student])
-
-    collection = collect([tmp_path / "out"])
-    assert collection.problems == []
-    frame = collection.frame.set_index("model")
-    assert frame.at["student", "teacher"] == teacher.name and frame.at["student", "method"] == "distill"
-    assert frame.at["student", "limit"] == limit  # shown: these numbers come from a subset of each task
-    assert frame.at["student", "compfair_crows_pairs:pct_stereotype"] == \
-        student_results["results"]["compfair_crows_pairs"]["pct_stereotype,none"]
-
-    paired = paired_tests(collection).set_index(["task", "metric"])
-    for task, metric in (("compfair_crows_pairs", "pct_stereotype"), ("compfair_winobias_type1", "anti_pct"),
-                         ("compfair_ppl_bold_wiki", "word_perplexity")):
-        assert paired.at[(task, metric), "n"] == limit
-    # the per-doc 0/100 outcomes average to the task's own aggregate, for both models
-    crows = paired.loc[("compfair_crows_pairs", "pct_stereotype")]
-    assert crows["baseline_mean"] == pytest.approx(teacher_results["results"]["compfair_crows_pairs"]["pct_stereotype,none"])
-    assert crows["model_mean"] == pytest.approx(student_results["results"]["compfair_crows_pairs"]["pct_stereotype,none"])
-    assert paired.at[("compfair_ppl_bold_wiki", "word_perplexity"), "per_doc"] == "NLL per unit"
-
-    assert leaderboard_main([str(tmp_path / "out"), "-o", str(tmp_path / "site"), "--measure-latency",
-                             "--threads", "1"]) == 0
-    assert (tmp_path / "site" / "parameters_vs_fairness.png").is_file()
-    site = pd.read_csv(tmp_path / "site" / "leaderboard.csv")
-    assert (site["latency_ms"] > 0).all() and (student / "compfair_latency.json").is_file()
 
 
 @pytest.mark.slow
