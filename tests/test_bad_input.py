@@ -398,3 +398,12 @@ def test_distill_explains_a_bad_teacher_in_one_line(tmp_path, case, capsys):
     assert cli.main(["compress", "distill", "--teacher", str(target), "--output", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and str(target) in err[0] and ("no such folder" if case == "missing" else "int8") in err[0]
+
+
+@pytest.mark.parametrize("architectures", [None, ["BertLMHeadModel"]])
+def test_a_bert_without_is_decoder_is_refused_whatever_its_head(tmp_path, architectures):
+    from transformers import BertConfig
+
+    folder = _save_config(tmp_path / "b", BertConfig(architectures=architectures))
+    with pytest.raises(models.ModelNotAvailableError, match="encoder-only"):
+        models.check_task_model({"pretrained": folder}, "t")
