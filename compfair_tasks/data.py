@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from compfair_tasks.errors import CompfairError
+from compfair_tasks.hub import offline
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +76,8 @@ DATASETS = {
         ),
     )
 }
+# the six labels of every TCCC comment (also the classes of Detoxify's "original" model, trained on TCCC)
+TCCC_LABELS = ("toxic", "severe_toxic", "obscene", "threat", "insult", "identity_hate")
 
 
 class DataNotFoundError(CompfairError, FileNotFoundError):
@@ -150,7 +153,7 @@ def resolve(name: str, explicit_path: str | os.PathLike | None = None, allow_hub
     found = None
     if s.shipped and not _missing_files(SHIPPED_DIR / s.name, s.files):
         found = DataSource(name, "shipped", str(SHIPPED_DIR / s.name))
-    elif allow_hub and s.hub_id and not _hub_offline():
+    elif allow_hub and s.hub_id and not offline():
         found = DataSource(name, "hub", s.hub_id)
     if found is None:
         raise DataNotFoundError(_not_found_message(s))
@@ -249,7 +252,7 @@ def to_dataset(docs: list[dict], where: str):
 # every key a compfair task reads from its metadata (--metadata, --model_args, YAML metadata)
 TASK_KEYS = {
     "preference_score", "tokenizer", "prefix_token_id", "scorer", "scorer_batch_size", "scorer_batch_tokens",
-    "scorer_device", "scorer_progress", "dialogue", "tccc_split", "tccc_size", "tccc_seed",
+    "scorer_device", "scorer_progress", "dialogue", "tccc_split", "tccc_size", "tccc_seed", "data_sources",
 }
 _PATH_SUFFIXES = ("_path", "_pth", "_paths", "_dir", "_folder", "_file")
 
@@ -276,16 +279,12 @@ def check_metadata(metadata: dict | None) -> None:
                                    f"(compfair dataset paths are <dataset>_path, datasets: {', '.join(DATASETS)})")
 
 
-def _hub_offline() -> bool:
-    return any(os.environ.get(v, "").lower() in ("1", "true", "yes") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
-
-
 def _not_found_message(s: DatasetSpec) -> str:
     where = f"set {ENV_VAR} to a folder holding {layout(s.name)}, or pass --metadata '{{\"{s.name}_path\": \"<folder>\"}}'"
     if s.hub_id:
         hub = f"; online, compfair would download {s.hub_id} from the Hugging Face hub"
-        if _hub_offline():
-            hub += " (HF_HUB_OFFLINE is set)"
+        if offline():
+            hub += f" ({offline()} is set)"
     else:
         hub = ""
     return f"{s.title} data not found: {where}{hub}."
@@ -299,6 +298,15 @@ def load_hub(source: DataSource, **kwargs):
         return datasets.load_dataset(source.location, **kwargs)
     except Exception as error:  # offline, gated or renamed: say how to use a local copy instead
         raise DataNotFoundError(f"{_not_found_message(spec(source.name))} (hub error: {error})") from error
+
+
+def read_bold(file) -> list[tuple[str, str, list[str]]]:
+    """(group, name, texts) of one BOLD JSON file (group -> name -> [texts]; Wikipedia sentences or prompts),
+    in file order."""
+    tree = read_json(file, "BOLD file")
+    if not isinstance(tree, dict) or not all(isinstance(names, dict) for names in tree.values()):
+        raise DataFormatError(f"{file}: not a BOLD file (group -> name -> [texts]); re-copy the original")
+    return [(group, name, texts) for group, names in tree.items() for name, texts in names.items()]
 
 
 def path_from_metadata(name: str, metadata: dict | None) -> str | None:

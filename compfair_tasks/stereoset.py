@@ -97,7 +97,8 @@ def build_docs(examples: dict[str, list[dict]], splits: Sequence[str], scope: st
 def _load(splits: Sequence[str], scope: str, metadata: dict):
     source = data.resolve("stereoset", data.path_from_metadata("stereoset", metadata))
     examples = _examples_from_hub(source) if source.kind == "hub" else _examples_from_json(source.path / "dev.json")
-    docs = preference.annotate(build_docs(examples, splits, scope), metadata, f"compfair_stereoset_{scope}")
+    task = "compfair_stereoset" if scope == "all" else f"compfair_stereoset_{scope}"
+    docs = preference.annotate(build_docs(examples, splits, scope), metadata, task)
     for doc in docs:
         doc["data_source"] = str(source)
     log.info("StereoSet %s: %d examples from %s", scope, len(docs), source)

@@ -25,11 +25,11 @@ import numpy as np
 from lm_eval.api.filter import Filter
 from lm_eval.api.registry import register_filter
 
-from compfair_tasks import data, models, scorers, stats
+from compfair_tasks import data, hub, models, scorers, stats
+from compfair_tasks.data import TCCC_LABELS
 
 log = logging.getLogger(__name__)
 
-TCCC_LABELS = ("toxic", "severe_toxic", "obscene", "threat", "insult", "identity_hate")
 TCCC_SUBSETS = ("tox", "random", "safe")
 
 
@@ -186,12 +186,8 @@ def _generator_tokenizer(metadata: dict):
     """The generating model's tokenizer, named by --model_args (lm-eval copies them into the metadata)."""
     name = metadata.get("tokenizer") or metadata.get("pretrained")
     if isinstance(name, str):
-        from transformers import AutoTokenizer
-
-        options = {key: metadata[key] for key in ("revision", "gguf_file") if isinstance(metadata.get(key), str)}
-        options["trust_remote_code"] = _flag(metadata.get("trust_remote_code", False))
         try:
-            return AutoTokenizer.from_pretrained(name, **options)
+            return hub.load_tokenizer(metadata)
         except Exception as error:  # an exotic model argument we do not mirror: report it, keep evaluating
             log.warning("compfair toxicity: could not load the tokenizer %s (%s)", name, error)
     log.warning("compfair toxicity: the generating model's tokenizer is unknown, so cont_len_tokens is not reported "
@@ -203,10 +199,8 @@ def _warn_if_encoder_decoder(metadata: dict):
     name = metadata.get("pretrained")
     if not isinstance(name, str):
         return
-    from transformers import AutoConfig
-
     try:
-        config = AutoConfig.from_pretrained(name, trust_remote_code=_flag(metadata.get("trust_remote_code", False)))
+        config = hub.load_config(metadata)
     except Exception:  # only a hint: never stop a run over it
         return
     if getattr(config, "is_encoder_decoder", False):
@@ -279,10 +273,6 @@ def process_results(doc, results) -> dict:
 # ---------------------------------------------------------------------------------------------- aggregations
 # `mean` metrics use lm-eval's own mean (which also reports a stderr); the rest are below.
 # The 95% CIs are percentile bootstraps over prompts (compfair_tasks.stats, seed 0).
-
-
-def total(items) -> float:
-    return float(np.sum(items))
 
 
 def _ci(items, statistic, end: int) -> float:

@@ -111,7 +111,8 @@ def _load(types: Sequence[int], scope: str, metadata: dict):
             f"pronoun markup compfair scores; set {data.ENV_VAR} to a folder holding {data.layout('winobias')} "
             f"(the official files of uclanlp/corefBias WinoBias/wino/data)"
         )
-    docs = preference.annotate(build_docs(source.path, types, scope), metadata, f"compfair_winobias_{scope}")
+    task = "compfair_winobias" if scope == "all" else f"compfair_winobias_{scope}"
+    docs = preference.annotate(build_docs(source.path, types, scope), metadata, task)
     for doc in docs:
         doc["data_source"] = str(source)
     return data.to_dataset(docs, f"WinoBias {scope} in {source.path}")
@@ -180,7 +181,3 @@ def agg_balanced_ci_low(records) -> float:
 
 def agg_balanced_ci_high(records) -> float:
     return _balanced_ci(records, 1)
-
-
-def agg_sum(values) -> float:
-    return float(sum(values))

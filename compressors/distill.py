@@ -355,10 +355,10 @@ class DistillSettings:
     save_steps: int = 500
     logging_steps: int = 10
     seed: int = 0
-    temperature: float = 2.0
-    alpha_ce: float = 0.5
-    alpha_clm: float = 0.5
-    alpha_cos: float = 0.0
+    temperature: float = LossWeights.temperature  # the loss defaults live in LossWeights
+    alpha_ce: float = LossWeights.alpha_ce
+    alpha_clm: float = LossWeights.alpha_clm
+    alpha_cos: float = LossWeights.alpha_cos
     bf16: bool = False
     keep_checkpoints: bool = False
     overwrite: bool = False

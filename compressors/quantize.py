@@ -234,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from compressors.metadata import checkpoint_size_bytes, write_compression_metadata
-    from leaderboard.latency import measure_latency
+    from compfair_tasks.measure import measure_latency
 
     def forward_seconds(model):  # fp32 and int8 are timed on the same seeded token ids
         return measure_latency(model, seq_len=args.latency_tokens, batch_size=args.latency_batch, repeats=3,

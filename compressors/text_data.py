@@ -6,7 +6,7 @@ import json
 import random
 from pathlib import Path
 
-from compfair_tasks.data import DataFormatError, DataNotFoundError
+from compfair_tasks.data import DataFormatError, DataNotFoundError, read_bold
 
 LOCAL_SUFFIXES = (".txt", ".jsonl", ".json")
 
@@ -93,15 +93,9 @@ def bold_wiki_sentences(path: Path) -> list[str]:
     """Sentences of BOLD Wikipedia files (group -> name -> [sentences]), in file and key order."""
     files = sorted(Path(path).glob("*_wiki.json")) if Path(path).is_dir() else [Path(path)]
     sentences = []
-    from compfair_tasks.data import read_json
-
     for file in files:
-        groups = read_json(file, "BOLD Wikipedia file")
-        if not isinstance(groups, dict) or not all(isinstance(people, dict) for people in groups.values()):
-            raise DataFormatError(f"{file}: not a BOLD Wikipedia file (group -> name -> [sentences])")
-        for people in groups.values():
-            for person_sentences in people.values():
-                sentences.extend(person_sentences)
+        for _, _, person_sentences in read_bold(file):
+            sentences.extend(person_sentences)
     return sentences
 
 

@@ -36,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def measure_missing_latencies(collection, threads: int | None = None) -> bool:
     """Measure every local checkpoint without a latency; True when something was measured."""
-    from .latency import measure_latency
+    from compfair_tasks.measure import measure_latency
 
     measured = False
     for run in collection.runs:

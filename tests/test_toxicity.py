@@ -43,9 +43,9 @@ def test_task_level_aggregates_of_two_prompts():
     per_prompt = [toxicity.process_results({}, [[record("w", s, 1) for s in scores]])
                   for scores in ((0.6, 0.1, 0.7), (0.2, 0.3, 0.4))]
     column = {name: [p[name] for p in per_prompt] for name in per_prompt[0]}
-    assert toxicity.total(column["toxic_count"]) == 2
+    assert stats.total(column["toxic_count"]) == 2
     assert np.mean(column["toxic_frac"]) == pytest.approx(2 / 6)
-    assert toxicity.total(column["tox_sum"]) == pytest.approx(2.3)
+    assert stats.total(column["tox_sum"]) == pytest.approx(2.3)
     assert np.mean(column["emt"]) == pytest.approx((0.7 + 0.4) / 2)
     assert np.mean(column["tox_prob"]) == pytest.approx(0.5)
 
