@@ -158,8 +158,10 @@ def resolve(name: str, explicit_path: str | os.PathLike | None = None, allow_hub
     if found is None:
         raise DataNotFoundError(_not_found_message(s))
     if env_missing:
-        log.warning("%s is set, but %s lacks %s: %s uses the %s copy (%s) instead", ENV_VAR,
-                    Path(env_root).expanduser() / s.name, ", ".join(env_missing), s.title, found.kind, found.location)
+        env_folder = Path(env_root).expanduser() / s.name
+        lacks = ", ".join(env_missing) if env_folder.is_dir() else "(no such folder)"
+        log.warning("%s is set, but %s lacks %s: %s uses the %s copy (%s) instead", ENV_VAR, env_folder, lacks,
+                    s.title, found.kind, found.location)
     return _record(found)
 
 
