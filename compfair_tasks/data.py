@@ -158,8 +158,10 @@ def resolve(name: str, explicit_path: str | os.PathLike | None = None, allow_hub
     if found is None:
         raise DataNotFoundError(_not_found_message(s))
     if env_missing:
-        log.warning("%s is set, but %s lacks %s: %s uses the %s copy (%s) instead", ENV_VAR,
-                    Path(env_root).expanduser() / s.name, ", ".join(env_missing), s.title, found.kind, found.location)
+        env_folder = Path(env_root).expanduser() / s.name
+        lacks = ", ".join(env_missing) if env_folder.is_dir() else "(no such folder)"
+        log.warning("%s is set, but %s lacks %s: %s uses the %s copy (%s) instead", ENV_VAR, env_folder, lacks,
+                    s.title, found.kind, found.location)
     return _record(found)
 
 
@@ -253,7 +255,7 @@ def to_dataset(docs: list[dict], where: str):
 TASK_KEYS = {
     "preference_score", "tokenizer", "prefix_token_id", "scorer", "scorer_batch_size", "scorer_batch_tokens",
     "scorer_device", "scorer_progress", "scorer_label", "dialogue", "tccc_split", "tccc_size", "tccc_seed",
-    "fluency_model", "fluency_device", "fluency_batch_size", "fluency_batch_tokens",
+    "fluency_model", "fluency_device", "fluency_batch_size", "fluency_batch_tokens", "data_sources",
 }
 _PATH_SUFFIXES = ("_path", "_pth", "_paths", "_dir", "_folder", "_file")
 

@@ -254,12 +254,11 @@ def check_task_model(metadata: dict | None, task: str) -> str | None:
     name = (metadata or {}).get("pretrained")
     if not isinstance(name, str) or not name:
         return None
-    from transformers import AutoConfig
+    from compfair_tasks import hub
 
-    trust = str((metadata or {}).get("trust_remote_code", False)).lower() in ("1", "true", "yes")
     try:
-        config = AutoConfig.from_pretrained(name, trust_remote_code=trust)
-    except (OSError, ValueError):  # lm-eval loaded the model by other means (gguf_file, ...): its own errors stand
+        config = hub.load_config(metadata)  # with the arguments HFLM loads it with (revision, gguf_file, ...)
+    except (OSError, ValueError):  # lm-eval loaded the model by other means: its own errors stand
         return None
     try:
         return language_model_kind(config)

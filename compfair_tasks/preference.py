@@ -26,8 +26,13 @@ import logging
 from dataclasses import dataclass
 
 from compfair_tasks import hub
+from compfair_tasks.errors import CompfairError
 
 log = logging.getLogger(__name__)
+
+
+class PreferenceSettingsError(CompfairError, ValueError):
+    """A scoring rule, tokenizer or prefix token that the preference tasks cannot use."""
 
 SCORE_RULES = ("mean", "sum")
 SCORE_RULE_KEY = "preference_score"
@@ -36,7 +41,7 @@ SCORE_RULE_KEY = "preference_score"
 def score_rule(metadata: dict | None) -> str:
     rule = str((metadata or {}).get(SCORE_RULE_KEY, "mean")).lower()
     if rule not in SCORE_RULES:
-        raise ValueError(f"{SCORE_RULE_KEY}={rule!r} is not a scoring rule; use one of {', '.join(SCORE_RULES)}")
+        raise PreferenceSettingsError(f"{SCORE_RULE_KEY}={rule!r} is not a scoring rule; use one of {', '.join(SCORE_RULES)}")
     return rule
 
 
@@ -109,7 +114,7 @@ class TokenCounter:
         """Scored continuation tokens of each (context, continuation) pair, tokenized in batches."""
         empty = [i for i, (context, _) in enumerate(pairs) if context == ""]
         if empty and self.prefix_token_id is None:
-            raise ValueError(
+            raise PreferenceSettingsError(
                 f"tokenizer {self.name or type(self.tokenizer).__name__} has neither a BOS nor an EOS token, so "
                 "lm-eval cannot score a sentence from an empty context; pass one with "
                 "--model_args prefix_token_id=<id> (the token the model should condition on)"
@@ -145,7 +150,7 @@ def token_counter(metadata: dict | None) -> TokenCounter | None:
     try:
         tokenizer = hub.load_tokenizer(metadata)
     except Exception as error:
-        raise ValueError(
+        raise PreferenceSettingsError(
             f"cannot load the tokenizer {name!r} to count candidate tokens for per-token scoring ({error}); "
             f"pass a loadable one with --metadata '{{\"tokenizer\": \"<path or hub id>\"}}' "
             f"or score by summed log-likelihood with --metadata '{{\"{SCORE_RULE_KEY}\": \"sum\"}}'"

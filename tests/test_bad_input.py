@@ -10,7 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from compfair_tasks import cli, crows_pairs, data, models, perplexity, stereoset, winobias
+from compfair_tasks import (
+    cli,
+    crows_pairs,
+    data,
+    models,
+    perplexity,
+    stereoset,
+    winobias,
+)
 from compfair_tasks.errors import CompfairError
 
 SHIPPED = Path(data.__file__).parent / "data"
@@ -337,9 +345,8 @@ def test_max_gen_toks_below_one_is_refused(value):
 # --- the same through the real lm_eval command: one line, non-zero exit ----------------------------
 
 def _tiny_bert(folder: Path) -> Path:
-    from transformers import BertConfig, BertForMaskedLM
-
     from conftest import build_gpt2_tokenizer
+    from transformers import BertConfig, BertForMaskedLM
 
     BertForMaskedLM(BertConfig(vocab_size=50257, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
                                intermediate_size=16)).save_pretrained(folder)
@@ -374,7 +381,7 @@ def test_lm_eval_prints_compfair_errors_in_one_line(tiny_gpt2_dir, tmp_path, cas
         extra, match = ["--metadata", '{"winobias_pth": "/x"}'], "did you mean 'winobias_path'"
     done = subprocess.run([sys.executable, "-m", "lm_eval", "--model", "hf", "--model_args", f"pretrained={model}",
                            "--tasks", task, "--limit", "2", *extra], env={**os.environ, **OFFLINE_ENV},
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, text=True, timeout=600, check=False)
     assert done.returncode != 0
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("compfair: error:") and match in last, done.stderr[-2000:]
@@ -391,3 +398,12 @@ def test_distill_explains_a_bad_teacher_in_one_line(tmp_path, case, capsys):
     assert cli.main(["compress", "distill", "--teacher", str(target), "--output", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and str(target) in err[0] and ("no such folder" if case == "missing" else "int8") in err[0]
+
+
+@pytest.mark.parametrize("architectures", [None, ["BertLMHeadModel"]])
+def test_a_bert_without_is_decoder_is_refused_whatever_its_head(tmp_path, architectures):
+    from transformers import BertConfig
+
+    folder = _save_config(tmp_path / "b", BertConfig(architectures=architectures))
+    with pytest.raises(models.ModelNotAvailableError, match="encoder-only"):
+        models.check_task_model({"pretrained": folder}, "t")
