@@ -322,6 +322,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from compressors.checks import check_compressed
     from compressors.metadata import count_parameters, write_compression_metadata
 
     torch.manual_seed(args.seed)
@@ -340,6 +341,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"scoring {heads_before} heads on {len(blocks)} blocks of {args.block_size} tokens from {n_texts} texts")
     result = prune_iteratively(model, blocks, args.iterations, args.ratio, args.unit, args.normalize,
                                args.batch_size, args.allow_empty_layers)
+    check_compressed(result.model, tokenizer, reference=gated_reference(model, result.removed),
+                     reference_tol=1e-4, label="pruned vs gated teacher")  # float32: ~1e-6 measured
     save_pruned(result.model, tokenizer, args.output)
     heads_left = [layer.num_heads for layer in attention_layers(result.model)]
     record = write_compression_metadata(
@@ -355,6 +358,19 @@ def main(argv: list[str] | None = None) -> int:
     print(f"saved {args.output}: {heads_before} -> {sum(heads_left)} heads, "
           f"{record['source_params']:,} -> {record['params']:,} parameters")
     return 0
+
+
+def gated_reference(model, removed: dict[int, list[int]]):
+    """Logits of `model` with heads `removed[layer]` gated to zero: what the pruned model must reproduce."""
+    def logits(input_ids):
+        gates = []
+        for index, layer in enumerate(attention_layers(model)):
+            gate = torch.ones(1, layer.num_heads, device=input_ids.device)
+            gate[0, removed.get(index, [])] = 0
+            gates.append(gate)
+        with torch.no_grad(), gated(model, gates):
+            return model(input_ids, use_cache=False).logits
+    return logits
 
 
 def save_pruned(model, tokenizer, output_dir) -> None:
