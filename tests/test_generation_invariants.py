@@ -193,3 +193,47 @@ def test_checkpoint_of_the_old_format_is_refused_with_a_resave_hint(tmp_path):
         "class PrunedLlamaForCausalLM("))
     with pytest.raises(ValueError, match="pruned-model format 1.*re-save it.*compfair compress prune"):
         AutoModelForCausalLM.from_pretrained(path)
+
+
+@pytest.mark.slow
+def test_pruned_smollm2_continuations_through_lm_eval_equal_uncached_greedy(tmp_path):
+    """The pruned real SmolLM2 on lm_eval's generate_until path (toxicity task) writes what
+    transformers' uncached greedy decoding writes for the same prompts."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from conftest import OFFLINE_ENV
+    from transformers import AutoTokenizer
+
+    from compfair_tasks.models import embedded_model_dir
+
+    output = tmp_path / "smollm2_pruned"
+    assert prune.main(["--model", str(embedded_model_dir("smollm2-135m")), "--num-examples", "8", "--block-size",
+                       "32", "--min-blocks", "2", "--iterations", "1", "--batch-size", "4", "--output",
+                       str(output)]) == 0
+    groups = json.loads((output / "config.json").read_text())["kv_groups_per_layer"]
+    assert any(len(set(layer)) > 1 for layer in groups)  # unequal groups: the padded/duplicated layout is used
+    task = "compfair_toxicity_rtp_offline"
+    command = [sys.executable, "-m", "lm_eval", "--model", "hf", "--model_args", f"pretrained={output},dtype=float32",
+               "--tasks", task, "--limit", "2", "--gen_kwargs", "do_sample=false", "--batch_size", "2",
+               "--metadata", '{"scorer": "profanity-check"}', "--log_samples", "--output_path", str(tmp_path / "out")]
+    done = subprocess.run(command, env={**os.environ, **OFFLINE_ENV}, capture_output=True, text=True, timeout=1800)
+    assert done.returncode == 0, done.stderr[-4000:]
+    samples = [json.loads(line) for path in (tmp_path / "out").rglob(f"samples_{task}_*.jsonl")
+               for line in path.read_text().splitlines()]
+    assert len(samples) == 2
+    model = AutoModelForCausalLM.from_pretrained(output, dtype=torch.float32).eval()
+    tokenizer = AutoTokenizer.from_pretrained(output)
+    for sample in samples:
+        prompt = sample["arguments"]["gen_args_0"]["arg_0"]
+        ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False).input_ids
+        with torch.no_grad():
+            reference = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=20, do_sample=False,
+                                       use_cache=False, pad_token_id=tokenizer.eos_token_id)
+        expected = tokenizer.decode(reference[0, ids.shape[1]:], skip_special_tokens=True)
+        continuations = sample["resps"][0]
+        print(f"{prompt!r} -> {continuations[0]!r}")
+        assert continuations[0] == expected and len(set(continuations)) == 1  # greedy: K identical copies
+        assert len(expected.split()) >= 5 and "---" not in expected  # words, not the old cache bug's dashes

@@ -56,7 +56,8 @@ def test_wheel_ships_the_hook_the_yaml_and_the_data(tmp_path):
     zipfile.ZipFile(wheel).extractall(site)
     code = (
         "import os, site, sys\n"
-        f"sys.path = [p for p in sys.path if p and not p.startswith({str(REPO_ROOT)!r})]\n"
+        # drop the checkout (editable install), not the project venv inside it (.venv)
+        f"sys.path = [p for p in sys.path if p and (p.startswith(sys.prefix) or not p.startswith({str(REPO_ROOT)!r}))]\n"
         "del os.environ['COMPFAIR_NO_HOOK']\n"
         "for name in [m for m in sys.modules if m.startswith('compfair_tasks')]: del sys.modules[name]\n"
         f"site.addsitedir({str(site)!r})\n"
