@@ -34,7 +34,7 @@ def software_versions(model=None) -> dict:
             versions[name] = None
     try:
         done = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
-                              capture_output=True, text=True, timeout=10)
+                              capture_output=True, text=True, timeout=10, check=False)
         versions["compfair_commit"] = done.stdout.strip() if done.returncode == 0 else None
     except (OSError, subprocess.TimeoutExpired):
         versions["compfair_commit"] = None

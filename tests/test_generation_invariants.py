@@ -12,7 +12,13 @@ import inspect
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+from transformers import (
+    AutoModelForCausalLM,
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+)
 
 from compressors import checks, distill, prune, quantize
 
@@ -113,8 +119,8 @@ def test_left_padded_batch_generates_what_each_prompt_generates_alone(name, tmp_
     width = max(p.shape[1] for p in singles)
     ids = torch.cat([torch.nn.functional.pad(p, (width - p.shape[1], 0), value=PAD) for p in singles])
     mask = torch.cat([torch.nn.functional.pad(torch.ones_like(p), (width - p.shape[1], 0)) for p in singles])
-    settings = dict(max_new_tokens=8, min_new_tokens=8, do_sample=False, pad_token_id=PAD, output_logits=True,
-                    return_dict_in_generate=True)
+    settings = {"max_new_tokens": 8, "min_new_tokens": 8, "do_sample": False, "pad_token_id": PAD,
+                "output_logits": True, "return_dict_in_generate": True}
     with torch.no_grad():
         batch = model.generate(ids, attention_mask=mask, **settings)
         alone = [model.generate(p, attention_mask=torch.ones_like(p), **settings) for p in singles]
@@ -182,7 +188,7 @@ def test_prune_writes_nothing_when_the_pruned_model_fails_its_check(tiny_gpt2_di
 def test_checkpoint_of_the_old_format_is_refused_with_a_resave_hint(tmp_path):
     import json
 
-    teacher, _, model = pruned_pair("pruned llama unequal groups", tmp_path)
+    pruned_pair("pruned llama unequal groups", tmp_path)
     path = tmp_path / "pruned"  # fabricate what compfair < format 2 wrote: no version, remote code with a forward
     config = json.loads((path / "config.json").read_text())
     assert config.pop("compfair_format_version") == 2
@@ -219,7 +225,8 @@ def test_pruned_smollm2_continuations_through_lm_eval_equal_uncached_greedy(tmp_
     command = [sys.executable, "-m", "lm_eval", "--model", "hf", "--model_args", f"pretrained={output},dtype=float32",
                "--tasks", task, "--limit", "2", "--gen_kwargs", "do_sample=false", "--batch_size", "2",
                "--metadata", '{"scorer": "profanity-check"}', "--log_samples", "--output_path", str(tmp_path / "out")]
-    done = subprocess.run(command, env={**os.environ, **OFFLINE_ENV}, capture_output=True, text=True, timeout=1800)
+    done = subprocess.run(command, env={**os.environ, **OFFLINE_ENV}, capture_output=True, text=True, timeout=1800,
+                          check=False)
     assert done.returncode == 0, done.stderr[-4000:]
     samples = [json.loads(line) for path in (tmp_path / "out").rglob(f"samples_{task}_*.jsonl")
                for line in path.read_text().splitlines()]
