@@ -423,6 +423,9 @@ def distill(settings: DistillSettings, callbacks=None) -> dict:
     )
     trainer.train(resume_from_checkpoint=resume_from)
 
+    from compressors.checks import check_compressed
+
+    check_compressed(trainer.model, tokenizer)  # cached vs uncached logits; raises before anything is saved
     trainer.save_model(str(output))  # every process takes part (sharded models gather here); rank 0 writes
     if not trainer.is_world_process_zero():
         return None
