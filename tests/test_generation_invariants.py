@@ -182,7 +182,7 @@ def test_prune_writes_nothing_when_the_pruned_model_fails_its_check(tiny_gpt2_di
     with pytest.raises(checks.CompressionCheckError, match="pruned vs gated teacher"):
         prune.main(["--model", str(tiny_gpt2_dir), "--data", str(text), "--num-examples", "30", "--block-size", "16",
                     "--iterations", "1", "--ratio", "0.25", "--output", str(tmp_path / "out")])
-    assert not (tmp_path / "out").exists()
+    assert not any((tmp_path / "out").glob("*"))  # the checked (created, writable) folder stays empty
 
 
 def test_checkpoint_of_the_old_format_is_refused_with_a_resave_hint(tmp_path):
