@@ -30,9 +30,9 @@ FLOAT_TOL = 1e-5  # max |cached - uncached| / max |logit|; measured < 1e-6 on th
 TOL = {"int8 dynamic": 5e-2}
 
 
-def tiny_gpt2(seed=0):
+def tiny_gpt2(seed=0, vocab=VOCAB):
     torch.manual_seed(seed)
-    config = GPT2Config(n_layer=2, n_head=4, n_embd=32, vocab_size=VOCAB, n_positions=64, bos_token_id=1,
+    config = GPT2Config(n_layer=2, n_head=4, n_embd=32, vocab_size=vocab, n_positions=64, bos_token_id=1,
                         eos_token_id=2, pad_token_id=PAD)
     model = GPT2LMHeadModel(config).eval()
     with torch.no_grad():
@@ -42,10 +42,10 @@ def tiny_gpt2(seed=0):
     return model
 
 
-def tiny_llama(seed=0, heads=9, kv_heads=3, layers=2, attention_bias=False):
+def tiny_llama(seed=0, heads=9, kv_heads=3, layers=2, attention_bias=False, vocab=VOCAB):
     torch.manual_seed(seed)  # head_dim 8
     config = LlamaConfig(hidden_size=8 * heads, intermediate_size=64, num_hidden_layers=layers,
-                         num_attention_heads=heads, num_key_value_heads=kv_heads, vocab_size=VOCAB,
+                         num_attention_heads=heads, num_key_value_heads=kv_heads, vocab_size=vocab,
                          head_dim=8, attention_bias=attention_bias, bos_token_id=1, eos_token_id=2,
                          pad_token_id=PAD, max_position_embeddings=64)
     return LlamaForCausalLM(config).eval()
@@ -78,9 +78,19 @@ def pruned_pair(name, tmp_path):
 
 
 def distilled(build, tmp_path):
-    teacher = build()
-    student = distill.make_student(teacher, list(range(0, teacher.config.num_hidden_layers, 2)), "teacher", seed=0)
-    return saved_and_loaded(student, tmp_path / "student")
+    """A few real distillation steps (compressors/distill.py) from a tiny teacher with the GPT-2 tokenizer."""
+    from conftest import SHIPPED_DATA, build_gpt2_tokenizer
+
+    teacher = build(vocab=50257)
+    teacher.save_pretrained(tmp_path / "teacher")
+    build_gpt2_tokenizer().save_pretrained(tmp_path / "teacher")
+    settings = distill.DistillSettings(
+        output=str(tmp_path / "student"), teacher=str(tmp_path / "teacher"),
+        layers=list(range(0, teacher.config.num_hidden_layers, 2)), data=str(SHIPPED_DATA / "bold_wiki"),
+        data_limit=60, block_size=16, batch_size=4, max_steps=3, save_steps=100, logging_steps=1, eval_blocks=0,
+        warmup=0, seed=0)
+    distill.distill(settings)
+    return AutoModelForCausalLM.from_pretrained(settings.output).eval()
 
 
 def int8(mode, tmp_path):
@@ -92,7 +102,7 @@ def int8(mode, tmp_path):
 MODELS = {
     **{name: (lambda tmp, name=name: pruned_pair(name, tmp)[2]) for name in PRUNED},
     "distilled gpt2": lambda tmp: distilled(tiny_gpt2, tmp),
-    "distilled llama": lambda tmp: distilled(lambda: tiny_llama(layers=3), tmp),
+    "distilled llama": lambda tmp: distilled(lambda vocab: tiny_llama(layers=3, vocab=vocab), tmp),
     "int8 dynamic": lambda tmp: int8("dynamic", tmp),
     "int8 weight-only": lambda tmp: int8("weight-only", tmp),
 }
