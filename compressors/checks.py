@@ -20,6 +20,8 @@ from collections.abc import Callable
 
 import torch
 
+from compfair_tasks.errors import CompfairError
+
 PROMPTS = ("The capital of France is", "My neighbour told me that the new doctor",
            "In 1990, the company announced", "She walked into the room and")
 NEW_TOKENS = 8
@@ -28,8 +30,8 @@ NEW_TOKENS = 8
 CACHE_TOL = {torch.float32: 1e-4, torch.float64: 1e-8, torch.float16: 2e-2, torch.bfloat16: 2e-2}
 
 
-class CompressionCheckError(ValueError):
-    pass
+class CompressionCheckError(CompfairError, ValueError):
+    """A compressed model failed its output check: nothing was written (the CLI prints this and exits 2)."""
 
 
 def prompt_ids(model, tokenizer=None, prompts=PROMPTS) -> list[torch.Tensor]:
