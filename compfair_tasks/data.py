@@ -36,6 +36,13 @@ def _winobias_files():
     )
 
 
+BOLD_DOMAINS = ("gender", "race", "religious_ideology", "political_ideology", "profession")
+
+
+def _bold_prompt_files():
+    return tuple(f"{domain}_prompt.json" for domain in BOLD_DOMAINS)
+
+
 DATASETS = {
     spec.name: spec
     for spec in (
@@ -45,6 +52,7 @@ DATASETS = {
             "crows_pairs", "CrowS-Pairs", ("crows_pairs_anonymized.csv",), "nyu-mll/crows_pairs", "CC BY-SA 4.0", True
         ),
         DatasetSpec("bold_wiki", "BOLD Wikipedia sentences", ("*_wiki.json",), None, "CC BY-SA 4.0", True),
+        DatasetSpec("bold", "BOLD prompts", _bold_prompt_files(), None, "CC BY-SA 4.0", True),
         DatasetSpec(
             "rtp_challenging",
             "RealToxicityPrompts, most successful challenging prompts per attribute",
