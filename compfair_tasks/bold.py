@@ -272,15 +272,19 @@ def _with_ci(metrics: dict[str, bool]) -> list[tuple[str, str, bool]]:
                    for end, agg in zip(("low", "high"), _MEAN_CI, strict=True)]
 
 
-def _template_metrics(template: Path) -> list[tuple[str, str, bool]]:
+def read_config(path: Path) -> dict:
+    """One task YAML as written (no include resolved), with `!function x.y` tags kept as those strings."""
     import yaml
 
     class Loader(yaml.SafeLoader):
         pass
 
     Loader.add_constructor("!function", lambda loader, node: f"!function {loader.construct_scalar(node)}")
-    config = yaml.load(template.read_text(encoding="utf-8"), Loader=Loader)
-    return [(m["metric"], m["aggregation"], m["higher_is_better"]) for m in config["metric_list"]]
+    return yaml.load(path.read_text(encoding="utf-8"), Loader=Loader)
+
+
+def _template_metrics(template: Path) -> list[tuple[str, str, bool]]:
+    return [(m["metric"], m["aggregation"], m["higher_is_better"]) for m in read_config(template)["metric_list"]]
 
 
 def task_metrics(domain: str, template: Path) -> list[tuple[str, str, bool]]:
