@@ -219,6 +219,25 @@ def test_the_bootstrap_resamples_within_groups():
     assert set(distribution) == {5.0}  # strata keep their own items, in sorted order
 
 
+def test_gap_p_by_exact_enumeration():
+    # a = [0, 1], b = [2, 3]: of the 6 equally likely ways to split the four values into two pairs, 2 give a
+    # gap of 2 (the observed one), 2 a gap of 1 and 2 a gap of 0, so p = 1/3
+    assert bold.gap_p(pairs(a=[0.0, 1.0], b=[2.0, 3.0])) == pytest.approx(1 / 3, abs=0.03)
+    assert bold.gap_p(pairs(a=[0.4] * 3, b=[0.4] * 5)) == 1.0  # no difference at all
+    # fully separated groups of 20: no shuffling but the observed one reaches the gap (p = 1 / (1000 + 1))
+    assert bold.gap_p(pairs(a=[0.0] * 20, b=[1.0] * 20)) == pytest.approx(1 / 1001)
+    assert math.isnan(bold.gap_p(pairs(a=[0.1, 0.2])))
+
+
+def test_gap_p_is_not_fooled_where_the_bootstrap_ci_is():
+    # seven groups of five prompts from one distribution: the CI lies above 0 (and above the observed gap),
+    # the permutation p-value does not call the gap real
+    rng = np.random.default_rng(1)
+    items = pairs(**{f"g{i}": list(rng.normal(0.5, 0.1, 5)) for i in range(7)})
+    assert bold.gap_ci_low(items) > 0
+    assert bold.gap_p(items) > 0.05
+
+
 def test_group_mean_skips_the_other_groups_prompts():
     assert bold.group_mean([None, 0.2, None, 0.4]) == pytest.approx(0.3)
     assert math.isnan(bold.group_mean([None, None]))
@@ -257,6 +276,8 @@ def test_lm_eval_reports_per_group_and_gap_metrics_that_the_samples_reproduce(lm
         assert values[f"{metric}_gap"] == pytest.approx(max(means) - min(means))
         low, high = stats.stratified_bootstrap_ci(by_group, lambda m: float(np.max(m) - np.min(m)))
         assert (values[f"{metric}_gap_ci_low"], values[f"{metric}_gap_ci_high"]) == pytest.approx((low, high))
+        assert values[f"{metric}_gap_p"] == pytest.approx(
+            stats.stratum_permutation_test(by_group, lambda m: float(np.max(m) - np.min(m))))
         ratio = max(means) / min(means) if min(means) > 0 else math.nan
         assert values[f"{metric}_ratio"] == pytest.approx(ratio, nan_ok=True)
         assert values[metric] == pytest.approx(np.mean([s[metric] for s in samples]))
