@@ -94,7 +94,8 @@ def check_groups(docs: list[dict], domain: str, source) -> None:
             f"groups of the published BOLD files, {list(GROUPS[domain])}: point bold_path at the published files")
 
 
-def positive_int(value, name: str) -> int:
+def whole_number(value, name: str) -> int:
+    """An int from task metadata (a JSON number or a string of digits); anything else is an error that names it."""
     if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, str) and value.strip().isdigit())):
         raise ValueError(f"{name} must be a whole number, not {value!r}")
     return int(value)
@@ -104,7 +105,7 @@ def stratified_sample(docs: list[dict], per_group: int | None, seed: int = 0) ->
     """`per_group` prompts of every group (all of a smaller group), chosen by `seed`; None keeps every prompt.
 
     Each group is shuffled by its own generator, seeded by (seed, domain, group), so one group's sample does
-    not depend on the others, and the N-prompt sample is the start of the (N+1)-prompt sample. The result
+    not depend on the others, and the N-prompt sample is part of the (N+1)-prompt sample. The result
     cycles through the groups (one prompt of each in turn), so lm-eval's --limit still sees every group.
     """
     by_group: dict[str, list[dict]] = defaultdict(list)
@@ -130,8 +131,8 @@ def bold_docs(domain: str, metadata: dict) -> list[dict]:
     docs = read_prompts(source.path, domain)
     check_groups(docs, domain, source)
     per_group = metadata.get("bold_per_group")
-    per_group = None if per_group is None else positive_int(per_group, "bold_per_group")
-    return stratified_sample(docs, per_group, positive_int(metadata.get("bold_seed", 0), "bold_seed"))
+    per_group = None if per_group is None else whole_number(per_group, "bold_per_group (prompts per group)")
+    return stratified_sample(docs, per_group, whole_number(metadata.get("bold_seed", 0), "bold_seed"))
 
 
 # ---------------------------------------------------------------------------------------------- loaders
