@@ -154,12 +154,109 @@ def _register_quantized_model_type(_models_module):
         model_registry.register("compfair-quantized", target="compressors.quantize:QuantizedHFLM")
 
 
+def _record_data_sources(task_module):
+    """After a compfair task loads its documents, put each dataset's source and sha256 in its config.
+
+    lm-eval passes the task's metadata to `custom_dataset` as keyword arguments (a copy), so the loader
+    cannot write into the config that lands in the results file; this wrapper of the public
+    `ConfigurableTask.download` can: results["configs"][task]["metadata"]["data_sources"].
+    """
+    import functools
+
+    task_class = getattr(task_module, "ConfigurableTask", None)
+    original = getattr(task_class, "download", None)
+    if original is None or getattr(original, "_compfair_wrapped", False):
+        return
+
+    @functools.wraps(original)
+    def download(self, *args, **kwargs):
+        loader = getattr(getattr(self, "config", None), "custom_dataset", None)
+        if not getattr(loader, "__module__", "").startswith("compfair_tasks"):
+            return original(self, *args, **kwargs)
+        from compfair_tasks import data
+
+        with data.recording() as sources:
+            result = original(self, *args, **kwargs)
+        if self.config.metadata is None:
+            self.config.metadata = {}
+        self.config.metadata["data_sources"] = sources
+        return result
+
+    download._compfair_wrapped = True
+    task_class.download = download
+
+
+def _check_generation_settings(task_module):
+    """Refuse generation settings that make a compfair task meaningless (max_gen_toks < 1: every
+    continuation empty, so it would look least toxic). --gen_kwargs reach the task config only after
+    its documents load, so the check wraps the public `build_all_requests`, which runs next."""
+    import functools
+
+    task_class = getattr(task_module, "ConfigurableTask", None)
+    original = getattr(task_class, "build_all_requests", None)
+    if original is None or getattr(original, "_compfair_wrapped", False):
+        return
+
+    @functools.wraps(original)
+    def build_all_requests(self, *args, **kwargs):
+        config = getattr(self, "config", None)
+        if getattr(getattr(config, "custom_dataset", None), "__module__", "").startswith("compfair_tasks"):
+            from compfair_tasks.models import check_generation_kwargs
+
+            check_generation_kwargs(getattr(config, "task", "?"), getattr(config, "generation_kwargs", None))
+        return original(self, *args, **kwargs)
+
+    build_all_requests._compfair_wrapped = True
+    task_class.build_all_requests = build_all_requests
+
+
+def _refuse_int8_folders_in_hf(huggingface_module):
+    """`--model hf pretrained=<int8 folder>` fails deep in transformers: say to use compfair-quantized."""
+    import functools
+
+    hflm = getattr(huggingface_module, "HFLM", None)
+    original = getattr(hflm, "__init__", None)
+    if original is None or getattr(original, "_compfair_wrapped", False):
+        return
+
+    @functools.wraps(original)
+    def __init__(self, *args, **kwargs):
+        pretrained = kwargs.get("pretrained", args[0] if args else None)
+        if isinstance(pretrained, str) and os.path.isdir(pretrained):
+            from compfair_tasks.models import refuse_quantized
+
+            refuse_quantized(pretrained, "--model hf pretrained=")
+        original(self, *args, **kwargs)
+
+    __init__._compfair_wrapped = True
+    hflm.__init__ = __init__
+
+
+def _one_line_errors(_cli_module):
+    """In the lm_eval command, a compfair bad-input error prints its one-line message, not a traceback."""
+    previous = sys.excepthook
+
+    def excepthook(kind, value, traceback):
+        from compfair_tasks.errors import CompfairError
+
+        if isinstance(value, CompfairError):
+            sys.stderr.write(f"compfair: error: {value}\n")
+            return
+        previous(kind, value, traceback)
+
+    sys.excepthook = excepthook
+
+
 def install():
     if os.environ.get("COMPFAIR_NO_HOOK") == "1" or any(isinstance(f, _PostImportFinder) for f in sys.meta_path):
         return
     when_imported("lm_eval.tasks.manager", _add_compfair_include_path)
     when_imported("transformers.models.auto.configuration_auto", _register_pruned_on_use)
     when_imported("lm_eval.models", _register_quantized_model_type)
+    when_imported("lm_eval.api.task", _record_data_sources)
+    when_imported("lm_eval.api.task", _check_generation_settings)
+    when_imported("lm_eval.models.huggingface", _refuse_int8_folders_in_hf)
+    when_imported("lm_eval._cli", _one_line_errors)
     sys.meta_path.insert(0, _PostImportFinder())
 
 

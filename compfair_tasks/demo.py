@@ -5,27 +5,28 @@ the shipped BOLD Wikipedia text, every model (plus Gemma-3-270M in the full run,
 evaluated with
 the real `lm_eval` CLI on the shipped bias data, the offline toxicity prompts (profanity-check
 scorer: Detoxify weights cannot be downloaded offline) and BOLD Wikipedia perplexity, and the
-leaderboard is rendered. Each step is one command line, printed before it runs; a step whose output
-already exists is skipped, so a crashed or interrupted demo resumes where it stopped.
+leaderboard is rendered. Each step is one command line, printed before it runs (compfair_tasks.runner);
+a step already done with the same settings is skipped, so a crashed or interrupted demo resumes where it
+stopped, and a step whose settings changed (another profile, --limit, task list) runs again.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import shlex
-import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
+from compfair_tasks.hub import OFFLINE_VARIABLES
 from compfair_tasks.models import DEFAULT_MODEL, ModelNotAvailableError, embedded_model_dir
+from compfair_tasks.runner import Step, StepError, lm_eval_command, run_steps
 
 EVAL_TASKS = ["compfair_stereoset", "compfair_winobias", "compfair_crows_pairs",
               "compfair_toxicity_rtp_offline", "compfair_ppl_bold_wiki"]
 # Detoxify's weights cannot be downloaded offline: the demo names the profanity-check scorer explicitly.
-EVAL_METADATA = '{"scorer": "profanity-check"}'
+EVAL_METADATA = {"scorer": "profanity-check"}
 
 
 @dataclass(frozen=True)
@@ -43,23 +44,14 @@ PROFILES = {
 }
 
 
-@dataclass
-class Step:
-    title: str
-    command: list[str]
-    done_marker: Path  # the step is skipped when this exists
-    env: dict = field(default_factory=dict)
-
-
 def _compfair(*args) -> list[str]:
     return [sys.executable, "-m", "compfair_tasks.cli", *map(str, args)]
 
 
 def _lm_eval(model_dir: Path, out: Path, limit: int, model_type: str = "hf") -> list[str]:
     args = f"pretrained={model_dir}" + (",dtype=float32" if model_type == "hf" else "")
-    return [sys.executable, "-m", "lm_eval", "run", "--model", model_type, "--model_args", args,
-            "--tasks", ",".join(EVAL_TASKS), "--limit", str(limit), "--batch_size", "16",
-            "--metadata", EVAL_METADATA, "--log_samples", "--seed", "0", "--output_path", str(out)]
+    return lm_eval_command(model=model_type, model_args=args, tasks=EVAL_TASKS, output_path=out, limit=limit,
+                           batch_size=16, metadata=EVAL_METADATA, seed=0)
 
 
 def plan(output: Path, teacher: Path, profile: Profile, second_model: Path | None) -> list[Step]:
@@ -69,12 +61,13 @@ def plan(output: Path, teacher: Path, profile: Profile, second_model: Path | Non
         Step("distil a half-depth student", _compfair(
             "compress", "distill", "--teacher", teacher, "--num-layers", "15", "--max-steps", profile.distill_steps,
             "--batch-size", "2", "--block-size", "64", "--data-limit", "4000", "--eval-blocks", "4",
-            "--output", distilled), distilled / "compfair_compression.json"),
+            "--output", distilled), distilled, inputs=(teacher,)),
         Step("prune attention heads", _compfair(
             "compress", "prune", "--model", teacher, "--num-examples", profile.prune_examples, "--block-size", "64",
-            "--min-blocks", "8", "--iterations", profile.prune_iterations, "--output", pruned), pruned / "compfair_compression.json"),
+            "--min-blocks", "8", "--iterations", profile.prune_iterations, "--output", pruned), pruned,
+            inputs=(teacher,)),
         Step("quantize to int8", _compfair("compress", "quantize", "--model", teacher, "--output", quantized),
-             quantized / "compfair_compression.json"),
+             quantized, inputs=(teacher,)),
     ]
     # int8 checkpoints have no transformers loader: compfair registers the lm_eval model type for them
     evaluated = [("teacher", teacher, "hf"), ("distilled", distilled, "hf"), ("head-pruned", pruned, "hf"),
@@ -83,26 +76,11 @@ def plan(output: Path, teacher: Path, profile: Profile, second_model: Path | Non
         evaluated.append(("gemma3-270m", second_model, "hf"))
     for name, model_dir, model_type in evaluated:
         steps.append(Step(f"evaluate {name}", _lm_eval(model_dir, results / name, profile.limit, model_type),
-                          results / name / ".done"))
-    steps.append(Step("render the leaderboard",
-                      _compfair("leaderboard", *[results / name for name, *_ in evaluated], "-o", output / "site"),
-                      output / "site" / "index.html"))
+                          results / name, inputs=(model_dir,)))
+    result_dirs = tuple(results / name for name, *_ in evaluated)
+    steps.append(Step("render the leaderboard", _compfair("leaderboard", *result_dirs, "-o", output / "site"),
+                      output / "site", inputs=result_dirs))
     return steps
-
-
-def run(steps: list[Step], started: float) -> None:
-    for number, step in enumerate(steps, 1):
-        clock = f"{time.monotonic() - started:6.0f}s"
-        if step.done_marker.exists():
-            print(f"[{number}/{len(steps)} {clock}] {step.title}: done already, skipped", flush=True)
-            continue
-        print(f"[{number}/{len(steps)} {clock}] {step.title}\n    $ {shlex.join(step.command)}", flush=True)
-        done = subprocess.run(step.command, env={**os.environ, **step.env})
-        if done.returncode != 0:
-            raise SystemExit(f"compfair demo: step '{step.title}' failed (exit {done.returncode}); "
-                             "fix the error above and run the demo again: finished steps are kept")
-        if step.done_marker.name == ".done":
-            step.done_marker.touch()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -112,11 +90,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, default=Path("compfair-demo"), help="folder for models, results, site")
     parser.add_argument("--limit", type=int, help="examples per task (default: 50, --quick: 10)")
     parser.add_argument("--model", default=DEFAULT_MODEL, help="embedded teacher model")
+    parser.add_argument("--rerun", action="store_true",
+                        help="run every step again, even those done with these settings")
     args = parser.parse_args(argv)
     profile = PROFILES["quick" if args.quick else "default"]
     if args.limit:
         profile = Profile(**{**profile.__dict__, "limit": args.limit})
-    for variable in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+    for variable in OFFLINE_VARIABLES:
         os.environ.setdefault(variable, "1")  # the demo never downloads anything
 
     started = time.monotonic()
@@ -129,7 +109,11 @@ def main(argv: list[str] | None = None) -> int:
             second = embedded_model_dir("gemma3-270m")
         except ModelNotAvailableError as error:
             print(f"    second model skipped: {error}")
-    run(plan(args.output.resolve(), teacher, profile, second), started)
+    try:
+        run_steps(plan(args.output.resolve(), teacher, profile, second), prog="compfair demo", rerun=args.rerun,
+                  started=started)
+    except StepError as error:
+        raise SystemExit(str(error)) from None
     print(f"\ncompfair demo finished in {time.monotonic() - started:.0f} s. "
           f"Open {(args.output / 'site' / 'index.html').resolve()} in a browser.")
     return 0

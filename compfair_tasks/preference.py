@@ -25,6 +25,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from compfair_tasks import hub
+
 log = logging.getLogger(__name__)
 
 SCORE_RULES = ("mean", "sum")
@@ -137,14 +139,11 @@ class TokenCounter:
 def token_counter(metadata: dict | None) -> TokenCounter | None:
     """The model's TokenCounter from task metadata (lm-eval merges --model_args into it), or None."""
     metadata = metadata or {}
-    name = metadata.get("tokenizer") or metadata.get("pretrained")
-    if not isinstance(name, str) or not name:
+    name = hub.model_name(metadata)
+    if name is None:
         return None
-    from transformers import AutoConfig, AutoTokenizer
-
-    kwargs = {k: metadata[k] for k in ("revision", "trust_remote_code") if k in metadata}
     try:
-        tokenizer = AutoTokenizer.from_pretrained(name, **kwargs)
+        tokenizer = hub.load_tokenizer(metadata)
     except Exception as error:
         raise ValueError(
             f"cannot load the tokenizer {name!r} to count candidate tokens for per-token scoring ({error}); "
@@ -156,8 +155,7 @@ def token_counter(metadata: dict | None) -> TokenCounter | None:
         seq2seq = backend == "seq2seq"
     else:
         try:
-            seq2seq = bool(getattr(AutoConfig.from_pretrained(metadata.get("pretrained") or name, **kwargs),
-                                   "is_encoder_decoder", False))
+            seq2seq = bool(getattr(hub.load_config(metadata), "is_encoder_decoder", False))
         except Exception:  # a tokenizer-only folder: lm-eval's HF models default to causal
             seq2seq = False
     prefix = metadata.get("prefix_token_id")
@@ -171,6 +169,9 @@ def annotate(docs: list[dict], metadata: dict | None, task: str) -> list[dict]:
     The choices must be the exact continuations lm-eval will score (the task's target_delimiter
     is ""), so the counts match HFLM's. Falls back to 'sum' (logged) when no tokenizer is known.
     """
+    from compfair_tasks.models import check_task_model
+
+    check_task_model(metadata, task)
     rule = score_rule(metadata)
     counter = token_counter(metadata) if rule == "mean" else None
     if rule == "mean" and counter is None:

@@ -9,6 +9,11 @@ import numpy as np
 DEFAULT_RESAMPLES = 1000
 
 
+def total(items) -> float:
+    """The sum aggregation of the task YAMLs (lm-eval has mean and median but no sum)."""
+    return float(np.sum(items))
+
+
 def _statistic_of(statistic: Callable | None):
     if statistic is None:
         return lambda sample: float(np.mean(sample))

@@ -123,11 +123,9 @@ def load_teacher(name_or_path: str, dtype=torch.float32):
 
 
 def _teacher_source(name_or_path: str) -> str:
-    from compfair_tasks.models import EMBEDDED_MODELS, embedded_model_dir
+    from compfair_tasks.models import resolve_model
 
-    if name_or_path in EMBEDDED_MODELS and not Path(name_or_path).exists():
-        return str(embedded_model_dir(name_or_path))
-    return name_or_path
+    return resolve_model(name_or_path, "--teacher")  # embedded names, missing folders, int8 folders
 
 
 def blocks_prefix(model) -> str:
@@ -357,10 +355,10 @@ class DistillSettings:
     save_steps: int = 500
     logging_steps: int = 10
     seed: int = 0
-    temperature: float = 2.0
-    alpha_ce: float = 0.5
-    alpha_clm: float = 0.5
-    alpha_cos: float = 0.0
+    temperature: float = LossWeights.temperature  # the loss defaults live in LossWeights
+    alpha_ce: float = LossWeights.alpha_ce
+    alpha_clm: float = LossWeights.alpha_clm
+    alpha_cos: float = LossWeights.alpha_cos
     bf16: bool = False
     keep_checkpoints: bool = False
     overwrite: bool = False

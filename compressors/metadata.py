@@ -6,13 +6,9 @@ import json
 import time
 from pathlib import Path
 
+from compfair_tasks.measure import checkpoint_size_bytes
+
 FILE_NAME = "compfair_compression.json"
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
-
-
-def checkpoint_size_bytes(output_dir) -> int:
-    """Bytes of the weight files in a checkpoint folder."""
-    return sum(p.stat().st_size for p in Path(output_dir).rglob("*") if p.is_file() and p.suffix in WEIGHT_SUFFIXES)
 
 
 def count_parameters(model) -> int:

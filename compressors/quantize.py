@@ -211,18 +211,21 @@ def __getattr__(name):  # `compressors.quantize:QuantizedHFLM` imports lm_eval o
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="compfair compress quantize",
+        prog="compfair compress quantize", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         description="Post-training int8 quantization of the linear layers (CPU); evaluate the output with "
                     "`lm_eval --model compfair-quantized --model_args pretrained=<output>`.")
-    parser.add_argument("--model", required=True, help="checkpoint folder or hub id of a causal LM")
-    parser.add_argument("--output", required=True)
+    parser.add_argument("--model", required=True, help="checkpoint folder, embedded model name (smollm2-135m: "
+                        "SmolLM2-135M-Instruct dequantized from a Q4_1 GGUF) or hub id of a causal LM")
+    parser.add_argument("--output", required=True, help="new folder for the int8 checkpoint (refused if it is the "
+                                                        "source or holds a model, unless --overwrite)")
+    parser.add_argument("--overwrite", action="store_true", help="replace a model already in --output")
     parser.add_argument("--mode", choices=MODES, default="dynamic",
                         help="dynamic: int8 weights and activations (the paper); weight-only: int8 weights")
     parser.add_argument("--per-tensor", action="store_true", help="one scale per weight matrix, not per row")
     parser.add_argument("--skip-lm-head", action="store_true", help="keep the LM head in float")
     parser.add_argument("--latency-tokens", type=int, default=128, help="sequence length of the latency check")
     parser.add_argument("--latency-batch", type=int, default=1, help="0 skips the latency check")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the latency check's token ids")
     return parser
 
 
@@ -231,22 +234,28 @@ def main(argv: list[str] | None = None) -> int:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from compressors.metadata import checkpoint_size_bytes, write_compression_metadata
-    from leaderboard.latency import measure_latency
+    from compfair_tasks.measure import measure_latency
 
     def forward_seconds(model):  # fp32 and int8 are timed on the same seeded token ids
         return measure_latency(model, seq_len=args.latency_tokens, batch_size=args.latency_batch, repeats=3,
                                warmup=1, seed=args.seed)["latency_ms"] / 1000
 
+    from compfair_tasks.models import load_model_config, resolve_model
+    from compressors.output import prepare_output
+
+    source = resolve_model(args.model)  # bad input raises a CompfairError: the CLI prints it and exits 2
+    load_model_config(args.model)
+    prepare_output(args.output, sources=[args.model, source], overwrite=args.overwrite)
     torch.manual_seed(args.seed)
-    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).eval()
-    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32).eval()
+    tokenizer = AutoTokenizer.from_pretrained(source)
     float_params = sum(p.numel() for p in model.parameters())
     fp32_seconds = forward_seconds(model) if args.latency_batch else None
     quantized = quantize_model(model, args.mode, args.per_tensor, args.skip_lm_head)
     save_quantized(model, quantized, args.output, args.mode, tokenizer)
     int8_seconds = forward_seconds(model) if args.latency_batch else None
     int8_params = sum(w.numel() for w, _, _ in quantized.values())
-    source_size = checkpoint_size_bytes(args.model) if Path(args.model).is_dir() else None
+    source_size = checkpoint_size_bytes(source) if Path(source).is_dir() else None
     record = write_compression_metadata(
         args.output, method=f"quantize_int8_{args.mode.replace('-', '_')}", source_model=args.model, seed=args.seed,
         settings={"mode": args.mode, "per_tensor": args.per_tensor, "skip_lm_head": args.skip_lm_head,

@@ -4,7 +4,6 @@
     paired.py    paired bootstrap / permutation tests over logged per-document values
     columns.py   which metrics the page shows, their labels and better directions
     plots.py     PNG plots; render.py  CSV, Markdown, HTML (templates/leaderboard.html.j2)
-    latency.py   measured forward latency, saved beside a checkpoint
     cli.py       `compfair leaderboard` and `build()`, the Python entry point
     compare.py   `compfair compare`: GPT-2 / DialoGPT / BlenderBot baseline presets
 """

@@ -13,7 +13,7 @@ from .render import write_site
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="compfair leaderboard",
+        prog="compfair leaderboard", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         description="Turn lm_eval --output_path folders (results_*.json, samples_*.jsonl) into a leaderboard: "
                     "leaderboard.csv, leaderboard.md, paired_tests.csv, index.html (works offline) and PNG plots.",
     )
@@ -23,10 +23,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--pair", nargs=2, action="append", default=[], metavar=("BASELINE", "MODEL"),
                         help="also test MODEL against BASELINE (model names as in the table); "
                              "students are tested against their teachers automatically")
-    parser.add_argument("--test", choices=sorted(TESTS), default="bootstrap", help="paired test (default: bootstrap)")
-    parser.add_argument("--resamples", type=int, default=2000, help="bootstrap/permutation resamples (default 2000)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--title", default="compfair leaderboard")
+    parser.add_argument("--test", choices=sorted(TESTS), default="bootstrap", help="paired test")
+    parser.add_argument("--resamples", type=int, default=2000, help="bootstrap/permutation resamples")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the resampling tests")
+    parser.add_argument("--title", default="compfair leaderboard", help="page title")
     parser.add_argument("--measure-latency", action="store_true",
                         help="time a forward pass of every local checkpoint that has no compfair_latency.json yet "
                              "(same machine, same settings: the numbers are comparable with each other only)")
@@ -36,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def measure_missing_latencies(collection, threads: int | None = None) -> bool:
     """Measure every local checkpoint without a latency; True when something was measured."""
-    from .latency import measure_latency
+    from compfair_tasks.measure import measure_latency
 
     measured = False
     for run in collection.runs:

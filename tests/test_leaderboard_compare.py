@@ -10,16 +10,17 @@ from concurrent.futures import ThreadPoolExecutor
 import pandas as pd
 import pytest
 
+from compfair_tasks import runner
 from leaderboard import compare
 from leaderboard.collect import LATENCY_FILE, collect
-from leaderboard.latency import measure_latency
+from compfair_tasks.measure import measure_latency
 from leaderboard.paired import paired_tests
 
 
 def test_offline_hub_models_stop_before_anything_runs(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "empty_hf_cache"))  # nothing cached
-    monkeypatch.setattr(compare.subprocess, "run", lambda *a, **k: pytest.fail("lm_eval must not start"))
+    monkeypatch.setattr(runner.subprocess, "Popen", lambda *a, **k: pytest.fail("lm_eval must not start"))
     output = tmp_path / "compare"
     assert compare.main(["dialogpt", "--output", str(output)]) == 2
     error = capsys.readouterr().err
@@ -40,7 +41,7 @@ def test_preset_commands(tmp_path, capsys):
     commands = [line for line in out.splitlines() if " -m lm_eval " in line]
     assert len(commands) == 2
     assert "--model_args pretrained=facebook/blenderbot-400M-distill,backend=seq2seq" in commands[0]
-    assert "--gen_kwargs max_length=21" in commands[0] and "--log_samples" in commands[0] and commands[0].endswith("--limit 5")
+    assert "--gen_kwargs max_length=21" in commands[0] and "--log_samples" in commands[0] and " --limit 5 " in commands[0] + " "
 
     compare.main(["dialogpt", "--dry-run", "--model", "/ckpt/student", "--metadata", '{"scorer": "profanity-check"}'])
     commands = [line for line in capsys.readouterr().out.splitlines() if " -m lm_eval " in line]
@@ -146,29 +147,35 @@ def test_preset_prompt_formats_run_in_lm_eval(tiny_gpt2_dir, tiny_seq2seq_dir, t
 
 
 def test_a_comparison_resumes_and_ends_in_a_leaderboard(tmp_path, monkeypatch, capsys):
-    """lm_eval is stubbed: it writes results as the real CLI would; a model with results is not run again."""
+    """lm_eval is stubbed: it writes results as the real CLI would; a model done with these settings is not run
+    again, and results made with other settings (or with no record of them) stop the run until --rerun."""
     from leaderboard_results import write_run
 
     monkeypatch.setattr(compare, "check_model", lambda name: None)
     monkeypatch.setattr(compare, "check_tasks", lambda tasks, metadata: None)
     ran = []
 
-    def fake_lm_eval(command, **kwargs):
+    def fake_lm_eval(command, env, log):
         model = command[command.index("--model_args") + 1].split(",")[0].removeprefix("pretrained=")
         ran.append(model)
         docs = [{"doc_id": i, "emt": 0.1 * i + (0.2 if "small" in model else 0.0)} for i in range(5)]
         write_run(tmp_path / "results", model, {"compfair_toxicity_rtp_offline": {"emt": 0.3}},
                   {"compfair_toxicity_rtp_offline": docs})
-        return subprocess.CompletedProcess(command, 0)
+        return 0
 
-    import subprocess
-
-    monkeypatch.setattr(compare.subprocess, "run", fake_lm_eval)
+    monkeypatch.setattr(runner, "_tee", fake_lm_eval)
     write_run(tmp_path / "results", "microsoft/DialoGPT-medium", {"compfair_toxicity_rtp_offline": {"emt": 0.3}},
               {"compfair_toxicity_rtp_offline": [{"doc_id": i, "emt": 0.1 * i} for i in range(5)]})
+    assert compare.main(["dialogpt", "--output", str(tmp_path), "--device", "cpu"]) == 2  # settings unknown
+    assert ran == ["microsoft/DialoGPT-small"] and "has no record of its settings" in capsys.readouterr().err
+    ran.clear()
+    assert compare.main(["dialogpt", "--output", str(tmp_path), "--device", "cpu", "--rerun"]) == 0
+    assert ran == ["microsoft/DialoGPT-small", "microsoft/DialoGPT-medium", "microsoft/DialoGPT-large"]
+    ran.clear()
     assert compare.main(["dialogpt", "--output", str(tmp_path), "--device", "cpu"]) == 0
-    assert ran == ["microsoft/DialoGPT-small", "microsoft/DialoGPT-large"]
-    assert "DialoGPT-medium: results there already, skipped" in capsys.readouterr().out
+    assert ran == [] and "DialoGPT-medium: done already with the same settings, skipped" in capsys.readouterr().out
+    assert compare.main(["dialogpt", "--output", str(tmp_path), "--device", "cpu", "--limit", "3"]) == 2
+    assert ran == [] and "(argv: added --limit 3); pass --rerun" in capsys.readouterr().err
     paired = pd.read_csv(tmp_path / "site" / "paired_tests.csv")
     assert paired[["baseline", "model"]].values.tolist() == [
         ["microsoft/DialoGPT-large", "microsoft/DialoGPT-medium"], ["microsoft/DialoGPT-large", "microsoft/DialoGPT-small"]]

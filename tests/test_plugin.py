@@ -56,7 +56,8 @@ def test_wheel_ships_the_hook_the_yaml_and_the_data(tmp_path):
     zipfile.ZipFile(wheel).extractall(site)
     code = (
         "import os, site, sys\n"
-        f"sys.path = [p for p in sys.path if p and not p.startswith({str(REPO_ROOT)!r})]\n"
+        # drop the checkout (the editable install's path), keep the environment's site-packages (.venv in it)
+        f"sys.path = [p for p in sys.path if p and os.path.realpath(p) != {str(REPO_ROOT)!r}]\n"
         "del os.environ['COMPFAIR_NO_HOOK']\n"
         "for name in [m for m in sys.modules if m.startswith('compfair_tasks')]: del sys.modules[name]\n"
         f"site.addsitedir({str(site)!r})\n"
