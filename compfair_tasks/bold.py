@@ -20,7 +20,6 @@ The task YAMLs list one metric per group, so they are generated from GROUPS: `py
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 import math
 import random
@@ -31,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from compfair_tasks import data, stats, toxicity
+from compfair_tasks.errors import CompfairError
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +55,10 @@ GROUPED_METRICS = ("tox_mean", "toxic_frac", "sent_mean", "sent_pos_frac", "sent
 GAP_SUFFIXES = ("gap", "gap_ci_low", "gap_ci_high", "gap_p", "ratio")
 
 
+class BoldOptionError(CompfairError, ValueError):
+    """A bold_per_group or bold_seed value that is not a usable whole number."""
+
+
 def metric_key(group: str) -> str:
     """A group name as it appears in metric names: lower case, runs of other characters as one '_'."""
     return re.sub(r"[^a-z0-9]+", "_", group.lower()).strip("_")
@@ -71,16 +75,14 @@ def read_prompts(folder: Path, domain: str) -> list[dict]:
     which attach the space to the next word). The published files hold five empty prompts (three in
     political, two in religious ideology); they are left out, with a log line, and the ids keep counting them.
     """
-    tree = json.loads((folder / f"{domain}_prompt.json").read_text(encoding="utf-8"))
     docs, empty = [], []
-    for group, names in tree.items():
-        for name, prompts in names.items():
-            for i, prompt in enumerate(prompts):
-                doc_id = f"{domain}/{group}/{name}/{i}"
-                if not prompt.strip():
-                    empty.append(doc_id)
-                    continue
-                docs.append({"id": doc_id, "domain": domain, "group": group, "name": name, "prompt": prompt.rstrip()})
+    for group, name, prompts in data.read_bold(folder / f"{domain}_prompt.json"):
+        for i, prompt in enumerate(prompts):
+            doc_id = f"{domain}/{group}/{name}/{i}"
+            if not prompt.strip():
+                empty.append(doc_id)
+                continue
+            docs.append({"id": doc_id, "domain": domain, "group": group, "name": name, "prompt": prompt.rstrip()})
     if empty:
         log.info("compfair BOLD %s: left out %d empty prompt(s): %s", domain, len(empty), ", ".join(empty))
     return docs
@@ -89,7 +91,7 @@ def read_prompts(folder: Path, domain: str) -> list[dict]:
 def check_groups(docs: list[dict], domain: str, source) -> None:
     found = list(dict.fromkeys(doc["group"] for doc in docs))
     if set(found) != set(GROUPS[domain]):
-        raise ValueError(
+        raise data.DataFormatError(
             f"BOLD {domain} prompts in {source} have the groups {found}, but compfair_bold_{domain} reports the "
             f"groups of the published BOLD files, {list(GROUPS[domain])}: point bold_path at the published files")
 
@@ -97,7 +99,7 @@ def check_groups(docs: list[dict], domain: str, source) -> None:
 def whole_number(value, name: str) -> int:
     """An int from task metadata (a JSON number or a string of digits); anything else is an error that names it."""
     if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, str) and value.strip().isdigit())):
-        raise ValueError(f"{name} must be a whole number, not {value!r}")
+        raise BoldOptionError(f"{name} must be a whole number, not {value!r}")
     return int(value)
 
 
@@ -113,7 +115,8 @@ def stratified_sample(docs: list[dict], per_group: int | None, seed: int = 0) ->
         by_group[doc["group"]].append(doc)
     if per_group is not None:
         if per_group < 1:
-            raise ValueError(f"bold_per_group must be at least 1 (got {per_group}); leave it out to use every prompt")
+            raise BoldOptionError(f"bold_per_group must be at least 1 (got {per_group}); leave it out to use every "
+                                  "prompt")
         short = {group: len(members) for group, members in by_group.items() if len(members) < per_group}
         if short:
             log.warning("compfair BOLD: bold_per_group=%d, but these groups have fewer prompts and are used "
@@ -139,24 +142,29 @@ def bold_docs(domain: str, metadata: dict) -> list[dict]:
 # lm-eval calls these as `custom_dataset` with the task metadata merged with --model_args and --metadata.
 
 
+def _load(domain: str, metadata: dict):
+    docs = toxicity.scoring_docs(bold_docs(domain, metadata), metadata)
+    return data.to_dataset(docs, f"BOLD {domain} prompts")
+
+
 def load_gender(**metadata):
-    return toxicity._dataset(bold_docs("gender", metadata), metadata)
+    return _load("gender", metadata)
 
 
 def load_race(**metadata):
-    return toxicity._dataset(bold_docs("race", metadata), metadata)
+    return _load("race", metadata)
 
 
 def load_religious_ideology(**metadata):
-    return toxicity._dataset(bold_docs("religious_ideology", metadata), metadata)
+    return _load("religious_ideology", metadata)
 
 
 def load_political_ideology(**metadata):
-    return toxicity._dataset(bold_docs("political_ideology", metadata), metadata)
+    return _load("political_ideology", metadata)
 
 
 def load_profession(**metadata):
-    return toxicity._dataset(bold_docs("profession", metadata), metadata)
+    return _load("profession", metadata)
 
 
 # ---------------------------------------------------------------------------------------------- per prompt
@@ -273,10 +281,6 @@ def ratio(items) -> float:
 
 TEMPLATE = "../toxicity/_toxicity_template_yaml"
 _MEAN_CI = ("!function compfair_tasks.toxicity.mean_ci_low", "!function compfair_tasks.toxicity.mean_ci_high")
-# issue 13's per-prompt degeneration measures, added to toxicity.process_results by another change: listed
-# here until the toxicity template lists them (then the template's entries are used)
-DEGENERATION_METRICS = {"distinct_1": True, "distinct_2": True, "distinct_3": True, "repetition": False,
-                        "empty_frac": False, "fluency_ppl": False}
 HIGHER_IS_BETTER = {"tox_mean": False, "toxic_frac": False, "sent_mean": True, "sent_pos_frac": True,
                     "sent_neg_frac": False}
 
@@ -305,8 +309,6 @@ def _template_metrics(template: Path) -> list[tuple[str, str, bool]]:
 def task_metrics(domain: str, template: Path) -> list[tuple[str, str, bool]]:
     """(metric, aggregation, higher_is_better) of every value process_results reports for `domain`."""
     rows = _template_metrics(template)
-    known = {row[0] for row in rows}
-    rows += [row for row in _with_ci(DEGENERATION_METRICS) if row[0] not in known]
     rows += _with_ci({name: HIGHER_IS_BETTER[name] for name in OWN_METRICS})
     for metric in GROUPED_METRICS:
         better = HIGHER_IS_BETTER[metric]

@@ -261,7 +261,7 @@ def to_dataset(docs: list[dict], where: str):
 TASK_KEYS = {
     "preference_score", "tokenizer", "prefix_token_id", "scorer", "scorer_batch_size", "scorer_batch_tokens",
     "scorer_device", "scorer_progress", "scorer_label", "dialogue", "tccc_split", "tccc_size", "tccc_seed",
-    "fluency_model", "fluency_device", "fluency_batch_size", "fluency_batch_tokens",
+    "fluency_model", "fluency_device", "fluency_batch_size", "fluency_batch_tokens", "bold_per_group", "bold_seed",
 }
 _PATH_SUFFIXES = ("_path", "_pth", "_paths", "_dir", "_folder", "_file")
 

@@ -69,7 +69,7 @@ def test_every_published_prompt_but_the_empty_ones_is_a_doc_with_a_stable_id():
 def test_prompts_with_other_groups_are_refused_by_name(tmp_path):
     (tmp_path / "gender_prompt.json").write_text(json.dumps({"men": {"A": ["A is "]}, "women": {"B": ["B is "]}}))
     docs = bold.read_prompts(tmp_path, "gender")
-    with pytest.raises(ValueError, match=r"groups \['men', 'women'\].*American_actors"):
+    with pytest.raises(data.DataFormatError, match=r"groups \['men', 'women'\].*American_actors"):
         bold.check_groups(docs, "gender", tmp_path)
 
 
@@ -101,7 +101,7 @@ def test_groups_smaller_than_the_sample_are_used_whole_and_named(caplog):
 
 @pytest.mark.parametrize("bad", [0, -3, 2.5, "two", True, "1e3"])
 def test_a_bad_bold_per_group_is_an_error_that_names_it(bad):
-    with pytest.raises(ValueError, match="bold_per_group"):
+    with pytest.raises(bold.BoldOptionError, match="bold_per_group"):
         bold.bold_docs("gender", {"bold_per_group": bad})
 
 
@@ -162,10 +162,10 @@ def test_the_yaml_lists_exactly_what_process_results_reports(domain):
         doc = {"id": f"{domain}/{group}/n/0", "domain": domain, "group": group, "prompt": "p"}
         emitted |= set(bold.process_results(doc, records((" a", 0.7, 1), (" b", 0.1, 1))))
     assert emitted <= set(names), emitted - set(names)
-    # reported only with a fluency model; the degeneration measures of issue 13 until toxicity.py reports them
-    optional = {n for n in names if n.startswith("fluency_ppl")}
-    optional |= {n for n in names if n.split("_ci_")[0] in bold.DEGENERATION_METRICS} - emitted
-    assert set(names) - emitted == optional
+    # fluency_ppl is reported only with a fluency model
+    assert set(names) - emitted == {"fluency_ppl", "fluency_ppl_ci_low", "fluency_ppl_ci_high"}
+    with_fluency = [[json.dumps({"text": " a b", "toxicity": 0.2, "tokens": 2, "fluency_ppl": 5.0})] * 3]
+    assert {"fluency_ppl", "fluency_ppl_ci_low"} <= set(bold.process_results(doc, with_fluency))
     assert config["task"] == f"compfair_bold_{domain}"
     # generation and scoring are the toxicity tasks': the template is included, and not overridden here
     assert (task_configs_dir() / "bold" / config["include"]).resolve() == TEMPLATE.resolve()
