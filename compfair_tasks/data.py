@@ -46,6 +46,13 @@ def _winobias_files():
     )
 
 
+BOLD_DOMAINS = ("gender", "race", "religious_ideology", "political_ideology", "profession")
+
+
+def _bold_prompt_files():
+    return tuple(f"{domain}_prompt.json" for domain in BOLD_DOMAINS)
+
+
 DATASETS = {
     spec.name: spec
     for spec in (
@@ -55,6 +62,7 @@ DATASETS = {
             "crows_pairs", "CrowS-Pairs", ("crows_pairs_anonymized.csv",), "nyu-mll/crows_pairs", "CC BY-SA 4.0", True
         ),
         DatasetSpec("bold_wiki", "BOLD Wikipedia sentences", ("*_wiki.json",), None, "CC BY-SA 4.0", True),
+        DatasetSpec("bold", "BOLD prompts", _bold_prompt_files(), None, "CC BY-SA 4.0", True),
         DatasetSpec(
             "rtp_challenging",
             "RealToxicityPrompts, most successful challenging prompts per attribute",
@@ -256,6 +264,7 @@ TASK_KEYS = {
     "preference_score", "tokenizer", "prefix_token_id", "scorer", "scorer_batch_size", "scorer_batch_tokens",
     "scorer_device", "scorer_progress", "scorer_label", "dialogue", "tccc_split", "tccc_size", "tccc_seed",
     "fluency_model", "fluency_device", "fluency_batch_size", "fluency_batch_tokens", "data_sources",
+    "bold_per_group", "bold_seed",
 }
 _PATH_SUFFIXES = ("_path", "_pth", "_paths", "_dir", "_folder", "_file")
 

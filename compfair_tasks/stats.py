@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -58,6 +58,55 @@ def bootstrap_stderr(items: Sequence, statistic: Callable | None = None, n_resam
                      seed: int = 0) -> float:
     """Bootstrap estimate of the standard error of `statistic` (the stddev of its resampled values)."""
     return float(np.std(bootstrap_distribution(items, statistic, n_resamples, seed), ddof=1))
+
+
+def stratified_bootstrap_distribution(strata: Mapping[str, Sequence[float]], statistic: Callable,
+                                      n_resamples: int = DEFAULT_RESAMPLES, seed: int = 0) -> np.ndarray:
+    """`statistic` of the stratum means over `n_resamples` resamples that keep every stratum's size.
+
+    Each resample draws, within every stratum separately and with replacement, as many items as the
+    stratum holds, so no stratum is ever missing or resized (a pooled bootstrap would let small groups
+    vanish). `statistic` takes the vector of stratum means, in sorted stratum order, and returns a float.
+    """
+    if not strata or any(len(values) == 0 for values in strata.values()):
+        raise ValueError("a stratified bootstrap needs at least one stratum and no empty stratum")
+    rng = np.random.default_rng(seed)
+    means = np.empty((n_resamples, len(strata)))
+    for column, key in enumerate(sorted(strata)):
+        values = np.asarray(strata[key], dtype=float)
+        means[:, column] = values[rng.integers(0, len(values), (n_resamples, len(values)))].mean(axis=1)
+    return np.array([statistic(row) for row in means], dtype=float)
+
+
+def stratified_bootstrap_ci(strata: Mapping[str, Sequence[float]], statistic: Callable, confidence: float = 0.95,
+                            n_resamples: int = DEFAULT_RESAMPLES, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap CI of a statistic of stratum means, resampling items within strata."""
+    values = stratified_bootstrap_distribution(strata, statistic, n_resamples, seed)
+    tail = (1 - confidence) / 2 * 100
+    low, high = np.percentile(values, [tail, 100 - tail])
+    return float(low), float(high)
+
+
+def stratum_permutation_test(strata: Mapping[str, Sequence[float]], statistic: Callable,
+                             n_resamples: int = DEFAULT_RESAMPLES, seed: int = 0) -> float:
+    """One-sided p-value of `statistic` of the stratum means under "the strata do not differ".
+
+    The stratum labels are shuffled over the items (stratum sizes kept); p is the share of shufflings,
+    counting the observed labelling, whose statistic is at least the observed one. Unlike a bootstrap CI of a
+    max - min spread, which sits above the spread of the true means, this tests whether the spread is larger
+    than the spread that noise alone gives with these stratum sizes.
+    """
+    keys = sorted(strata)
+    if len(keys) < 2 or any(len(strata[key]) == 0 for key in keys):
+        raise ValueError("a permutation test across strata needs at least two non-empty strata")
+    values = np.concatenate([np.asarray(strata[key], dtype=float) for key in keys])
+    labels = np.repeat(np.arange(len(keys)), [len(strata[key]) for key in keys])
+    sizes = np.bincount(labels)
+    observed = statistic(np.bincount(labels, weights=values) / sizes)
+    rng = np.random.default_rng(seed)
+    hits = sum(statistic(np.bincount(rng.permutation(labels), weights=values, minlength=len(keys)) / sizes)
+               >= observed - 1e-12 for _ in range(n_resamples))
+    return float((hits + 1) / (n_resamples + 1))
 
 
 def paired_bootstrap_test(a: Sequence[float], b: Sequence[float], n_resamples: int = 10000, seed: int = 0) -> dict:

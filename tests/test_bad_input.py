@@ -221,7 +221,8 @@ def test_a_data_dir_that_lacks_a_dataset_warns_which_copy_is_used(tmp_path, monk
 
 @pytest.mark.parametrize("key, suggestion", [("stereoset_pth", "stereoset_path"), ("winobias_dir", "winobias_path"),
                                              ("crowspairs_path", "crows_pairs_path"), ("scorer_devcie", "scorer_device"),
-                                             ("preference_scores", "preference_score"), ("bold_path", "bold_wiki_path")])
+                                             ("preference_scores", "preference_score"), ("bold_wiki_pth", "bold_wiki_path"),
+                                             ("bold_pth", "bold_path"), ("bold_per_grup", "bold_per_group")])
 def test_a_misspelt_compfair_metadata_key_is_refused(key, suggestion):
     with pytest.raises(data.MetadataKeyError, match=f"{key!r}: did you mean {suggestion!r}"):
         stereoset.load_all(**{key: "x"})
