@@ -1,0 +1,140 @@
+"""Sparsity: masks by hand, each method reaches its target, zeros counted back from the saved files,
+the checkpoint loads with AutoModelForCausalLM and keeps the cached-vs-uncached generation invariant."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from compressors import sparsify, verify
+from tests.conftest import build_gpt2_tokenizer
+
+
+def save_tiny_llama(path, seed=0, hidden=64, intermediate=128):
+    """A 2-layer random Llama with the GPT-2 tokenizer (widths divisible by 4 and by 32-wide groups)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    tokenizer = build_gpt2_tokenizer()
+    config = LlamaConfig(hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, vocab_size=len(tokenizer),
+                         max_position_embeddings=256, tie_word_embeddings=True,
+                         bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id)
+    LlamaForCausalLM(config).eval().save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory):
+    return save_tiny_llama(tmp_path_factory.mktemp("tiny_llama"))
+
+
+def test_masks_by_hand():
+    scores = torch.tensor([[4.0, 1.0, 3.0, 2.0, 0.5, 9.0, 8.0, 7.0]])
+    # 2:4 keeps the two largest of each run of four
+    assert sparsify.prune_mask(scores, None, (2, 4), per_row=True).tolist() == [
+        [False, True, False, True, True, False, False, True]]
+    # 50% per row: the four smallest (0.5, 1, 2, 3)
+    assert sparsify.prune_mask(scores, 0.5, None, per_row=True).tolist() == [
+        [False, True, True, True, True, False, False, False]]
+    two_rows = torch.tensor([[1.0, 2.0], [3.0, 4.0]])
+    assert sparsify.prune_mask(two_rows, 0.5, None, per_row=False).tolist() == [[True, True], [False, False]]
+    assert sparsify.prune_mask(two_rows, 0.5, None, per_row=True).tolist() == [[True, False], [True, False]]
+
+
+def test_wanda_weighs_by_input_norm():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 2, bias=False))
+    model[0].weight.data = torch.tensor([[1.0, 2.0, 3.0, 4.0], [4.0, 3.0, 2.0, 1.0]])
+    # input 3 is 10x larger, input 0 is 100x larger: |w| * ||x|| ranks them first
+    x = torch.tensor([[[100.0, 1.0, 1.0, 10.0]]])
+    wrapped = {"0": model[0]}
+    stats = sparsify.input_statistics(model, wrapped, x, hessian=False)
+    torch.testing.assert_close(stats["0"], torch.tensor([1e4, 1.0, 1.0, 100.0]))
+    scores = model[0].weight.abs() * stats["0"].sqrt()
+    mask = sparsify.prune_mask(scores, 0.5, None, per_row=True)
+    assert mask.tolist() == [[False, True, True, False], [False, True, True, False]]
+
+
+def test_sparsegpt_keeps_the_layer_output_closer_than_magnitude():
+    torch.manual_seed(0)
+    weight = torch.randn(16, 32)
+    x = torch.randn(512, 32) @ torch.randn(32, 32)  # correlated inputs: where the Hessian update pays
+    hessian = x.T @ x
+    pruned = sparsify.sparsegpt_prune(weight, hessian, 0.5, None, block=8)
+    assert (pruned == 0).float().mean() == pytest.approx(0.5, abs=0.02)
+    magnitude = weight.clone()
+    magnitude[sparsify.prune_mask(weight.abs(), 0.5, None, per_row=True)] = 0
+    err_gpt = ((x @ pruned.T - x @ weight.T) ** 2).sum()
+    err_mag = ((x @ magnitude.T - x @ weight.T) ** 2).sum()
+    assert err_gpt < 0.7 * err_mag
+    two_four = sparsify.sparsegpt_prune(weight, hessian, None, (2, 4), block=8)
+    assert ((two_four.reshape(16, 8, 4) == 0).sum(-1) == 2).all()
+
+
+def test_measured_bits_and_sparsity_by_hand(tmp_path):
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    grid = torch.randint(-8, 8, (8, 64)).float() * 0.01  # 16 values: a 4-bit grid, group = row
+    dense = torch.randn(8, 64)
+    sparse = dense.clone()
+    sparse[:, ::2] = 0
+    save_file({"model.layers.0.mlp.up_proj.weight": grid, "model.layers.0.mlp.down_proj.weight": sparse,
+               "model.embed_tokens.weight": torch.randn(10, 64)}, str(tmp_path / "model.safetensors"))
+    (tmp_path / "checkpoints").mkdir()
+    save_file({"x": torch.zeros(1000)}, str(tmp_path / "checkpoints" / "model.safetensors"))  # not counted
+    measured = verify.measure_weights(tmp_path)
+    assert measured["linear_layers"] == 2 and measured["bytes"] == (tmp_path / "model.safetensors").stat().st_size
+    assert measured["sparsity"] == pytest.approx((grid == 0).sum().item() / 1024 + 256 / 1024)
+    assert measured["bits"] == 32  # the dense float layer has no grid
+    assert verify.float_bits(grid) == 4 and verify.float_bits(dense) == 32
+    assert verify.float_bits(grid.half()) == 4 and verify.float_bits(dense.half()) == 16
+
+
+@pytest.mark.parametrize("method,target", [("magnitude", ["--sparsity", "0.5"]), ("wanda", ["--pattern", "2:4"]),
+                                           ("sparsegpt", ["--sparsity", "0.5"])])
+def test_cli_reaches_its_target_and_loads(tiny_llama_dir, tmp_path, method, target):
+    from transformers import AutoModelForCausalLM
+
+    output = tmp_path / method
+    assert sparsify.main(["--model", str(tiny_llama_dir), "--output", str(output), "--method", method, *target,
+                          "--num-examples", "4", "--block-size", "32"]) == 0
+    record = json.loads((output / "compfair_compression.json").read_text())
+    measured = record["measured"]
+    assert measured["sparsity"] == pytest.approx(0.5, abs=1e-6) and measured["equal_to_source"] is False
+    model = AutoModelForCausalLM.from_pretrained(output)
+    source = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
+    for name, layer in sparsify.block_linear_layers(model).items():
+        zeros = layer.weight == 0
+        assert zeros.float().mean() == 0.5, name
+        if target[0] == "--pattern":
+            assert (zeros.reshape(zeros.shape[0], -1, 4).sum(-1) == 2).all(), name
+        if method != "sparsegpt":  # magnitude/Wanda only zero weights; SparseGPT also updates the survivors
+            kept = source.get_submodule(name).weight[~zeros]
+            assert torch.equal(layer.weight[~zeros], kept), name
+    assert torch.equal(model.model.embed_tokens.weight, source.model.embed_tokens.weight)
+    _assert_cached_equals_uncached(model)
+
+
+def _assert_cached_equals_uncached(model):
+    """Greedy generation with the KV cache gives the tokens and logits of recomputing every prefix."""
+    ids = torch.tensor([[11, 200, 3000, 45, 7]])
+    with torch.no_grad():
+        cached = model.generate(ids, max_new_tokens=6, do_sample=False, use_cache=True, output_scores=True,
+                                return_dict_in_generate=True, pad_token_id=0)
+        uncached = model.generate(ids, max_new_tokens=6, do_sample=False, use_cache=False, output_scores=True,
+                                  return_dict_in_generate=True, pad_token_id=0)
+    assert torch.equal(cached.sequences, uncached.sequences)
+    for a, b in zip(cached.scores, uncached.scores):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+def test_bad_settings_fail_in_one_line(tiny_llama_dir, tmp_path, capsys):
+    assert sparsify.main(["--model", str(tiny_llama_dir), "--output", str(tmp_path / "x"), "--pattern", "4:2"]) == 2
+    assert "0 < N < M" in capsys.readouterr().err
+    assert sparsify.main(["--model", str(tiny_llama_dir), "--output", str(tmp_path / "x"), "--sparsity", "1.5"]) == 2
+    assert "(0, 1)" in capsys.readouterr().err
