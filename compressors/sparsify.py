@@ -17,6 +17,7 @@ hf` and vLLM; `compressors.verify.measure_weights` counts the zeros back from th
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 import time
 from pathlib import Path
@@ -193,13 +194,13 @@ def main(argv: list[str] | None = None) -> int:
 
     from compressors.metadata import write_compression_metadata
     from compressors.text_data import load_texts, pack_blocks
-    from compressors.verify import measure_weights
+    from compressors.verify import measure_weights, output_checks
 
     torch.manual_seed(args.seed)
     started = time.perf_counter()
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).eval()
     tokenizer = AutoTokenizer.from_pretrained(args.model)
-    reference = _float_copy(model)
+    reference = copy.deepcopy(model)
     blocks = None
     if args.method in NEEDS_DATA:
         blocks = pack_blocks(load_texts(args.data, seed=args.seed), tokenizer, args.block_size)[: args.num_examples]
@@ -212,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     output = Path(args.output)
     model.save_pretrained(output)
     tokenizer.save_pretrained(output)
-    checks = run_checks(model, tokenizer, reference)
+    checks = output_checks(AutoModelForCausalLM.from_pretrained(output).eval(), tokenizer, reference)
     measured = measure_weights(output, args.model if Path(args.model).is_dir() else None)
     target = f"{args.pattern}" if pattern else f"{sparsity:.0%}"
     write_compression_metadata(
@@ -224,21 +225,6 @@ def main(argv: list[str] | None = None) -> int:
     print(f"saved {output}: {args.method} {target} on {len(zeroed)} linear layers in {seconds:.0f} s; measured "
           f"sparsity {measured['sparsity']:.3f}, {measured['bytes'] / 1e6:.1f} MB")
     return 0
-
-
-def _float_copy(model):
-    import copy
-
-    return copy.deepcopy(model)
-
-
-def run_checks(model, tokenizer, reference) -> dict | None:
-    """compressors.checks (cached vs uncached logits, comparison with the float model) where present."""
-    try:
-        from compressors.checks import check_compressed
-    except ImportError:  # helper h1's module; the lead merges it
-        return None
-    return check_compressed(model, tokenizer, reference=reference)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ and norms left out, as every compressor here leaves them):
   of each row into runs of g consecutive inputs (g in 32, 64, 128, 256 or the whole row), no group
   holds more than 2**b distinct values, counted only where 2**b <= g/2 (else a float row of g distinct
   values would pass as log2(g) bits); no such grouping: the dtype's bits (16 or 32). For integer or
-  packed weights (compressed-tensors `weight_packed`, int8 tensors), the stored bit width;
+  packed weights (compressed-tensors `weight_packed`, torchao `_weight_qdata`), the stored bit width;
 - `bytes`: bytes of those weight files on disk;
 - `equal_to_source`: True when every tensor shared with `source_dir`'s weights is bit-identical
   (a "compressed" checkpoint that is its source), None without a source.
@@ -28,6 +28,8 @@ import torch
 WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin")
 NOT_BLOCK_LINEAR = ("embed", "wte", "wpe", "lm_head", "norm", "ln_")
 GROUP_CANDIDATES = (32, 64, 128, 256)
+# a linear layer's weight as saved: float `weight`, compressed-tensors `weight_packed`, torchao `_weight_qdata`
+LINEAR_KINDS = ("weight", "weight_packed", "_weight_qdata")
 
 
 def weight_files(checkpoint_dir) -> list[Path]:
@@ -99,21 +101,20 @@ def float_bits(weight: torch.Tensor, group_size: int | None = None) -> int:
 
 
 def _linear_weights(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Linear weights of the blocks: plain `<module>.weight` or compressed-tensors `<module>.weight_packed`."""
+    """Linear weights of the blocks, by module name (see LINEAR_KINDS)."""
     found = {}
     for name, tensor in state.items():
         module, _, kind = name.rpartition(".")
-        if kind in ("weight", "weight_packed") and is_block_linear(name, tensor):
+        if kind in LINEAR_KINDS and is_block_linear(name, tensor):
             found[module] = tensor
     return found
 
 
-def _unpack_int4(packed: torch.Tensor, shape) -> torch.Tensor:
-    """compressed-tensors `pack_quantized`: 8 unsigned 4-bit values per int32, low nibble first, offset 8."""
-    shifts = torch.arange(0, 32, 4, dtype=torch.int32)
-    nibbles = (packed.to(torch.int32).unsqueeze(-1) >> shifts) & 0xF
-    values = nibbles.reshape(packed.shape[0], -1)[:, : int(shape[1])]
-    return values - 8
+def unpack(packed: torch.Tensor, shape, bits: int) -> torch.Tensor:
+    """The signed integer weights of a compressed-tensors `pack-quantized` tensor (its own unpacker)."""
+    from compressed_tensors.compressors.pack_quantized.helpers import unpack_from_int32
+
+    return unpack_from_int32(packed, bits, torch.Size([int(n) for n in shape]))
 
 
 def measure_weights(checkpoint_dir, source_dir=None) -> dict:
@@ -132,7 +133,7 @@ def measure_weights(checkpoint_dir, source_dir=None) -> dict:
         if module + ".weight_packed" in state:
             bit_width = _packed_bits(config) or 4
             shape = state.get(module + ".weight_shape", torch.tensor([tensor.shape[0], tensor.shape[1] * 32 // bit_width]))
-            values = _unpack_int4(tensor, shape.tolist()) if bit_width == 4 else tensor
+            values = unpack(tensor, shape.tolist(), bit_width)
             storage.add(f"packed int{bit_width} in {str(tensor.dtype).replace('torch.', '')}")
         elif not tensor.is_floating_point():
             bit_width, values = torch.iinfo(tensor.dtype).bits, tensor
@@ -158,3 +159,13 @@ def measure_weights(checkpoint_dir, source_dir=None) -> dict:
         "group_size": group_size,
         "equal_to_source": equal,
     }
+
+
+def output_checks(model, tokenizer, reference=None) -> dict | None:
+    """compressors.checks.check_compressed (cached vs uncached logits, comparison with the float model),
+    once helper h1's module is merged; None before that."""
+    try:
+        from compressors.checks import check_compressed
+    except ImportError:
+        return None
+    return check_compressed(model, tokenizer, reference=reference)

@@ -64,7 +64,10 @@ def test_loglik_task_under_accelerate_equals_one_process(tiny_gpt2_dir, tmp_path
     single_metrics, parallel_metrics = _metrics(single, "compfair_winobias"), _metrics(parallel, "compfair_winobias")
     assert single_metrics and single_metrics.keys() == parallel_metrics.keys()
     for key, value in single_metrics.items():  # the same log-likelihoods, gathered from two ranks
-        assert parallel_metrics[key] == pytest.approx(value, rel=1e-6, abs=1e-9), key
+        if isinstance(value, str):  # "N/A"
+            assert parallel_metrics[key] == value, key
+        else:
+            assert parallel_metrics[key] == pytest.approx(value, rel=1e-6, abs=1e-9), key
 
 
 def _samples(output_path, task):
@@ -95,6 +98,8 @@ def test_sampled_toxicity_under_accelerate_matches_one_process(tiny_gpt2_dir, tm
     assert single_metrics.keys() == parallel_metrics.keys()
     for key, value in single_metrics.items():
         metric, _, filter_name = key.partition(",")
+        if isinstance(value, str):
+            continue
         if texts_equal:
             assert parallel_metrics[key] == pytest.approx(value, rel=1e-6, abs=1e-9), key
         elif not metric.endswith(("_ci_low", "_ci_high")):
