@@ -89,15 +89,15 @@ def distinct_per_group(weight: torch.Tensor, group_size: int | None = None) -> i
 
 
 def float_bits(weight: torch.Tensor, group_size: int | None = None) -> int:
-    """Bits of the value grid a float weight lies on (see module doc); its dtype's bits if none."""
+    """Bits of the value grid a float weight lies on (see module doc); its dtype's bits if none.
+    Groupings are tried smallest first: the first that qualifies has the fewest distinct values."""
     cols = weight.shape[1]
-    candidates = {g for g in (group_size, *GROUP_CANDIDATES, cols) if g and cols % g == 0}
-    found = []
-    for size in sorted(candidates):
-        distinct = distinct_per_group(weight.float(), size)
+    values = weight.float()
+    for size in sorted({g for g in (group_size, *GROUP_CANDIDATES, cols) if g and cols % g == 0}):
+        distinct = distinct_per_group(values, size)
         if distinct <= size // 2:
-            found.append(max(1, math.ceil(math.log2(distinct))))
-    return min(found) if found else torch.finfo(weight.dtype).bits
+            return max(1, math.ceil(math.log2(distinct)))
+    return torch.finfo(weight.dtype).bits
 
 
 def _linear_weights(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

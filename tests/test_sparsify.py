@@ -138,3 +138,26 @@ def test_bad_settings_fail_in_one_line(tiny_llama_dir, tmp_path, capsys):
     assert "0 < N < M" in capsys.readouterr().err
     assert sparsify.main(["--model", str(tiny_llama_dir), "--output", str(tmp_path / "x"), "--sparsity", "1.5"]) == 2
     assert "(0, 1)" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_every_new_compressor_output_runs_in_lm_eval_hf_and_the_leaderboard_measures_it(tiny_llama_dir, tmp_path,
+                                                                                        lm_eval_cli):
+    from compressors import quantize
+    from leaderboard.collect import collect
+
+    outputs = {"gptq4": tmp_path / "gptq4", "wanda24": tmp_path / "wanda24", "tao8": tmp_path / "tao8"}
+    assert quantize.main(["--model", str(tiny_llama_dir), "--output", str(outputs["gptq4"]), "--method", "gptq",
+                          "--group-size", "32", "--num-examples", "4", "--block-size", "32"]) == 0
+    assert sparsify.main(["--model", str(tiny_llama_dir), "--output", str(outputs["wanda24"]), "--method", "wanda",
+                          "--pattern", "2:4", "--num-examples", "4", "--block-size", "32"]) == 0
+    assert quantize.main(["--model", str(tiny_llama_dir), "--output", str(outputs["tao8"]),
+                          "--method", "torchao-int8"]) == 0
+    for name, output in outputs.items():
+        results = lm_eval_cli(["--model", "hf", "--model_args", f"pretrained={output}", "--tasks", "compfair_stereoset",
+                               "--limit", "4"], tmp_path / "lm_eval" / name)
+        assert 0 <= results["results"]["compfair_stereoset"]["lms,none"] <= 100, name
+    frame = collect([tmp_path / "lm_eval"]).frame.set_index("model")
+    assert frame.loc["gptq4", "bits"] == 4 and frame.loc["tao8", "bits"] == 8
+    assert frame.loc["wanda24", "sparsity"] == pytest.approx(0.5) and frame.loc["wanda24", "bits"] == 32
+    assert set(frame["weights_equal_source"]) == {"no"}
