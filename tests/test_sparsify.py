@@ -45,34 +45,39 @@ def test_masks_by_hand():
     assert sparsify.prune_mask(two_rows, 0.5, None, per_row=True).tolist() == [[True, False], [True, False]]
 
 
-def test_wanda_weighs_by_input_norm():
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(4, 2, bias=False))
-    model[0].weight.data = torch.tensor([[1.0, 2.0, 3.0, 4.0], [4.0, 3.0, 2.0, 1.0]])
-    # input 3 is 10x larger, input 0 is 100x larger: |w| * ||x|| ranks them first
-    x = torch.tensor([[[100.0, 1.0, 1.0, 10.0]]])
-    wrapped = {"0": model[0]}
-    stats = sparsify.input_statistics(model, wrapped, x, hessian=False)
-    torch.testing.assert_close(stats["0"], torch.tensor([1e4, 1.0, 1.0, 100.0]))
-    scores = model[0].weight.abs() * stats["0"].sqrt()
-    mask = sparsify.prune_mask(scores, 0.5, None, per_row=True)
-    assert mask.tolist() == [[False, True, True, False], [False, True, True, False]]
+def _first_layer_inputs(model, blocks):
+    """Inputs of layer 0's q_proj (= the normed embeddings: no pruned layer before it)."""
+    seen = []
+    handle = model.model.layers[0].self_attn.q_proj.register_forward_hook(
+        lambda _m, inputs, _o: seen.append(inputs[0].detach().reshape(-1, inputs[0].shape[-1])))
+    with torch.no_grad():
+        model(blocks)
+    handle.remove()
+    return torch.cat(seen)
 
 
-def test_sparsegpt_keeps_the_layer_output_closer_than_magnitude():
-    torch.manual_seed(0)
-    weight = torch.randn(16, 32)
-    x = torch.randn(512, 32) @ torch.randn(32, 32)  # correlated inputs: where the Hessian update pays
-    hessian = x.T @ x
-    pruned = sparsify.sparsegpt_prune(weight, hessian, 0.5, None, block=8)
-    assert (pruned == 0).float().mean() == pytest.approx(0.5, abs=0.02)
+def test_wanda_and_sparsegpt_match_their_definitions_on_the_first_layer(tiny_llama_dir):
+    from transformers import AutoModelForCausalLM
+
+    blocks = torch.randint(0, 50000, (4, 32), generator=torch.Generator().manual_seed(0))
+    dense = AutoModelForCausalLM.from_pretrained(tiny_llama_dir).eval()
+    x = _first_layer_inputs(dense, blocks)
+    weight = dense.model.layers[0].self_attn.q_proj.weight.detach().clone()
+    # Wanda: per output row, drop the half with the smallest |w_ij| * ||x_j||
+    expected = sparsify.prune_mask(weight.abs() * x.norm(dim=0), 0.5, None, per_row=True)
+    wanda = AutoModelForCausalLM.from_pretrained(tiny_llama_dir).eval()
+    sparsify.sparsify_model(wanda, "wanda", 0.5, None, blocks)
+    assert torch.equal(wanda.model.layers[0].self_attn.q_proj.weight == 0, expected)
+    assert torch.equal(wanda.model.embed_tokens.weight, dense.model.embed_tokens.weight)  # LM head/embeddings dense
+    # SparseGPT: 2:4, survivors updated so that the layer output moves less than magnitude 2:4 pruning
+    sgpt = AutoModelForCausalLM.from_pretrained(tiny_llama_dir).eval()
+    sparsify.sparsify_model(sgpt, "sparsegpt", None, (2, 4), blocks)
+    pruned = sgpt.model.layers[0].self_attn.q_proj.weight.detach()
+    assert ((pruned.reshape(pruned.shape[0], -1, 4) == 0).sum(-1) == 2).all()
     magnitude = weight.clone()
-    magnitude[sparsify.prune_mask(weight.abs(), 0.5, None, per_row=True)] = 0
-    err_gpt = ((x @ pruned.T - x @ weight.T) ** 2).sum()
-    err_mag = ((x @ magnitude.T - x @ weight.T) ** 2).sum()
-    assert err_gpt < 0.7 * err_mag
-    two_four = sparsify.sparsegpt_prune(weight, hessian, None, (2, 4), block=8)
-    assert ((two_four.reshape(16, 8, 4) == 0).sum(-1) == 2).all()
+    magnitude[sparsify.prune_mask(weight.abs(), None, (2, 4), per_row=True)] = 0
+    error = lambda w: ((x @ w.T - x @ weight.T) ** 2).sum().item()
+    assert error(pruned) < 0.9 * error(magnitude)
 
 
 def test_measured_bits_and_sparsity_by_hand(tmp_path):
@@ -105,12 +110,15 @@ def test_cli_reaches_its_target_and_loads(tiny_llama_dir, tmp_path, method, targ
                           "--num-examples", "4", "--block-size", "32"]) == 0
     record = json.loads((output / "compfair_compression.json").read_text())
     measured = record["measured"]
-    assert measured["sparsity"] == pytest.approx(0.5, abs=1e-6) and measured["equal_to_source"] is False
+    # SparseGPT picks its mask per block of columns on updated weights: 50% to within 0.1% (measured 0.50019)
+    exact = method != "sparsegpt" or target[0] == "--pattern"
+    tolerance = 1e-6 if exact else 1e-3
+    assert measured["sparsity"] == pytest.approx(0.5, abs=tolerance) and measured["equal_to_source"] is False
     model = AutoModelForCausalLM.from_pretrained(output)
     source = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
     for name, layer in sparsify.block_linear_layers(model).items():
         zeros = layer.weight == 0
-        assert zeros.float().mean() == 0.5, name
+        assert zeros.float().mean().item() == pytest.approx(0.5, abs=tolerance * 5), name
         if target[0] == "--pattern":
             assert (zeros.reshape(zeros.shape[0], -1, 4).sum(-1) == 2).all(), name
         if method != "sparsegpt":  # magnitude/Wanda only zero weights; SparseGPT also updates the survivors
