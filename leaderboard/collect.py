@@ -24,8 +24,9 @@ from compfair_tasks.measure import LATENCY_FILE, checkpoint_size_bytes
 from compressors.metadata import FILE_NAME as COMPRESSION_FILE
 
 RESULTS_GLOB = "results_*.json"
-INFO_COLUMNS = ["model", "method", "recipe", "teacher", "params", "size_bytes", "latency_ms", "scorer", "limit",
-                "pretrained"]
+WEIGHT_GLOBS = ("*.safetensors", "*.bin", "*.pt", "*.gguf")
+INFO_COLUMNS = ["model", "method", "recipe", "teacher", "params", "size_bytes", "bits", "sparsity",
+                "weights_equal_source", "latency_ms", "scorer", "limit", "pretrained"]
 
 
 @dataclass
@@ -291,6 +292,26 @@ def teacher_of(run: Run, runs: list[Run]) -> Run | None:
     return None
 
 
+def measured_weights(run: Run) -> dict:
+    """bits / sparsity / equal-to-source of a compressed checkpoint, measured from its saved weight files
+    (compressors.verify): as the compressor measured them on save, else measured now."""
+    from compressors.verify import measure_weights
+
+    unknown = {"bits": math.nan, "sparsity": math.nan, "weights_equal_source": ""}
+    if not run.compression or run.checkpoint_dir is None:
+        return unknown
+    measured = run.compression.get("measured")
+    if not isinstance(measured, dict):
+        source = Path(_source_model(run.compression)).expanduser()
+        try:
+            measured = measure_weights(run.checkpoint_dir, source if source.is_dir() else None)
+        except (OSError, ValueError, RuntimeError):
+            return unknown
+    equal = measured.get("equal_to_source")
+    return {"bits": _number(measured.get("bits")), "sparsity": _number(measured.get("sparsity")),
+            "weights_equal_source": "" if equal is None else ("YES: not compressed" if equal else "no")}
+
+
 def to_frame(runs: list[Run]) -> pd.DataFrame:
     rows = []
     for run in runs:
@@ -305,6 +326,7 @@ def to_frame(runs: list[Run]) -> pd.DataFrame:
             "teacher": teacher.name if teacher else _short_source(_source_model(run.compression)),
             "params": _number(params) if params is not None else math.nan,
             "size_bytes": _checkpoint_size(run),
+            **measured_weights(run),
             "latency_ms": _number(latency) if latency is not None else math.nan,
             "scorer": _scorer(run),
             "limit": _number(run.limit) if run.limit else math.nan,

@@ -92,3 +92,86 @@ def test_quantized_checkpoint_runs_through_lm_eval(tiny_gpt2_dir, tmp_path, lm_e
                            "--tasks", "compfair_stereoset", "--limit", "6"], tmp_path / "lm_eval")
     metrics = results["results"]["compfair_stereoset"]
     assert 0 <= metrics["ss,none"] <= 100 and 0 <= metrics["lms,none"] <= 100
+
+
+# --------------------------------------------------------------------------- library methods (llm-compressor, torchao)
+
+@pytest.fixture(scope="module")
+def tiny_llama_dir(tmp_path_factory):
+    from tests.test_sparsify import save_tiny_llama
+
+    return save_tiny_llama(tmp_path_factory.mktemp("tiny_llama_q"))
+
+
+@pytest.mark.parametrize("method,bits", [("rtn", 4), ("gptq", 4), ("rtn", 8)])
+def test_llmcompressor_methods_reach_their_bit_width_and_load_with_transformers(tiny_llama_dir, tmp_path, method,
+                                                                                bits):
+    from transformers import AutoModelForCausalLM
+
+    from compressors import verify
+    from tests.test_sparsify import _assert_cached_equals_uncached
+
+    output = tmp_path / f"{method}{bits}"
+    assert quantize.main(["--model", str(tiny_llama_dir), "--output", str(output), "--method", method,
+                          "--bits", str(bits), "--group-size", "32", "--num-examples", "4",
+                          "--block-size", "32"]) == 0
+    record = json.loads((output / "compfair_compression.json").read_text())
+    assert record["measured"]["bits"] == bits and record["measured"]["storage"] == f"packed int{bits} in int32"
+    assert record["measured"]["equal_to_source"] is False
+    assert record["settings"]["evaluate_with"].startswith("lm_eval --model hf")
+    model = AutoModelForCausalLM.from_pretrained(output).eval()
+    source = AutoModelForCausalLM.from_pretrained(tiny_llama_dir).eval()
+    x = tokens(length=12)
+    with torch.no_grad():
+        logits, reference = model(x).logits, source(x).logits
+    error = ((logits - reference).abs().max() / reference.abs().max()).item()
+    assert 0 < error < (0.5 if bits == 4 else 0.05)  # changed, by rounding only
+    # the dequantized weights the model computes with lie on a 2**bits grid in every group of 32 inputs
+    for name, layer in model.named_modules():
+        if name.endswith("mlp.up_proj"):
+            weight = next(t for n, t in layer.state_dict().items() if n == "weight")
+            assert verify.distinct_per_group(weight, 32) <= 2 ** bits, name
+    assert torch.equal(model.model.embed_tokens.weight, source.model.embed_tokens.weight)
+    _assert_cached_equals_uncached(model)
+
+
+def test_torchao_int8_is_int8_on_disk_and_loads(tiny_llama_dir, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    output = tmp_path / "tao8"
+    assert quantize.main(["--model", str(tiny_llama_dir), "--output", str(output), "--method", "torchao-int8"]) == 0
+    measured = json.loads((output / "compfair_compression.json").read_text())["measured"]
+    assert measured["bits"] == 8 and measured["storage"] == "int8" and measured["linear_layers"] == 14
+    assert measured["equal_to_source"] is False
+    model = AutoModelForCausalLM.from_pretrained(output).eval()
+    source = AutoModelForCausalLM.from_pretrained(tiny_llama_dir).eval()
+    x = tokens(length=12)
+    with torch.no_grad():
+        error = ((model(x).logits - source(x).logits).abs().max() / source(x).logits.abs().max()).item()
+    assert 0 < error < 0.05
+
+
+@pytest.mark.parametrize("method", ["torchao-int4", "awq"])
+def test_gpu_only_methods_say_so_before_loading(tmp_path, capsys, method):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    assert quantize.main(["--model", str(tmp_path / "no_such_model"), "--output", str(tmp_path / "o"),
+                          "--method", method]) == 2
+    err = capsys.readouterr().err
+    assert f"--method {method} needs a GPU" in err and "no_such_model" not in err
+
+
+def test_group_size_that_does_not_divide_is_refused(tiny_llama_dir, tmp_path, capsys):
+    assert quantize.main(["--model", str(tiny_llama_dir), "--output", str(tmp_path / "o"), "--method", "rtn",
+                          "--group-size", "48"]) == 2
+    assert "does not divide the layer input widths" in capsys.readouterr().err
+
+
+def test_equal_to_source_is_flagged(tiny_llama_dir, tmp_path):
+    import shutil
+
+    from compressors import verify
+
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_llama_dir, copy)
+    assert verify.measure_weights(copy, tiny_llama_dir)["equal_to_source"] is True

@@ -1,0 +1,182 @@
+"""`compfair compress sparsify`: one-shot weight sparsity of a causal LM's linear layers (CPU).
+
+Methods (as in Decoding Compressed Trust, Hong et al. 2024, and Wanda, Sun et al. 2024):
+
+- `magnitude`: zero the smallest |w| of each linear layer (no data). Our few lines: llm-compressor's
+  MagnitudePruningModifier is a training-schedule modifier (start/end epochs), not a one-shot step.
+- `wanda`: zero the smallest |w_ij| * ||x_j||_2 within each output row, x the layer's input on
+  calibration text (Sun et al. 2024): llm-compressor's WandaPruningModifier.
+- `sparsegpt`: OBS-style pruning with Hessian-based updates of the surviving weights (Frantar &
+  Alistarh 2023): llm-compressor's SparseGPTModifier.
+  Both run on CPU (measured on SmolLM2-135M, 16 blocks of 256 tokens: 39 s / 38 s of CPU time) and
+  prune layer by layer on the outputs of the already pruned layers, as in the papers.
+
+`--sparsity 0.5` prunes that fraction (unstructured); `--pattern 2:4` keeps the 2 largest of every 4
+consecutive inputs of a row (semi-structured, what sparse tensor cores run). Embeddings, norms and
+the LM head stay dense (as in both papers). The output is a plain transformers checkpoint (zeros
+stored in the float weights): it loads with `AutoModelForCausalLM.from_pretrained`, `lm_eval --model
+hf` and vLLM; `compressors.verify.measure_weights` counts the zeros back from the saved files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+METHODS = ("magnitude", "wanda", "sparsegpt")
+NEEDS_DATA = ("wanda", "sparsegpt")
+
+
+class SparsifyError(ValueError):
+    """Bad settings, reported by the CLI in one line."""
+
+
+def parse_pattern(pattern: str | None) -> tuple[int, int] | None:
+    """'2:4' -> (2, 4): keep n of every m consecutive inputs."""
+    if pattern is None:
+        return None
+    keep, _, group = pattern.partition(":")
+    try:
+        n, m = int(keep), int(group)
+    except ValueError:
+        raise SparsifyError(f"--pattern must look like N:M (e.g. 2:4), got {pattern!r}") from None
+    if not 0 < n < m:
+        raise SparsifyError(f"--pattern N:M needs 0 < N < M, got {pattern!r}")
+    return n, m
+
+
+def block_linear_layers(model) -> dict[str, nn.Linear]:
+    """The nn.Linear layers of the transformer blocks (not the LM head)."""
+    return {name: module for name, module in model.named_modules()
+            if isinstance(module, nn.Linear) and name != "lm_head" and not name.endswith(".lm_head")}
+
+
+def prune_mask(scores: torch.Tensor, sparsity: float | None, pattern: tuple[int, int] | None,
+               per_row: bool) -> torch.Tensor:
+    """Boolean mask of the weights to zero: the lowest scores (per row or per layer, or n:m groups)."""
+    rows, cols = scores.shape
+    if pattern is not None:
+        keep, group = pattern
+        if cols % group:
+            raise SparsifyError(f"a layer with {cols} inputs cannot take an {keep}:{group} pattern")
+        grouped = scores.reshape(rows, cols // group, group)
+        drop = grouped.argsort(dim=-1)[..., : group - keep]
+        return torch.zeros_like(grouped, dtype=torch.bool).scatter_(-1, drop, True).reshape(rows, cols)
+    if per_row:
+        count = int(cols * sparsity)
+        drop = scores.argsort(dim=1)[:, :count]
+        return torch.zeros_like(scores, dtype=torch.bool).scatter_(1, drop, True)
+    count = int(scores.numel() * sparsity)
+    mask = torch.zeros(scores.numel(), dtype=torch.bool)
+    mask[scores.flatten().argsort()[:count]] = True
+    return mask.view(rows, cols)
+
+
+def sparsify_model(model, method: str, sparsity: float | None = 0.5, pattern: tuple[int, int] | None = None,
+                   blocks: torch.Tensor | None = None) -> dict[str, float]:
+    """Zero weights of every block linear layer in place; returns {layer: fraction zeroed}."""
+    if method not in METHODS:
+        raise SparsifyError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+    if method in NEEDS_DATA and blocks is None:
+        raise SparsifyError(f"{method} needs calibration text (blocks of token ids)")
+    layers = block_linear_layers(model)
+    if method == "magnitude":
+        for module in layers.values():
+            module.weight.data[prune_mask(module.weight.abs().float(), sparsity, pattern, per_row=False)] = 0
+    else:
+        _sparsify_with_llmcompressor(model, method, sparsity, pattern, blocks)
+    return {name: float((module.weight.data == 0).float().mean()) for name, module in layers.items()}
+
+
+def _sparsify_with_llmcompressor(model, method, sparsity, pattern, blocks) -> None:
+    from datasets import Dataset
+    from llmcompressor import oneshot
+    from llmcompressor.modifiers.obcq import SparseGPTModifier
+    from llmcompressor.modifiers.pruning import WandaPruningModifier
+
+    modifier = {"wanda": WandaPruningModifier, "sparsegpt": SparseGPTModifier}[method]
+    structure = f"{pattern[0]}:{pattern[1]}" if pattern else "0:0"
+    # the LM head stays dense (it is tied to the embeddings in most small models)
+    recipe = modifier(sparsity=1 - pattern[0] / pattern[1] if pattern else sparsity, mask_structure=structure,
+                      ignore=["re:.*lm_head"])  # a plain "lm_head" is not matched (measured: it was pruned)
+    dataset = Dataset.from_dict({"input_ids": blocks.tolist(), "attention_mask": torch.ones_like(blocks).tolist()})
+    oneshot(model=model, recipe=recipe, dataset=dataset, max_seq_length=blocks.shape[1],
+            num_calibration_samples=len(blocks))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="compfair compress sparsify",
+        description="One-shot weight sparsity (magnitude, Wanda, SparseGPT) of the linear layers; the output "
+                    "is a plain transformers checkpoint (`lm_eval --model hf --model_args pretrained=<output>`).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--model", required=True, help="checkpoint folder or hub id of a causal LM")
+    parser.add_argument("--output", required=True, help="folder for the sparse checkpoint")
+    parser.add_argument("--method", choices=METHODS, default="wanda")
+    target = parser.add_mutually_exclusive_group()
+    target.add_argument("--sparsity", type=float, default=None, help="fraction of each layer's weights zeroed "
+                        "(default 0.5 when no --pattern)")
+    target.add_argument("--pattern", default=None, help="N:M semi-structured sparsity, e.g. 2:4")
+    parser.add_argument("--data", default=None, help="calibration text for wanda/sparsegpt: any source "
+                        "compressors.text_data.load_texts takes (default: the shipped BOLD Wikipedia sentences)")
+    parser.add_argument("--num-examples", type=int, default=32, help="calibration blocks")
+    parser.add_argument("--block-size", type=int, default=256, help="tokens per calibration block")
+    parser.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        pattern = parse_pattern(args.pattern)
+        sparsity = None if pattern else (0.5 if args.sparsity is None else args.sparsity)
+        if sparsity is not None and not 0 < sparsity < 1:
+            raise SparsifyError(f"--sparsity must be in (0, 1), got {sparsity}")
+    except SparsifyError as error:
+        print(f"compfair compress sparsify: {error}", file=sys.stderr)
+        return 2
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from compressors.metadata import write_compression_metadata
+    from compressors.text_data import load_texts, pack_blocks
+    from compressors.verify import measure_weights, output_checks
+
+    torch.manual_seed(args.seed)
+    started = time.perf_counter()
+    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).eval()
+    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    reference = copy.deepcopy(model)
+    blocks = None
+    if args.method in NEEDS_DATA:
+        blocks = pack_blocks(load_texts(args.data, seed=args.seed), tokenizer, args.block_size)[: args.num_examples]
+    try:
+        zeroed = sparsify_model(model, args.method, sparsity, pattern, blocks)
+    except SparsifyError as error:
+        print(f"compfair compress sparsify: {error}", file=sys.stderr)
+        return 2
+    seconds = time.perf_counter() - started
+    output = Path(args.output)
+    model.save_pretrained(output)
+    tokenizer.save_pretrained(output)
+    checks = output_checks(AutoModelForCausalLM.from_pretrained(output).eval(), tokenizer, reference)
+    measured = measure_weights(output, args.model if Path(args.model).is_dir() else None)
+    target = f"{args.pattern}" if pattern else f"{sparsity:.0%}"
+    write_compression_metadata(
+        output, method=f"sparsify_{args.method}", source_model=args.model, seed=args.seed, model=model,
+        settings={"method": args.method, "sparsity": sparsity, "pattern": args.pattern,
+                  "data": args.data or ("bold_wiki" if blocks is not None else None),
+                  "calibration_blocks": None if blocks is None else list(blocks.shape)},
+        extra={"measured": measured, "seconds": round(seconds, 1), "layers": len(zeroed), "checks": checks})
+    print(f"saved {output}: {args.method} {target} on {len(zeroed)} linear layers in {seconds:.0f} s; measured "
+          f"sparsity {measured['sparsity']:.3f}, {measured['bytes'] / 1e6:.1f} MB")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
