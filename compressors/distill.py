@@ -163,6 +163,20 @@ def block_influence(model, batches: list[dict]) -> list[float]:
     return [float(1 - total / count) for total in sums]
 
 
+def influence_record(teacher, tokenizer, texts: list[str], settings) -> dict:
+    """Block influence of every teacher block on a seeded sample of the training texts, as recorded."""
+    batches = calibration_batches(texts, tokenizer, settings.calibration_texts, settings.calibration_tokens,
+                                  settings.seed)
+    record = {"definition": "1 - mean over tokens of cos(block input, block output) (ShortGPT)",
+              "scores": block_influence(teacher, batches),
+              "calibration_texts": sum(len(b["input_ids"]) for b in batches),
+              "calibration_tokens": sum(int(b["attention_mask"].sum()) for b in batches),
+              "max_tokens_per_text": settings.calibration_tokens}
+    print(f"distil: block influence on {record['calibration_texts']} texts, {record['calibration_tokens']} tokens: "
+          + " ".join(f"{i}:{score:.3f}" for i, score in enumerate(record["scores"])), file=sys.stderr)
+    return record
+
+
 def highest_influence_layers(scores: list[float], keep: int) -> list[int]:
     """The `keep` blocks of highest influence, in model order (ties keep the earlier block)."""
     ranked = sorted(range(len(scores)), key=lambda i: (-scores[i], i))
@@ -499,15 +513,7 @@ def _train(settings: DistillSettings, resume_from: str | None, callbacks=None) -
     settings.student_plan(teacher_depth, [0.0] * teacher_depth)  # refuse a bad student shape before any work
     tokenizer = AutoTokenizer.from_pretrained(_teacher_source(settings.teacher))
     texts = load_texts(settings.data, limit=settings.data_limit, fraction=settings.data_fraction, seed=settings.seed)
-    influence = None
-    if settings.layers == AUTO:
-        calibration = calibration_batches(texts, tokenizer, settings.calibration_texts, settings.calibration_tokens,
-                                          settings.seed)
-        influence = {"scores": block_influence(teacher, calibration), "texts": sum(len(b["input_ids"]) for b in calibration),
-                     "tokens": sum(int(b["attention_mask"].sum()) for b in calibration)}
-        print("distil: block influence (1 - cos(block input, output)) on "
-              f"{influence['texts']} texts, {influence['tokens']} tokens: "
-              + " ".join(f"{i}:{score:.3f}" for i, score in enumerate(influence["scores"])), file=sys.stderr)
+    influence = influence_record(teacher, tokenizer, texts, settings) if settings.layers == AUTO else None
     layers, init = settings.student_plan(teacher_depth, influence and influence["scores"])
     blocks = pack_blocks(texts, tokenizer, settings.block_size)
     n_eval = min(settings.eval_blocks, len(blocks) // 10)  # held out from the end; never most of the data
@@ -557,11 +563,7 @@ def _train(settings: DistillSettings, resume_from: str | None, callbacks=None) -
             "train_losses": _last_logged_losses(trainer.state.log_history),
             "heldout_losses": evaluate(trainer.model, trainer.teacher, eval_blocks, weights) if n_eval else {},
             "heldout_blocks": n_eval,
-            **({"block_influence": {
-                "definition": "1 - mean over tokens of cos(block input, block output) (ShortGPT)",
-                "scores": influence["scores"], "calibration_texts": influence["texts"],
-                "calibration_tokens": influence["tokens"], "max_tokens_per_text": settings.calibration_tokens,
-            }} if influence else {}),
+            **({"block_influence": influence} if influence else {}),
         },
     )
 
