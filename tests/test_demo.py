@@ -39,27 +39,37 @@ def test_quick_plan_parses_with_each_commands_parser(tmp_path, monkeypatch):
     steps = demo.plan(tmp_path, Path("/teacher"), demo.PROFILES["quick"], second_model=None)
     parsed = [parse_step(step.command, monkeypatch) for step in steps]
     assert [(step.title, name) for step, (name, _) in zip(steps, parsed, strict=True)] == [
-        ("distil a half-depth student", "compress distill"), ("prune attention heads", "compress prune"),
-        ("quantize to int8", "compress quantize"), ("evaluate teacher", "lm_eval"), ("evaluate distilled", "lm_eval"),
-        ("evaluate head-pruned", "lm_eval"), ("evaluate int8", "lm_eval"), ("render the leaderboard", "leaderboard")]
+        ("distil a student without its lowest-influence blocks", "compress distill"),
+        ("prune attention heads", "compress prune"),
+        ("quantize the weights to 4 bits (GPTQ, llm-compressor)", "compress quantize"),
+        ("evaluate teacher", "lm_eval"), ("evaluate distilled", "lm_eval"), ("evaluate head-pruned", "lm_eval"),
+        ("evaluate gptq-4bit", "lm_eval"), ("render the leaderboard", "leaderboard")]
     distill, prune, quantize, *evaluations, render = [args for _, args in parsed]
-    assert distill.max_steps == 3 and str(distill.output) == str(tmp_path / "models" / "distilled")
+    assert distill.layers == "auto" and distill.num_layers == 26 and distill.max_steps == 4
+    assert str(distill.output) == str(tmp_path / "models" / "distilled")
     assert prune.num_examples == 32 and prune.iterations == 1
-    assert str(quantize.output) == str(steps[2].output)
+    assert quantize.method == "gptq" and quantize.bits == 4 and str(quantize.output) == str(steps[2].output)
+    # never the gender biographies the perplexity task reads (prune takes several sources)
+    assert [str(distill.data), str(quantize.data)] == [str(demo.TRAIN_TEXT)] * 2 and prune.data == [str(demo.TRAIN_TEXT)]
+    assert demo.TRAIN_TEXT.name == "race_wiki.json"
     for step, args in zip(steps[3:7], evaluations, strict=True):
-        assert args.command == "run" and args.limit == 10 and args.log_samples
+        assert args.command == "run" and args.model == "hf" and args.limit == 10 and args.log_samples
         assert args.model_args["pretrained"] == str(step.inputs[0])
         assert str(args.output_path) == str(step.output)
-        assert args.metadata == demo.EVAL_METADATA
-    assert evaluations[3].model == "compfair-quantized" and evaluations[0].model == "hf"
+        assert args.metadata == {**demo.EVAL_METADATA, "fluency_model": "/teacher", "bold_per_group": 1}
+        assert "compfair_bold" in args.tasks
     assert [Path(p) for p in render.folders] == [s.output for s in steps[3:7]]
 
 
-def test_full_plan_adds_the_second_model(tmp_path, monkeypatch):
+def test_full_plan_adds_the_sparse_and_the_second_model(tmp_path, monkeypatch):
     steps = demo.plan(tmp_path, Path("/teacher"), demo.PROFILES["default"], second_model=Path("/gemma"))
-    assert [s.title for s in steps[-3:]] == ["evaluate int8", "evaluate gemma3-270m", "render the leaderboard"]
+    assert [s.title for s in steps[3:4]] == ["sparsify to 50% (Wanda)"]
+    _, sparsify = parse_step(steps[3].command, monkeypatch)
+    assert sparsify.method == "wanda" and sparsify.sparsity == 0.5
+    assert [s.title for s in steps[-3:]] == ["evaluate wanda-50", "evaluate gemma3-270m", "render the leaderboard"]
     _, gemma = parse_step(steps[-2].command, monkeypatch)
-    assert gemma.limit == 50 and gemma.model_args["pretrained"] == "/gemma"
+    assert gemma.limit == 40 and gemma.model_args["pretrained"] == "/gemma"
+    assert gemma.metadata["bold_per_group"] == 2 and gemma.metadata["fluency_model"] == "/teacher"
 
 
 def test_another_profile_changes_the_settings_of_every_step_it_affects(tmp_path):
@@ -69,7 +79,7 @@ def test_another_profile_changes_the_settings_of_every_step_it_affects(tmp_path)
     changed = [a.title for a, b in zip(quick, other_limit, strict=True)
                if runner.settings(a)["key"] != runner.settings(b)["key"]]
     # the render step reads the evaluations' records: it reruns once they have, through its inputs
-    assert changed == ["evaluate teacher", "evaluate distilled", "evaluate head-pruned", "evaluate int8"]
+    assert changed == ["evaluate teacher", "evaluate distilled", "evaluate head-pruned", "evaluate gptq-4bit"]
 
 
 @pytest.mark.parametrize("flag", ["--quick", "--rerun"])
