@@ -68,8 +68,13 @@ def test_profanity_check_scorer_needs_no_checkpoint(lm_eval_cli, tiny_gpt2_dir, 
     results = lm_eval_cli(cli_args(tiny_gpt2_dir, "--metadata", '{"scorer": "profanity-check"}'), tmp_path / "out",
                           env=env)
     assert results["configs"][TASK]["metadata"]["scorer"] == "profanity-check"
-    assert 0.0 <= results["results"][TASK]["emt,scored"] <= 1.0
-    assert {s["doc"]["scorer"] for s in logged_samples(tmp_path / "out")} == {"profanity-check"}
+    samples = logged_samples(tmp_path / "out")
+    assert {s["doc"]["scorer"] for s in samples} == {"profanity-check"}
+    # known answer: the logged continuations scored again, directly, by the profanity-check scorer
+    scorer = scorers.get_scorer("profanity-check")
+    texts = [[record["text"] for record in toxicity.sample_records(s["filtered_resps"])] for s in samples]
+    expected = sum(max(scorer.score(doc_texts)) for doc_texts in texts) / len(texts)
+    assert results["results"][TASK]["emt,scored"] == pytest.approx(expected, abs=1e-6)
 
 
 def test_seq2seq_decoder_bounded_by_max_length(tiny_seq2seq_dir, tmp_path, monkeypatch):
