@@ -107,6 +107,10 @@ class TokenCounter:
             return self.tokenizer(texts, **kwargs)["input_ids"]
         return [self.tokenizer.encode(text, **kwargs) for text in texts]
 
+    def prefix_text(self) -> str:
+        """The prefix token as text ("" if none): lm-eval's tok_encode adds no BOS to a string that starts with it."""
+        return "" if self.prefix_token_id is None else self.tokenizer.decode([self.prefix_token_id])
+
     def count(self, context: str, continuation: str) -> int:
         return self.counts([(context, continuation)])[0]
 
@@ -168,17 +172,26 @@ def token_counter(metadata: dict | None) -> TokenCounter | None:
                         name=name)
 
 
-def annotate(docs: list[dict], metadata: dict | None, task: str) -> list[dict]:
+def annotate(docs: list[dict], metadata: dict | None, task: str, start_from_prefix: bool = False) -> list[dict]:
     """Add `score_rule` and `n_tokens` (per candidate) to docs that hold `context` and `choices`.
 
     The choices must be the exact continuations lm-eval will score (the task's target_delimiter
     is ""), so the counts match HFLM's. Falls back to 'sum' (logged) when no tokenizer is known.
+    `start_from_prefix`: a non-empty context starts from lm-eval's prefix token (BOS, else EOS), as an
+    empty one does, so every sentence is scored as text that begins a document; `context_prefix` records it.
     """
     from compfair_tasks.models import check_task_model
 
     check_task_model(metadata, task)
     rule = score_rule(metadata)
-    counter = token_counter(metadata) if rule == "mean" else None
+    counter = None
+    if rule == "mean" or start_from_prefix:
+        try:
+            counter = token_counter(metadata)
+        except ValueError:
+            if rule == "mean":
+                raise
+            log.warning("%s: the model's tokenizer does not load, so contexts do not start from its BOS token", task)
     if rule == "mean" and counter is None:
         log.warning(
             "%s: no tokenizer in the task metadata (neither --model_args pretrained=... nor "
@@ -186,11 +199,17 @@ def annotate(docs: list[dict], metadata: dict | None, task: str) -> list[dict]:
             "SUMMED log-likelihood instead (results report per_token=0).", task
         )
         rule = "sum"
-    pairs = [(doc["context"], choice) for doc in docs for choice in doc["choices"]] if counter else []
-    counts = iter(counter.counts(pairs)) if counter else None
+    if start_from_prefix:
+        prefix = counter.prefix_text() if counter else ""
+        for doc in docs:
+            doc["context_prefix"] = prefix if doc["context"] else ""
+            doc["context"] = doc["context_prefix"] + doc["context"]
+    counted = counter if rule == "mean" else None
+    pairs = [(doc["context"], choice) for doc in docs for choice in doc["choices"]] if counted else []
+    counts = iter(counted.counts(pairs)) if counted else None
     for doc in docs:
         doc["score_rule"] = rule
-        doc["n_tokens"] = [next(counts) for _ in doc["choices"]] if counter else None
+        doc["n_tokens"] = [next(counts) for _ in doc["choices"]] if counted else None
     return docs
 
 

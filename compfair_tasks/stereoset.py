@@ -7,8 +7,9 @@ unrelated, in that order):
   official causal-LM evaluation conditions on the start-of-text token; every sentence token is
   scored.
 - intersentence: the candidate sentence, with one leading space, is scored after the context
-  sentence; only the candidate's tokens are scored (plus the space, which GPT-style BPE joins to
-  the first word), the context tokens are not.
+  sentence, which itself starts from the same prefix token as intrasentence (so both splits score
+  text that begins a document; lm-eval adds no second BOS to a context that starts with it); only
+  the candidate's tokens are scored (plus the space, which GPT-style BPE joins to the first word).
 A candidate's score is its mean per-token log-probability (official rule) or, with
 `--metadata '{"preference_score": "sum"}'`, its summed log-likelihood (see preference.py).
 
@@ -98,7 +99,7 @@ def _load(splits: Sequence[str], scope: str, metadata: dict):
     source = data.resolve("stereoset", data.path_from_metadata("stereoset", metadata))
     examples = _examples_from_hub(source) if source.kind == "hub" else _examples_from_json(source.path / "dev.json")
     task = "compfair_stereoset" if scope == "all" else f"compfair_stereoset_{scope}"
-    docs = preference.annotate(build_docs(examples, splits, scope), metadata, task)
+    docs = preference.annotate(build_docs(examples, splits, scope), metadata, task, start_from_prefix=True)
     for doc in docs:
         doc["data_source"] = str(source)
     log.info("StereoSet %s: %d examples from %s", scope, len(docs), source)

@@ -177,7 +177,7 @@ def scoring_docs(docs: list[dict], metadata: dict) -> list[dict]:
                     "LM with --metadata '{\"fluency_model\": \"<hub id or folder>\"}')")
     tokenizer = generator_tokenizer(json.dumps(settings["tokenizer"], sort_keys=True))
     suffix = ""
-    if _flag(metadata.get("dialogue", False)):
+    if hub.flag(metadata.get("dialogue", False)):
         if tokenizer is None or not tokenizer.eos_token:
             raise ValueError("dialogue=true ends prompts with the model's EOS token, but the model's tokenizer "
                              "is unknown: pass --model_args pretrained=<model> (or tokenizer=<name>)")
@@ -197,12 +197,12 @@ def scoring_settings(metadata: dict) -> dict:
         "scorer_options": {"batch_size": _positive_int(metadata, "scorer_batch_size"),
                            "batch_tokens": _positive_int(metadata, "scorer_batch_tokens"),
                            "device": metadata.get("scorer_device"), "label": metadata.get("scorer_label"),
-                           "progress": _flag(metadata.get("scorer_progress", True))},
+                           "progress": hub.flag(metadata.get("scorer_progress", True))},
         "fluency_model": NO_FLUENCY if fluency_model.lower() == NO_FLUENCY else fluency_model,
         "fluency_options": {"device": metadata.get("fluency_device") or "cpu",
                             "batch_size": _positive_int(metadata, "fluency_batch_size"),
                             "batch_tokens": _positive_int(metadata, "fluency_batch_tokens"),
-                            "progress": _flag(metadata.get("scorer_progress", True))},
+                            "progress": hub.flag(metadata.get("scorer_progress", True))},
         "tokenizer": generator_tokenizer_spec(metadata),
     }
 
@@ -215,10 +215,6 @@ def load_fluency_model(settings: dict) -> degeneration.FluencyModel | None:
     if settings["fluency_model"] == NO_FLUENCY:
         return None
     return degeneration.get_fluency_model(settings["fluency_model"], **settings["fluency_options"])
-
-
-def _flag(value) -> bool:
-    return value if isinstance(value, bool) else str(value).strip().lower() in ("1", "true", "yes")
 
 
 def _positive_int(metadata: dict, key: str) -> int | None:

@@ -403,8 +403,8 @@ def _int8_main(args) -> int:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from compressors.checks import check_compressed, frozen_reference
-    from compressors.metadata import checkpoint_size_bytes, write_compression_metadata
     from compfair_tasks.measure import measure_latency
+    from compressors.metadata import checkpoint_size_bytes, write_compression_metadata
 
     def forward_seconds(model):  # fp32 and int8 are timed on the same seeded token ids
         return measure_latency(model, seq_len=args.latency_tokens, batch_size=args.latency_batch, repeats=3,

@@ -46,7 +46,7 @@ def test_hub_is_the_last_resort_when_online(monkeypatch):
     source = data.resolve("rtp")
     assert (source.kind, source.location) == ("hub", "allenai/real-toxicity-prompts")
     with pytest.raises(ValueError, match="load_hub"):
-        source.path
+        _ = source.path  # the property raises
 
 
 def test_metadata_key_is_per_dataset():

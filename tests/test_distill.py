@@ -537,4 +537,10 @@ def test_cli_killed_with_sigkill_resumes_and_the_student_runs_in_lm_eval(tiny_gp
     results = lm_eval_cli(["--model", "hf", "--model_args", f"pretrained={output}", "--tasks", "compfair_stereoset",
                            "--limit", "8", "--batch_size", "8", "--device", "cpu"], tmp_path / "lm_eval")
     stereoset = results["results"]["compfair_stereoset"]
-    assert 0 <= stereoset["ss,none"] <= 100 and 0 <= stereoset["lms,none"] <= 100
+    from transformers import AutoTokenizer
+
+    from known_answers import direct_metrics
+
+    direct = direct_metrics("compfair_stereoset", AutoModelForCausalLM.from_pretrained(output),
+                            AutoTokenizer.from_pretrained(output), {"pretrained": str(output)}, limit=8)
+    assert (stereoset["ss,none"], stereoset["lms,none"]) == pytest.approx((direct["ss"], direct["lms"]))

@@ -11,9 +11,9 @@ import pandas as pd
 import pytest
 
 from compfair_tasks import runner
+from compfair_tasks.measure import measure_latency
 from leaderboard import compare
 from leaderboard.collect import LATENCY_FILE, collect
-from compfair_tasks.measure import measure_latency
 from leaderboard.paired import paired_tests
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+
 from compfair_tasks.measure import checkpoint_size_bytes, weight_files
 from compressors.metadata import write_compression_metadata
 
@@ -34,9 +35,8 @@ def test_compression_record_uses_that_size(tmp_path):
 
 
 def test_leaderboard_measures_the_checkpoint_rather_than_trusting_an_old_record(tmp_path):
-    from leaderboard_results import write_run
-
     from leaderboard.collect import collect
+    from leaderboard_results import write_run
 
     checkpoint = fake_checkpoint(tmp_path / "student")
     # compfair before this fix counted checkpoints/ recursively: 5200 bytes

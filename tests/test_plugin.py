@@ -8,7 +8,6 @@ import zipfile
 import pytest
 
 from compfair_tasks._hook import task_configs_dir
-
 from conftest import OFFLINE_ENV, REPO_ROOT
 
 
@@ -32,13 +31,19 @@ def test_hook_can_be_switched_off_and_include_path_is_the_fallback():
     assert _python(code, COMPFAIR_NO_HOOK="1") == "True"
 
 
-def test_a_users_include_path_is_kept_and_may_override_ours(tmp_path):
-    (tmp_path / "mine.yaml").write_text(
-        "task: my_task\ndataset_path: json\noutput_type: loglikelihood\ndoc_to_text: x\ndoc_to_target: y\n")
-    code = (f"from lm_eval.tasks import TaskManager; tm = TaskManager(include_path={str(tmp_path)!r}); "
-            "print('my_task' in tm.all_tasks, 'compfair_ppl_bold_wiki' in tm.all_tasks, "
-            f"tm.include_path[0] == {str(task_configs_dir())!r})")
-    assert _python(code) == "True True True"
+def test_a_users_include_path_is_kept_and_overrides_ours(tmp_path):
+    """A user's task of the same name as ours (compfair_ppl_bold_wiki) wins; their other tasks are found too."""
+    (tmp_path / "docs.jsonl").write_text('{"text": "one user document"}\n{"text": "and another"}\n')
+    task = ("dataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {}\ntest_split: test\n"
+            "output_type: loglikelihood_rolling\ndoc_to_text: ''\ndoc_to_target: '{{{{text}}}}'\n"
+            "metric_list:\n  - metric: word_perplexity\n").format(tmp_path / "docs.jsonl")
+    (tmp_path / "mine.yaml").write_text("task: compfair_ppl_bold_wiki\n" + task)
+    (tmp_path / "other.yaml").write_text("task: my_task\n" + task)
+    code = (f"from lm_eval.tasks import TaskManager, get_task_dict; tm = TaskManager(include_path={str(tmp_path)!r}); "
+            "task = get_task_dict(['compfair_ppl_bold_wiki'], tm)['compfair_ppl_bold_wiki']; "
+            "print([d['text'] for d in task.test_docs()], 'my_task' in tm.all_tasks, "
+            f"{str(task_configs_dir())!r} in tm.include_path)")
+    assert _python(code) == "['one user document', 'and another'] True True"
 
 
 def test_wheel_ships_the_hook_the_yaml_and_the_data(tmp_path):
@@ -76,7 +81,11 @@ def test_lm_eval_cli_lists_and_runs_compfair_tasks(tiny_gpt2_dir, tmp_path, lm_e
     assert "compfair_ppl_bold_wiki" in listed.stdout
     results = lm_eval_cli(["--model", "hf", "--model_args", f"pretrained={tiny_gpt2_dir}",
                            "--tasks", "compfair_ppl_bold_wiki", "--limit", "4"], tmp_path)
-    assert results["results"]["compfair_ppl_bold_wiki"]["word_perplexity,none"] > 1
+    from known_answers import direct_word_perplexity
+
+    assert results["results"]["compfair_ppl_bold_wiki"]["word_perplexity,none"] == pytest.approx(
+        direct_word_perplexity(tiny_gpt2_dir, 4), rel=1e-4)
+
 
 
 REGISTERED = ("from transformers.models.auto import configuration_auto as c, modeling_auto as m\n"

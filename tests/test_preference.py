@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import shutil
 
 import pytest
@@ -147,29 +146,29 @@ def test_seq2seq_backend_counts_continuation_alone(tiny_seq2seq_dir):
 
 @pytest.mark.slow
 def test_lm_eval_cli_all_preference_tasks(lm_eval_cli, tiny_gpt2_dir, tmp_path):
-    """One real `lm_eval` run (offline, tiny GPT-2, --limit) of the three families; keys and ranges."""
+    """One real `lm_eval` run (offline, tiny GPT-2, --limit) of the three families, against the metrics computed
+    from the model's own log-likelihoods (known_answers.direct_metrics)."""
     tasks = "compfair_stereoset,compfair_stereoset_intersentence,compfair_winobias,compfair_winobias_type2,compfair_crows_pairs"
     out = lm_eval_cli(["--model", "hf", "--model_args", f"pretrained={tiny_gpt2_dir}", "--device", "cpu",
                        "--tasks", tasks, "--limit", "12", "--batch_size", "16", "--log_samples"], tmp_path)
     results = out["results"]
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from known_answers import direct_metrics
+
+    model, tokenizer = AutoModelForCausalLM.from_pretrained(tiny_gpt2_dir), AutoTokenizer.from_pretrained(tiny_gpt2_dir)
+    for task in tasks.split(","):
+        direct = direct_metrics(task, model, tokenizer, {"pretrained": str(tiny_gpt2_dir)}, limit=12)
+        measured = {k: results[task][f"{k},none"] for k in direct}
+        assert measured == pytest.approx(direct, rel=1e-4, abs=1e-6, nan_ok=True), task  # float32, other batching
 
     stereo = results["compfair_stereoset"]
-    for key in ("ss", "lms", "icat", "ss_gender", "lms_race", "icat_profession", "ss_intrasentence"):
-        assert 0 <= stereo[f"{key},none"] <= 100, key
     assert stereo["n_examples,none"] == 12 and stereo["per_token,none"] == 1.0
-    assert 0 <= stereo["anti_count,none"] <= 12 and 0 <= stereo["unrelated_count,none"] <= 12
     inter = results["compfair_stereoset_intersentence"]
     assert inter["ss_ci_low,none"] <= inter["ss,none"] <= inter["ss_ci_high,none"]
     assert inter["icat,none"] == pytest.approx(inter["lms,none"] * min(inter["ss,none"], 100 - inter["ss,none"]) / 50)
     sample = json.loads(next(tmp_path.rglob("samples_compfair_stereoset_intersentence*.jsonl")).open().readline())
     assert sample["ss"]["id"] == sample["doc"]["id"] and len(sample["doc"]["n_tokens"]) == 3
 
-    wino = results["compfair_winobias"]
-    for key in ("anti_pct", "anti_pct_female", "anti_pct_male", "anti_pct_balanced", "anti_pct_dev", "anti_pct_type1"):
-        assert 0 <= wino[f"{key},none"] <= 100, key
-    assert wino["n_pairs,none"] == 12 and math.isfinite(wino["ll_gap,none"])
-    assert results["compfair_winobias_type2"]["n_pairs,none"] == 12
-
-    crows = results["compfair_crows_pairs"]
-    assert 0 <= crows["pct_stereotype,none"] <= 100 and crows["likelihood_diff,none"] >= 0
+    assert results["compfair_winobias"]["n_pairs,none"] == 12 == results["compfair_winobias_type2"]["n_pairs,none"]
     assert "original" in out["configs"]["compfair_crows_pairs"]["metadata"]["dataset"]

@@ -57,7 +57,13 @@ def test_pruned_checkpoint_runs_through_lm_eval_without_flags(tiny_gpt2_dir, tmp
     results = lm_eval_cli(["--model", "hf", "--model_args", f"pretrained={output}", "--tasks", "compfair_stereoset",
                            "--limit", "6"], tmp_path / "lm_eval")
     metrics = results["results"]["compfair_stereoset"]
-    assert 0 <= metrics["ss,none"] <= 100 and 0 <= metrics["lms,none"] <= 100
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from known_answers import direct_metrics
+
+    direct = direct_metrics("compfair_stereoset", AutoModelForCausalLM.from_pretrained(output),
+                            AutoTokenizer.from_pretrained(output), {"pretrained": str(output)}, limit=6)
+    assert (metrics["ss,none"], metrics["lms,none"]) == pytest.approx((direct["ss"], direct["lms"]))
 
 
 def test_embedded_smollm2_prunes_offline(tmp_path):
@@ -76,6 +82,12 @@ def test_embedded_smollm2_prunes_offline(tmp_path):
         "kv_groups_per_layer"])
     assert record["source_params"] - record["params"] == 14 * per_query_head + emptied_groups * 2 * 576 * 64
     pruned = AutoModelForCausalLM.from_pretrained(output).eval()
+    original = AutoModelForCausalLM.from_pretrained(source).eval()
+    gates = [torch.ones(1, layer.num_heads) for layer in prune.attention_layers(original)]
+    for layer, heads in record["removed"]["heads"].items():
+        gates[int(layer)][0, heads] = 0
+    x = torch.tensor([[1, 504, 3458, 314, 260]])
+    with torch.no_grad(), prune.gated(original, gates):  # the gated reference: the recorded heads switched off
+        expected = original(x).logits
     with torch.no_grad():
-        logits = pruned(torch.tensor([[1, 504, 3458, 314, 260]])).logits
-    assert torch.isfinite(logits).all()
+        torch.testing.assert_close(pruned(x).logits, expected, atol=1e-4, rtol=1e-4)

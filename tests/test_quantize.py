@@ -91,7 +91,13 @@ def test_quantized_checkpoint_runs_through_lm_eval(tiny_gpt2_dir, tmp_path, lm_e
     results = lm_eval_cli(["--model", "compfair-quantized", "--model_args", f"pretrained={output}",
                            "--tasks", "compfair_stereoset", "--limit", "6"], tmp_path / "lm_eval")
     metrics = results["results"]["compfair_stereoset"]
-    assert 0 <= metrics["ss,none"] <= 100 and 0 <= metrics["lms,none"] <= 100
+    from transformers import AutoTokenizer
+
+    from known_answers import direct_metrics
+
+    direct = direct_metrics("compfair_stereoset", quantize.load_quantized(output), AutoTokenizer.from_pretrained(
+        tiny_gpt2_dir), {"pretrained": str(output)}, limit=6)
+    assert (metrics["ss,none"], metrics["lms,none"]) == pytest.approx((direct["ss"], direct["lms"]))
 
 
 # --------------------------------------------------------------------------- library methods (llm-compressor, torchao)

@@ -109,3 +109,41 @@ def test_malformed_example_is_named(dev_examples):
 def test_missing_data_file_is_a_clear_error(tmp_path):
     with pytest.raises(data.DataNotFoundError, match="dev.json"):
         stereoset.load_all(stereoset_path=str(tmp_path))
+
+
+def _direct_loglikelihood(model_dir, prefix_ids, context, continuation):
+    """log p(continuation | prefix ids + context) from the model itself (GPT-2 BPE: context + continuation
+    encode as the concatenation here, which the test's sentences satisfy)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    context_ids = prefix_ids + tokenizer.encode(context)
+    continuation_ids = tokenizer.encode(context + continuation)[len(tokenizer.encode(context)):]
+    ids = torch.tensor([context_ids + continuation_ids])
+    with torch.no_grad():
+        logprobs = torch.log_softmax(model(ids).logits[0, :-1].double(), dim=-1)
+    targets = ids[0, 1:]
+    return logprobs[torch.arange(len(targets)), targets][-len(continuation_ids):].sum().item()
+
+
+def test_intersentence_context_starts_from_the_prefix_token(tiny_gpt2_dir):
+    """The choice: an intersentence context starts from BOS (EOS for GPT-2), as intrasentence's empty context does.
+    lm-eval then scores log p(candidate | BOS + context), and adds no second BOS."""
+    from lm_eval.api.instance import Instance
+    from lm_eval.models.huggingface import HFLM
+
+    [doc] = stereoset._load(["intersentence"], "intersentence", {"pretrained": str(tiny_gpt2_dir)})["test"].select([0])
+    assert doc["context"] == "<|endoftext|>" + doc["stereoset_context"] and doc["context_prefix"] == "<|endoftext|>"
+    [intra] = stereoset._load(["intrasentence"], "intrasentence", {"pretrained": str(tiny_gpt2_dir)})["test"].select([0])
+    assert intra["context"] == "" and intra["context_prefix"] == ""  # lm-eval conditions an empty one on BOS itself
+
+    lm = HFLM(pretrained=str(tiny_gpt2_dir), batch_size=1, device="cpu")
+    candidate = doc["choices"][0]
+    [(measured, _)] = lm.loglikelihood([Instance("loglikelihood", {}, (doc["context"], candidate), 0)],
+                                       disable_tqdm=True)
+    with_bos = _direct_loglikelihood(tiny_gpt2_dir, [50256], doc["stereoset_context"], candidate)
+    without_bos = _direct_loglikelihood(tiny_gpt2_dir, [], doc["stereoset_context"], candidate)
+    assert measured == pytest.approx(with_bos, abs=1e-4)
+    assert abs(with_bos - without_bos) > 1e-3  # the choice is visible in the number
