@@ -102,7 +102,8 @@ def plan(output: Path, teacher: Path, profile: Profile, second_model: Path | Non
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="compfair demo", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="compfair demo", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--quick", action="store_true",
                         help="10 examples per task, fewer training steps, 4 models instead of 6")
     parser.add_argument("--output", type=Path, default=Path("compfair-demo"), help="folder for models, results, site")

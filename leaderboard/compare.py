@@ -146,11 +146,11 @@ def _default_device() -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="compfair compare",
+        prog="compfair compare", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         description="Run a baseline comparison of the compression paper through lm_eval, then build its leaderboard. "
                     "Presets: " + "; ".join(f"{k}: {p.title}" for k, p in PRESETS.items()),
     )
-    parser.add_argument("preset", choices=sorted(PRESETS))
+    parser.add_argument("preset", choices=sorted(PRESETS), help="which comparison of the paper to run")
     parser.add_argument("--model", action="append", default=[], metavar="PATH_OR_ID",
                         help="add a model (e.g. a compfair student checkpoint); repeatable")
     parser.add_argument("--tasks", help="lm_eval task list instead of the preset's (e.g. compfair_toxicity_rtp_offline)")
