@@ -50,7 +50,8 @@ class Profile:
 
 PROFILES = {
     "quick": Profile(limit=10, bold_per_group=1, prune_examples=32, prune_iterations=1, calibration_blocks=8,
-                     distill=("--num-layers", 26, "--max-steps", 4, "--batch-size", 2, "--block-size", 64),
+                     distill=("--num-layers", 26, "--max-steps", 4, "--batch-size", 2, "--block-size", 64,
+                              "--calibration-texts", 16),
                      full=False),
     "default": Profile(limit=40, bold_per_group=2, prune_examples=48, prune_iterations=3, calibration_blocks=16,
                        distill=("--num-layers", 24, "--max-steps", 20, "--batch-size", 4, "--block-size", 128),
