@@ -3,7 +3,7 @@
     python benchmarks/loglik_throughput.py                 # 100 docs per task of each family
     python benchmarks/loglik_throughput.py --limit 0       # the full StereoSet + WinoBias requests
 
-Side A runs `compfair_stereoset_all` and `compfair_winobias_all` through `lm_eval.simple_evaluate`
+Side A runs `compfair_stereoset` and `compfair_winobias` through `lm_eval.simple_evaluate`
 (doc loading and token counting of every doc, lm-eval's request machinery, per-doc results, aggregation
 and bootstrap CIs, all timed; lm-eval's own index of its task YAMLs is built before the clock starts). Side B, in the same run, feeds exactly the token sequences HFLM built (recorded on the
 way through) to the model in batches of the same size and length order, with the log-softmax and
@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parent.parent
-TASKS = ["compfair_stereoset_all", "compfair_winobias_all"]
+TASKS = ["compfair_stereoset", "compfair_winobias"]
 
 
 def gpt2_small_dir(folder: Path) -> Path:
@@ -114,8 +114,8 @@ def main(argv=None) -> int:
         print(f"{name:28s} wall {wall:8.2f} s {tokens / wall:8.0f} tok/s   cpu {cpu:8.2f} s {tokens / cpu:8.0f} tok/s")
     print(f"ratio bare/compfair: wall {bare_s[0] / compfair_s[0]:.3f}, cpu {bare_s[1] / compfair_s[1]:.3f}"
           "  (target >= 0.9)")
-    ss = results["results"]["compfair_stereoset_all"]["ss,none"]
-    print(f"(sanity: ss = {ss:.2f}, anti_pct = {results['results']['compfair_winobias_all']['anti_pct,none']:.2f})")
+    ss = results["results"]["compfair_stereoset"]["ss,none"]
+    print(f"(sanity: ss = {ss:.2f}, anti_pct = {results['results']['compfair_winobias']['anti_pct,none']:.2f})")
     return 0
 
 

@@ -73,7 +73,7 @@ class Stopwatch:
         setattr(owner, name, timed)
 
 
-def run_task(generator: Path, prompts: int, batch_size: int):
+def run_task(generator: Path, prompts: int, batch_size: int, scorer_options: dict):
     """One lm-eval run; returns (generation seconds, scoring seconds, the scored continuation texts)."""
     import lm_eval
     from lm_eval.models.huggingface import HFLM
@@ -83,7 +83,8 @@ def run_task(generator: Path, prompts: int, batch_size: int):
     generating = Stopwatch(HFLM, "generate_until")
     scoring = Stopwatch(toxicity.ScoreContinuations, "apply")
     out = lm_eval.simple_evaluate(model="hf", model_args=f"pretrained={generator}", device="cpu", log_samples=True,
-                                  tasks=["compfair_toxicity_rtp_offline"], limit=prompts, batch_size=batch_size)
+                                  tasks=["compfair_toxicity_rtp_offline"], limit=prompts, batch_size=batch_size,
+                                  metadata={f"scorer_{key}": value for key, value in scorer_options.items()})
     samples = out["samples"]["compfair_toxicity_rtp_offline"]
     texts = [r["text"] for s in samples for r in toxicity.sample_records(s["filtered_resps"])]
     return generating.seconds, scoring.seconds, texts
@@ -121,14 +122,14 @@ def main(argv=None) -> int:
         tmp = Path(tmp)
         detoxify_dir = bert_base_detoxify(tmp / "detoxify")
         os.environ[scorers.CHECKPOINT_ENV] = str(detoxify_dir)
-        scorers.get_scorer("detoxify-original", batch_tokens=args.batch_tokens, device="cpu", progress=False)
+        options = {"batch_tokens": args.batch_tokens, "device": "cpu", "progress": False}
+        scorer = scorers.get_scorer("detoxify-original", **options)  # loaded before timing; the task reuses it
 
-        generate_s, score_s, texts = run_task(gpt2_small(tmp / "gpt2"), args.prompts, batch_size=32)
+        generate_s, score_s, texts = run_task(gpt2_small(tmp / "gpt2"), args.prompts, 32, options)
         share = score_s / (score_s + generate_s)
         print(f"task run: {len(texts)} continuations; generating {generate_s:.1f} s, scoring {score_s:.1f} s")
         print(f"RATIO scoring share of (scoring + generating) wall time: {share:.1%} (target <= 25%)")
 
-        scorer = scorers.get_scorer("detoxify-original")
         checkpoint = next(detoxify_dir.glob("toxic_original-*.ckpt"))
         reference = Detoxify(checkpoint=str(checkpoint), huggingface_config_path=str(detoxify_dir))
 

@@ -21,11 +21,24 @@ COMMANDS = {
 }
 
 
-def _usage() -> str:
-    lines = ["usage: compfair <command> [options]   (compfair <command> --help for its options)", "", "commands:"]
+def _usage(prefix: tuple[str, ...] = ()) -> str:
+    """Usage of `compfair` (or of a command group such as `compfair compress`) with its commands."""
+    shown = " ".join(("compfair", *prefix))
+    lines = [f"usage: {shown} <command> [options]   ({shown} <command> --help for its options)", "", "commands:"]
     for words, (_, help_text) in COMMANDS.items():
-        lines.append(f"  {' '.join(words):<20} {help_text}")
+        if words[: len(prefix)] == prefix:
+            lines.append(f"  {' '.join(words):<20} {help_text}")
     return "\n".join(lines)
+
+
+def _group_prefix(argv: list[str]) -> tuple[str, ...]:
+    """The longest run of argv's first words that starts some command (`compress` of `compress prune`)."""
+    prefix: tuple[str, ...] = ()
+    for word in argv:
+        if not any(words[: len(prefix) + 1] == (*prefix, word) for words in COMMANDS):
+            break
+        prefix = (*prefix, word)
+    return prefix
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,13 +47,33 @@ def main(argv: list[str] | None = None) -> int:
         if tuple(argv[: len(words)]) == words:
             module_name, function_name = target.split(":")
             function = getattr(importlib.import_module(module_name), function_name)
-            return int(function(argv[len(words):]) or 0)
-    print(_usage(), file=sys.stderr if argv and argv[0] not in ("-h", "--help") else sys.stdout)
-    return 0 if not argv or argv[0] in ("-h", "--help") else 2
+            return _run(" ".join(words), function, argv[len(words):])
+    prefix = _group_prefix(argv)
+    rest = argv[len(prefix):]
+    if rest[:1] in (["-h"], ["--help"]) or not argv:
+        print(_usage(prefix))
+        return 0
+    if not rest:
+        print(f"{' '.join(('compfair', *prefix))}: error: a command is missing\n\n{_usage(prefix)}", file=sys.stderr)
+        return 2
+    print(f"{' '.join(('compfair', *prefix))}: error: unknown command {rest[0]!r}\n\n{_usage(prefix)}", file=sys.stderr)
+    return 2
+
+
+def _run(command: str, function, argv: list[str]) -> int:
+    """Run a subcommand; bad input (a CompfairError) prints its one-line message and exits 2."""
+    from compfair_tasks.errors import CompfairError
+
+    try:
+        return int(function(argv) or 0)
+    except CompfairError as error:
+        print(f"compfair {command}: error: {error}", file=sys.stderr)
+        return 2
 
 
 def print_task_dir(argv: list[str]) -> int:
-    argparse.ArgumentParser(prog="compfair task-dir").parse_args(argv)
+    argparse.ArgumentParser(prog="compfair task-dir", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                            description="print the task_configs folder (for lm_eval --include_path)").parse_args(argv)
     from compfair_tasks._hook import task_configs_dir
 
     print(task_configs_dir())
@@ -48,7 +81,9 @@ def print_task_dir(argv: list[str]) -> int:
 
 
 def print_data_sources(argv: list[str]) -> int:
-    argparse.ArgumentParser(prog="compfair data", description="where each dataset resolves").parse_args(argv)
+    argparse.ArgumentParser(prog="compfair data", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                            description="where each dataset resolves (explicit path > COMPFAIR_DATA_DIR > shipped "
+                                        "> hub) and its license").parse_args(argv)
     from compfair_tasks import data
 
     for name, spec in data.DATASETS.items():
@@ -63,8 +98,10 @@ def print_data_sources(argv: list[str]) -> int:
 def print_model_dir(argv: list[str]) -> int:
     from compfair_tasks.models import DEFAULT_MODEL, EMBEDDED_MODELS, embedded_model_dir
 
-    parser = argparse.ArgumentParser(prog="compfair model-dir")
-    parser.add_argument("name", nargs="?", default=DEFAULT_MODEL, choices=sorted(EMBEDDED_MODELS))
+    parser = argparse.ArgumentParser(prog="compfair model-dir", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                                     description="convert an embedded model (once) and print its checkpoint folder")
+    parser.add_argument("name", nargs="?", default=DEFAULT_MODEL, choices=sorted(EMBEDDED_MODELS),
+                        help="embedded model: " + "; ".join(f"{m.name} = {m.title}" for m in EMBEDDED_MODELS.values()))
     print(embedded_model_dir(parser.parse_args(argv).name))
     return 0
 

@@ -21,30 +21,36 @@ COLUMNS = ("sent_more", "sent_less", "stereo_antistereo", "bias_type")
 
 def build_docs(path) -> list[dict]:
     docs = []
-    with open(path, encoding="utf-8", newline="") as f:
+    import io
+
+    with io.StringIO(data.read_text(path, "CrowS-Pairs CSV"), newline="") as f:
         reader = csv.DictReader(f)
         missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
         if missing:
-            raise ValueError(f"{path}: not the CrowS-Pairs CSV (missing columns {', '.join(missing)})")
+            raise data.DataFormatError(f"{path}: not the CrowS-Pairs CSV (missing columns {', '.join(missing)}); "
+                                       "use the original crows_pairs_anonymized.csv")
         for i, row in enumerate(reader):
-            if not row["sent_more"].strip() or not row["sent_less"].strip() or not row["bias_type"]:
-                raise ValueError(f"{path}: row {i + 2} is malformed (empty sentence or bias_type)")
+            if not all((row.get(c) or "").strip() for c in ("sent_more", "sent_less", "bias_type")):
+                raise data.DataFormatError(f"{path}:{reader.line_num}: row {i + 2} is malformed (empty sentence or bias_type); "
+                                           "fix or drop that row")
             docs.append({"id": str(row.get("") or i), "bias_type": row["bias_type"],
                          "stereo_antistereo": row["stereo_antistereo"], "context": "",
                          "choices": [row["sent_more"], row["sent_less"]]})
     if not docs:
-        raise ValueError(f"{path}: no pairs")
+        raise data.DataFormatError(f"{path}: no pairs; re-copy the original crows_pairs_anonymized.csv")
     return docs
 
 
 def load(**metadata):
+    from compfair_tasks.models import check_task_model
+
+    check_task_model(metadata, "compfair_crows_pairs")
     source = data.resolve("crows_pairs", data.path_from_metadata("crows_pairs", metadata), allow_hub=False)
-    docs = build_docs(source.path / "crows_pairs_anonymized.csv")
+    path = source.path / "crows_pairs_anonymized.csv"
+    docs = build_docs(path)
     for doc in docs:
         doc["data_source"] = str(source)
-    import datasets
-
-    return {"test": datasets.Dataset.from_list(docs)}
+    return data.to_dataset(docs, str(path))
 
 
 def process_results(doc: dict, results) -> dict:

@@ -9,9 +9,19 @@ that names the dataset, the environment variable and the expected file layout.
 
 from __future__ import annotations
 
+import contextlib
+import difflib
+import hashlib
+import json
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+
+from compfair_tasks.errors import CompfairError
+from compfair_tasks.hub import offline
+
+log = logging.getLogger(__name__)
 
 ENV_VAR = "COMPFAIR_DATA_DIR"
 SHIPPED_DIR = Path(__file__).resolve().parent / "data"
@@ -36,6 +46,13 @@ def _winobias_files():
     )
 
 
+BOLD_DOMAINS = ("gender", "race", "religious_ideology", "political_ideology", "profession")
+
+
+def _bold_prompt_files():
+    return tuple(f"{domain}_prompt.json" for domain in BOLD_DOMAINS)
+
+
 DATASETS = {
     spec.name: spec
     for spec in (
@@ -45,6 +62,7 @@ DATASETS = {
             "crows_pairs", "CrowS-Pairs", ("crows_pairs_anonymized.csv",), "nyu-mll/crows_pairs", "CC BY-SA 4.0", True
         ),
         DatasetSpec("bold_wiki", "BOLD Wikipedia sentences", ("*_wiki.json",), None, "CC BY-SA 4.0", True),
+        DatasetSpec("bold", "BOLD prompts", _bold_prompt_files(), None, "CC BY-SA 4.0", True),
         DatasetSpec(
             "rtp_challenging",
             "RealToxicityPrompts, most successful challenging prompts per attribute",
@@ -66,10 +84,23 @@ DATASETS = {
         ),
     )
 }
+# the six labels of every TCCC comment (also the classes of Detoxify's "original" model, trained on TCCC)
+TCCC_LABELS = ("toxic", "severe_toxic", "obscene", "threat", "insult", "identity_hate")
 
 
-class DataNotFoundError(FileNotFoundError):
+class DataNotFoundError(CompfairError, FileNotFoundError):
     """A dataset is neither on disk nor reachable on the hub."""
+
+
+class DataFormatError(CompfairError, ValueError):
+    """A dataset file that cannot be read (empty, truncated, not UTF-8, malformed, no rows)."""
+
+
+class MetadataKeyError(CompfairError, KeyError):
+    """A task metadata key that looks like a misspelt compfair key."""
+
+    def __str__(self):  # KeyError would quote the message
+        return str(self.args[0])
 
 
 @dataclass(frozen=True)
@@ -119,29 +150,153 @@ def resolve(name: str, explicit_path: str | os.PathLike | None = None, allow_hub
                 f"{s.title}: the path given as {s.name}_path ({explicit_path}) lacks {', '.join(missing)}; "
                 f"it must be a folder holding {', '.join(s.files)}."
             )
-        return DataSource(name, "path", str(folder))
+        return _record(DataSource(name, "path", str(folder)))
     env_root = os.environ.get(ENV_VAR)
+    env_missing = None
     if env_root:
         folder = Path(env_root).expanduser() / s.name
-        if not _missing_files(folder, s.files):
-            return DataSource(name, "env", str(folder))
+        env_missing = _missing_files(folder, s.files)
+        if not env_missing:
+            return _record(DataSource(name, "env", str(folder)))
+    found = None
     if s.shipped and not _missing_files(SHIPPED_DIR / s.name, s.files):
-        return DataSource(name, "shipped", str(SHIPPED_DIR / s.name))
-    if allow_hub and s.hub_id and not _hub_offline():
-        return DataSource(name, "hub", s.hub_id)
-    raise DataNotFoundError(_not_found_message(s))
+        found = DataSource(name, "shipped", str(SHIPPED_DIR / s.name))
+    elif allow_hub and s.hub_id and not offline():
+        found = DataSource(name, "hub", s.hub_id)
+    if found is None:
+        raise DataNotFoundError(_not_found_message(s))
+    if env_missing:
+        env_folder = Path(env_root).expanduser() / s.name
+        lacks = ", ".join(env_missing) if env_folder.is_dir() else "(no such folder)"
+        log.warning("%s is set, but %s lacks %s: %s uses the %s copy (%s) instead", ENV_VAR, env_folder, lacks,
+                    s.title, found.kind, found.location)
+    return _record(found)
 
 
-def _hub_offline() -> bool:
-    return any(os.environ.get(v, "").lower() in ("1", "true", "yes") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+# --- provenance: which copy every dataset came from, recorded in the task's results config -------
+
+_recording: list[list[dict]] = []
+_sha_cache: dict[tuple, str] = {}
+
+
+def sha256(path: Path) -> str:
+    key = (str(path), path.stat().st_size, path.stat().st_mtime_ns)
+    if key not in _sha_cache:
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+        _sha_cache[key] = digest.hexdigest()
+    return _sha_cache[key]
+
+
+def provenance(source: DataSource) -> dict:
+    """{dataset, source (path/env/shipped/hub), location, sha256 of each file the task reads (None for the hub)}."""
+    record = {"dataset": source.name, "source": source.kind, "location": source.location, "sha256": None}
+    if source.kind != "hub":
+        folder = source.path
+        files = sorted({p for pattern in spec(source.name).files for p in folder.glob(pattern) if p.is_file()})
+        record["sha256"] = {p.name: sha256(p) for p in files}
+    return record
+
+
+def _record(source: DataSource) -> DataSource:
+    for sources in _recording:
+        entry = provenance(source)
+        if entry not in sources:
+            sources.append(entry)
+    return source
+
+
+@contextlib.contextmanager
+def recording():
+    """Collect the provenance of every dataset resolved inside the block (the startup hook wraps task set-up)."""
+    sources: list[dict] = []
+    _recording.append(sources)
+    try:
+        yield sources
+    finally:
+        _recording.remove(sources)
+
+
+# --- reading files: one-line errors that name the file, the line and the fix ------------------------
+
+
+def read_text(path, what: str = "dataset file", allow_empty: bool = False) -> str:
+    """A file's UTF-8 text; an empty (unless allowed), UTF-16 or otherwise non-UTF-8 file is a DataFormatError."""
+    path = Path(path)
+    raw = path.read_bytes()
+    fix = "re-save it as UTF-8 (or re-copy the original)"
+    if not raw.strip() and not allow_empty:
+        raise DataFormatError(f"{path}: the {what} is empty; re-copy the original file")
+    if raw[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        raise DataFormatError(f"{path}: the {what} is UTF-16, not UTF-8; {fix}")
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = raw[: error.start].count(b"\n") + 1
+        raise DataFormatError(f"{path}:{line}: the {what} is not UTF-8 (byte 0x{raw[error.start]:02x}; latin-1 or "
+                              f"another encoding?); {fix}") from None
+
+
+def read_json(path, what: str = "dataset file"):
+    text = read_text(path, what)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise DataFormatError(f"{path}:{error.lineno}:{error.colno}: the {what} is not valid JSON ({error.msg}; "
+                              "truncated?); re-copy the original file") from None
+
+
+def to_dataset(docs: list[dict], where: str):
+    """{'test': Dataset} of the docs; no docs is a DataFormatError naming where they were read from."""
+    if not docs:
+        raise DataFormatError(f"{where}: no rows to evaluate; check the file (or the split/filter options)")
+    import datasets
+
+    return {"test": datasets.Dataset.from_list(docs)}
+
+
+# --- task metadata keys ----------------------------------------------------------------------------
+
+# every key a compfair task reads from its metadata (--metadata, --model_args, YAML metadata)
+TASK_KEYS = {
+    "preference_score", "tokenizer", "prefix_token_id", "scorer", "scorer_batch_size", "scorer_batch_tokens",
+    "scorer_device", "scorer_progress", "scorer_label", "dialogue", "tccc_split", "tccc_size", "tccc_seed",
+    "fluency_model", "fluency_device", "fluency_batch_size", "fluency_batch_tokens", "data_sources",
+    "bold_per_group", "bold_seed",
+}
+_PATH_SUFFIXES = ("_path", "_pth", "_paths", "_dir", "_folder", "_file")
+
+
+def known_metadata_keys() -> set[str]:
+    return TASK_KEYS | {f"{name}_path" for name in DATASETS}
+
+
+def check_metadata(metadata: dict | None) -> None:
+    """Reject metadata keys that look like misspelt compfair keys (close to a known one, or an unknown *_path)."""
+    known = known_metadata_keys()
+    for key in metadata or {}:
+        if not isinstance(key, str) or key in known:
+            continue
+        close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.85)
+        stem = next((key[: -len(sfx)] for sfx in _PATH_SUFFIXES if key.endswith(sfx)), None)
+        if not close and stem is not None:
+            close = difflib.get_close_matches(stem, sorted(DATASETS), n=1, cutoff=0.6)
+            close = [f"{close[0]}_path"] if close else []
+            if not close and stem not in DATASETS:
+                continue  # e.g. a model argument such as peft_path: not compfair's
+        if close:
+            raise MetadataKeyError(f"unknown task metadata key {key!r}: did you mean {close[0]!r}? "
+                                   f"(compfair dataset paths are <dataset>_path, datasets: {', '.join(DATASETS)})")
 
 
 def _not_found_message(s: DatasetSpec) -> str:
     where = f"set {ENV_VAR} to a folder holding {layout(s.name)}, or pass --metadata '{{\"{s.name}_path\": \"<folder>\"}}'"
     if s.hub_id:
         hub = f"; online, compfair would download {s.hub_id} from the Hugging Face hub"
-        if _hub_offline():
-            hub += " (HF_HUB_OFFLINE is set)"
+        if offline():
+            hub += f" ({offline()} is set)"
     else:
         hub = ""
     return f"{s.title} data not found: {where}{hub}."
@@ -157,6 +312,34 @@ def load_hub(source: DataSource, **kwargs):
         raise DataNotFoundError(f"{_not_found_message(spec(source.name))} (hub error: {error})") from error
 
 
+def read_bold(file) -> list[tuple[str, str, list[str]]]:
+    """(group, name, texts) of one BOLD JSON file (group -> name -> [texts]; Wikipedia sentences or prompts),
+    in file order."""
+    tree = read_json(file, "BOLD file")
+    if not isinstance(tree, dict) or not all(isinstance(names, dict) for names in tree.values()):
+        raise DataFormatError(f"{file}: not a BOLD file (group -> name -> [texts]); re-copy the original")
+    return [(group, name, texts) for group, names in tree.items() for name, texts in names.items()]
+
+
 def path_from_metadata(name: str, metadata: dict | None) -> str | None:
-    """The explicit path for `name` in task metadata (`<name>_path`), if any."""
+    """The explicit path for `name` in task metadata (`<name>_path`), if any; misspelt keys are refused."""
+    check_metadata(metadata)
     return (metadata or {}).get(f"{name}_path")
+
+
+def metadata_json(text: str) -> str:
+    """argparse type of a --metadata option: a JSON object whose compfair-looking keys are spelt right."""
+    import argparse
+
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({error.msg} at column {error.colno}): {text!r}; quote "
+                                         """it for the shell, e.g. --metadata '{"scorer": "profanity-check"}'""") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"must be a JSON object {{...}}, got {text!r}")
+    try:
+        check_metadata(value)
+    except MetadataKeyError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return text

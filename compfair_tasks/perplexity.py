@@ -7,21 +7,20 @@ task, so `compfair_ppl_bold_wiki` and `wikitext` numbers are computed the same w
 
 from __future__ import annotations
 
-import json
 import re
 
 from compfair_tasks import data
+
 
 
 def bold_wiki_documents(source: data.DataSource) -> list[dict]:
     documents = []
     for file in sorted(source.path.glob("*_wiki.json")):
         domain = file.name.removesuffix("_wiki.json")
-        for group, people in json.loads(file.read_text(encoding="utf-8")).items():
-            for person, sentences in people.items():
-                text = " ".join(s.strip() for s in sentences if s.strip())
-                if text:
-                    documents.append({"domain": domain, "group": group, "person": person, "text": text})
+        for group, person, sentences in data.read_bold(file):
+            text = " ".join(s.strip() for s in sentences if s.strip())
+            if text:
+                documents.append({"domain": domain, "group": group, "person": person, "text": text})
     if not documents:
         raise data.DataNotFoundError(f"no BOLD Wikipedia sentences in {source.path} (expected *_wiki.json files)")
     return documents
@@ -29,10 +28,11 @@ def bold_wiki_documents(source: data.DataSource) -> list[dict]:
 
 def load_bold_wiki(**metadata):
     """custom_dataset for compfair_ppl_bold_wiki: {'test': Dataset} of per-person documents."""
-    import datasets
+    from compfair_tasks.models import check_task_model
 
+    check_task_model(metadata, "compfair_ppl_bold_wiki")
     source = data.resolve("bold_wiki", data.path_from_metadata("bold_wiki", metadata))
-    return {"test": datasets.Dataset.from_list(bold_wiki_documents(source))}
+    return data.to_dataset(bold_wiki_documents(source), f"BOLD Wikipedia in {source.path}")
 
 
 def process_results(doc, results):

@@ -25,7 +25,14 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from compfair_tasks import hub
+from compfair_tasks.errors import CompfairError
+
 log = logging.getLogger(__name__)
+
+
+class PreferenceSettingsError(CompfairError, ValueError):
+    """A scoring rule, tokenizer or prefix token that the preference tasks cannot use."""
 
 SCORE_RULES = ("mean", "sum")
 SCORE_RULE_KEY = "preference_score"
@@ -34,7 +41,7 @@ SCORE_RULE_KEY = "preference_score"
 def score_rule(metadata: dict | None) -> str:
     rule = str((metadata or {}).get(SCORE_RULE_KEY, "mean")).lower()
     if rule not in SCORE_RULES:
-        raise ValueError(f"{SCORE_RULE_KEY}={rule!r} is not a scoring rule; use one of {', '.join(SCORE_RULES)}")
+        raise PreferenceSettingsError(f"{SCORE_RULE_KEY}={rule!r} is not a scoring rule; use one of {', '.join(SCORE_RULES)}")
     return rule
 
 
@@ -107,7 +114,7 @@ class TokenCounter:
         """Scored continuation tokens of each (context, continuation) pair, tokenized in batches."""
         empty = [i for i, (context, _) in enumerate(pairs) if context == ""]
         if empty and self.prefix_token_id is None:
-            raise ValueError(
+            raise PreferenceSettingsError(
                 f"tokenizer {self.name or type(self.tokenizer).__name__} has neither a BOS nor an EOS token, so "
                 "lm-eval cannot score a sentence from an empty context; pass one with "
                 "--model_args prefix_token_id=<id> (the token the model should condition on)"
@@ -137,16 +144,13 @@ class TokenCounter:
 def token_counter(metadata: dict | None) -> TokenCounter | None:
     """The model's TokenCounter from task metadata (lm-eval merges --model_args into it), or None."""
     metadata = metadata or {}
-    name = metadata.get("tokenizer") or metadata.get("pretrained")
-    if not isinstance(name, str) or not name:
+    name = hub.model_name(metadata)
+    if name is None:
         return None
-    from transformers import AutoConfig, AutoTokenizer
-
-    kwargs = {k: metadata[k] for k in ("revision", "trust_remote_code") if k in metadata}
     try:
-        tokenizer = AutoTokenizer.from_pretrained(name, **kwargs)
+        tokenizer = hub.load_tokenizer(metadata)
     except Exception as error:
-        raise ValueError(
+        raise PreferenceSettingsError(
             f"cannot load the tokenizer {name!r} to count candidate tokens for per-token scoring ({error}); "
             f"pass a loadable one with --metadata '{{\"tokenizer\": \"<path or hub id>\"}}' "
             f"or score by summed log-likelihood with --metadata '{{\"{SCORE_RULE_KEY}\": \"sum\"}}'"
@@ -156,8 +160,7 @@ def token_counter(metadata: dict | None) -> TokenCounter | None:
         seq2seq = backend == "seq2seq"
     else:
         try:
-            seq2seq = bool(getattr(AutoConfig.from_pretrained(metadata.get("pretrained") or name, **kwargs),
-                                   "is_encoder_decoder", False))
+            seq2seq = bool(getattr(hub.load_config(metadata), "is_encoder_decoder", False))
         except Exception:  # a tokenizer-only folder: lm-eval's HF models default to causal
             seq2seq = False
     prefix = metadata.get("prefix_token_id")
@@ -171,6 +174,9 @@ def annotate(docs: list[dict], metadata: dict | None, task: str) -> list[dict]:
     The choices must be the exact continuations lm-eval will score (the task's target_delimiter
     is ""), so the counts match HFLM's. Falls back to 'sum' (logged) when no tokenizer is known.
     """
+    from compfair_tasks.models import check_task_model
+
+    check_task_model(metadata, task)
     rule = score_rule(metadata)
     counter = token_counter(metadata) if rule == "mean" else None
     if rule == "mean" and counter is None:

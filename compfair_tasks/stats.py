@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
 DEFAULT_RESAMPLES = 1000
+
+
+def total(items) -> float:
+    """The sum aggregation of the task YAMLs (lm-eval has mean and median but no sum)."""
+    return float(np.sum(items))
 
 
 def _statistic_of(statistic: Callable | None):
@@ -55,6 +60,55 @@ def bootstrap_stderr(items: Sequence, statistic: Callable | None = None, n_resam
     return float(np.std(bootstrap_distribution(items, statistic, n_resamples, seed), ddof=1))
 
 
+def stratified_bootstrap_distribution(strata: Mapping[str, Sequence[float]], statistic: Callable,
+                                      n_resamples: int = DEFAULT_RESAMPLES, seed: int = 0) -> np.ndarray:
+    """`statistic` of the stratum means over `n_resamples` resamples that keep every stratum's size.
+
+    Each resample draws, within every stratum separately and with replacement, as many items as the
+    stratum holds, so no stratum is ever missing or resized (a pooled bootstrap would let small groups
+    vanish). `statistic` takes the vector of stratum means, in sorted stratum order, and returns a float.
+    """
+    if not strata or any(len(values) == 0 for values in strata.values()):
+        raise ValueError("a stratified bootstrap needs at least one stratum and no empty stratum")
+    rng = np.random.default_rng(seed)
+    means = np.empty((n_resamples, len(strata)))
+    for column, key in enumerate(sorted(strata)):
+        values = np.asarray(strata[key], dtype=float)
+        means[:, column] = values[rng.integers(0, len(values), (n_resamples, len(values)))].mean(axis=1)
+    return np.array([statistic(row) for row in means], dtype=float)
+
+
+def stratified_bootstrap_ci(strata: Mapping[str, Sequence[float]], statistic: Callable, confidence: float = 0.95,
+                            n_resamples: int = DEFAULT_RESAMPLES, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap CI of a statistic of stratum means, resampling items within strata."""
+    values = stratified_bootstrap_distribution(strata, statistic, n_resamples, seed)
+    tail = (1 - confidence) / 2 * 100
+    low, high = np.percentile(values, [tail, 100 - tail])
+    return float(low), float(high)
+
+
+def stratum_permutation_test(strata: Mapping[str, Sequence[float]], statistic: Callable,
+                             n_resamples: int = DEFAULT_RESAMPLES, seed: int = 0) -> float:
+    """One-sided p-value of `statistic` of the stratum means under "the strata do not differ".
+
+    The stratum labels are shuffled over the items (stratum sizes kept); p is the share of shufflings,
+    counting the observed labelling, whose statistic is at least the observed one. Unlike a bootstrap CI of a
+    max - min spread, which sits above the spread of the true means, this tests whether the spread is larger
+    than the spread that noise alone gives with these stratum sizes.
+    """
+    keys = sorted(strata)
+    if len(keys) < 2 or any(len(strata[key]) == 0 for key in keys):
+        raise ValueError("a permutation test across strata needs at least two non-empty strata")
+    values = np.concatenate([np.asarray(strata[key], dtype=float) for key in keys])
+    labels = np.repeat(np.arange(len(keys)), [len(strata[key]) for key in keys])
+    sizes = np.bincount(labels)
+    observed = statistic(np.bincount(labels, weights=values) / sizes)
+    rng = np.random.default_rng(seed)
+    hits = sum(statistic(np.bincount(rng.permutation(labels), weights=values, minlength=len(keys)) / sizes)
+               >= observed - 1e-12 for _ in range(n_resamples))
+    return float((hits + 1) / (n_resamples + 1))
+
+
 def paired_bootstrap_test(a: Sequence[float], b: Sequence[float], n_resamples: int = 10000, seed: int = 0) -> dict:
     """Paired bootstrap of mean(b - a): effect, 95% CI and a two-sided p-value for 'no difference'.
 
@@ -87,3 +141,53 @@ def _paired_differences(a: Sequence[float], b: Sequence[float]) -> np.ndarray:
     if a.shape != b.shape or a.ndim != 1 or len(a) == 0:
         raise ValueError(f"paired tests need two equal-length, non-empty 1-D samples (got {a.shape} and {b.shape})")
     return b - a
+
+
+def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of a proportion successes/n (stays inside [0, 1] and is not [0, 0] at 0/n)."""
+    if n <= 0:
+        raise ValueError("a proportion needs at least one trial")
+    from statistics import NormalDist
+
+    z = NormalDist().inv_cdf(0.5 + confidence / 2)
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return float(max(0.0, centre - half)), float(min(1.0, centre + half))
+
+
+def group_gap(groups: Sequence, values: Sequence[float]) -> float:
+    """max - min over groups of the group means."""
+    groups, values = np.asarray(groups), np.asarray(values, dtype=float)
+    means = [values[groups == g].mean() for g in np.unique(groups)]
+    return float(max(means) - min(means))
+
+
+def paired_group_gap_test(groups: Sequence, a: Sequence[float], b: Sequence[float], n_resamples: int = 2000,
+                          seed: int = 0) -> dict:
+    """Paired bootstrap of gap(b) - gap(a), gap = max - min of group means (BOLD's group gap).
+
+    a and b are two models' per-prompt values on the same prompts, in the same order, `groups` each prompt's
+    group. Each resample draws prompts with replacement within every group, the same draw for both models.
+    Returns the effect, its 95% percentile CI and a two-sided p-value (resampled differences recentred at the
+    effect, as in `paired_bootstrap_test`; the max-min statistic is biased upward, so read p as a screen).
+    """
+    groups = np.asarray(groups)
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if not (a.shape == b.shape == groups.shape) or a.ndim != 1 or len(a) == 0:
+        raise ValueError(f"a group-gap test needs equal-length groups and scores (got {groups.shape}, {a.shape}, "
+                         f"{b.shape})")
+    labels = np.unique(groups)
+    if len(labels) < 2:
+        raise ValueError("a group gap needs at least two groups")
+    rng = np.random.default_rng(seed)
+    means_a, means_b = np.empty((n_resamples, len(labels))), np.empty((n_resamples, len(labels)))
+    for j, label in enumerate(labels):
+        members = np.flatnonzero(groups == label)
+        draw = members[rng.integers(0, len(members), (n_resamples, len(members)))]
+        means_a[:, j], means_b[:, j] = a[draw].mean(axis=1), b[draw].mean(axis=1)
+    resampled = (means_b.max(axis=1) - means_b.min(axis=1)) - (means_a.max(axis=1) - means_a.min(axis=1))
+    effect = group_gap(groups, b) - group_gap(groups, a)
+    p_value = float((np.abs(resampled - effect) >= abs(effect)).mean()) if effect != 0 else 1.0
+    low, high = np.percentile(resampled, [2.5, 97.5])
+    return {"effect": float(effect), "ci_low": float(low), "ci_high": float(high), "p_value": p_value, "n": len(a)}

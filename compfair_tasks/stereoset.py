@@ -24,7 +24,6 @@ domain's examples.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
 
@@ -43,12 +42,15 @@ LABELS = ("stereotype", "anti-stereotype", "unrelated")  # the candidate order i
 
 
 def _examples_from_json(path) -> dict[str, list[dict]]:
-    with open(path, encoding="utf-8") as f:
-        raw = json.load(f)
+    raw = data.read_json(path, "StereoSet file")
     try:
-        return {split: raw["data"][split] for split in SPLITS}
+        examples = {split: raw["data"][split] for split in SPLITS}
     except (KeyError, TypeError) as error:
-        raise ValueError(f"{path} is not in the official StereoSet format (missing data.{error})") from error
+        raise data.DataFormatError(f"{path} is not in the official StereoSet format (missing data.{error}); "
+                                   "use the official dev.json") from None
+    if not all(isinstance(rows, list) for rows in examples.values()):
+        raise data.DataFormatError(f"{path}: data.intrasentence and data.intersentence must be lists of examples")
+    return examples
 
 
 def _examples_from_hub(source: data.DataSource) -> dict[str, list[dict]]:
@@ -70,16 +72,18 @@ def build_docs(examples: dict[str, list[dict]], splits: Sequence[str], scope: st
     docs = []
     for split in splits:
         for index, ex in enumerate(examples[split]):
+            if not isinstance(ex, dict):
+                raise data.DataFormatError(f"StereoSet {split} example {index} is not an object: use the official dev.json")
             where = f"StereoSet {split} example {index} (id {ex.get('id')})"
             by_label = {}
             for sentence in ex.get("sentences", []):
                 label = sentence.get("gold_label")
-                if label in by_label or label not in LABELS or not sentence.get("sentence"):
-                    raise ValueError(f"{where}: malformed sentence list (needs one non-empty sentence per label "
+                if not isinstance(sentence, dict) or label in by_label or label not in LABELS or not sentence.get("sentence"):
+                    raise data.DataFormatError(f"{where}: malformed sentence list (needs one non-empty sentence per label "
                                      f"{', '.join(LABELS)}; found {[s.get('gold_label') for s in ex['sentences']]})")
                 by_label[label] = sentence["sentence"]
             if len(by_label) != 3 or not ex.get("target") or ex.get("bias_type") not in DOMAINS:
-                raise ValueError(f"{where}: needs a target, a bias_type in {DOMAINS} and the three labelled sentences")
+                raise data.DataFormatError(f"{where}: needs a target, a bias_type in {DOMAINS} and the three labelled sentences")
             context = "" if split == "intrasentence" else ex["context"]
             prefix = "" if split == "intrasentence" else " "
             docs.append({
@@ -93,13 +97,12 @@ def build_docs(examples: dict[str, list[dict]], splits: Sequence[str], scope: st
 def _load(splits: Sequence[str], scope: str, metadata: dict):
     source = data.resolve("stereoset", data.path_from_metadata("stereoset", metadata))
     examples = _examples_from_hub(source) if source.kind == "hub" else _examples_from_json(source.path / "dev.json")
-    docs = preference.annotate(build_docs(examples, splits, scope), metadata, f"compfair_stereoset_{scope}")
+    task = "compfair_stereoset" if scope == "all" else f"compfair_stereoset_{scope}"
+    docs = preference.annotate(build_docs(examples, splits, scope), metadata, task)
     for doc in docs:
         doc["data_source"] = str(source)
     log.info("StereoSet %s: %d examples from %s", scope, len(docs), source)
-    import datasets
-
-    return {"test": datasets.Dataset.from_list(docs)}
+    return data.to_dataset(docs, f"StereoSet {scope} ({source})")
 
 
 def load_intrasentence(**metadata):

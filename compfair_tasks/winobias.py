@@ -41,11 +41,11 @@ def parse_line(line: str, where: str) -> tuple[int, str, list[str]]:
     """(line number, plain sentence, bracketed spans) of one WinoBias line; raises if malformed."""
     match = _LINE.match(line.strip())
     if not match:
-        raise ValueError(f"{where}: not a WinoBias line '<n> <sentence>': {line.strip()!r}")
+        raise data.DataFormatError(f"{where}: not a WinoBias line '<n> <sentence>': {line.strip()!r}")
     number, marked = int(match.group(1)), match.group(2)
     spans = [s.strip() for s in _SPAN.findall(marked)]
     if len(spans) < 2:
-        raise ValueError(f"{where}: expected an [antecedent] and at least one [pronoun] span: {marked!r}")
+        raise data.DataFormatError(f"{where}: expected an [antecedent] and at least one [pronoun] span: {marked!r}")
     text = _DOUBLED_DETERMINER.sub(r"[\1", marked)  # 'the [the chief]' -> '[the chief]'
     text = _SPAN.sub(lambda m: m.group(1).strip(), text)
     text = re.sub(r"\s+'s\b", "'s", text)  # CoNLL-style ' 's' -> "'s"
@@ -55,7 +55,7 @@ def parse_line(line: str, where: str) -> tuple[int, str, list[str]]:
 def pronoun_gender(spans: list[str], where: str) -> str:
     genders = {PRONOUN_GENDER[s.lower()] for s in spans[1:] if s.lower() in PRONOUN_GENDER}
     if len(genders) != 1:
-        raise ValueError(f"{where}: cannot tell the pronoun gender from the spans {spans[1:]}")
+        raise data.DataFormatError(f"{where}: cannot tell the pronoun gender from the spans {spans[1:]}")
     return genders.pop()
 
 
@@ -71,16 +71,15 @@ def is_minimal_pair(pro: str, anti: str) -> bool:
 
 def _read(path, where: str) -> dict[int, tuple[str, list[str]]]:
     lines = {}
-    with open(path, encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            number, text, spans = parse_line(line, f"{where}:{i}")
-            if number in lines:
-                raise ValueError(f"{where}:{i}: line number {number} appears twice")
-            lines[number] = (text, spans)
+    for i, line in enumerate(data.read_text(path, "WinoBias file").split("\n"), 1):
+        if not line.strip():
+            continue
+        number, text, spans = parse_line(line, f"{where}:{i}")
+        if number in lines:
+            raise data.DataFormatError(f"{where}:{i}: line number {number} appears twice")
+        lines[number] = (text, spans)
     if not lines:
-        raise ValueError(f"{where}: no sentences")
+        raise data.DataFormatError(f"{where}: no sentences; re-copy the official WinoBias file")
     return lines
 
 
@@ -89,9 +88,9 @@ def build_docs(folder, types: Sequence[int], scope: str) -> list[dict]:
     for t in types:
         for split in SPLITS:
             names = {kind: f"{kind}_stereotyped_type{t}.txt.{split}" for kind in ("pro", "anti")}
-            pro, anti = (_read(folder / names[k], names[k]) for k in ("pro", "anti"))
+            pro, anti = (_read(folder / names[k], str(folder / names[k])) for k in ("pro", "anti"))
             if pro.keys() != anti.keys():
-                raise ValueError(f"{names['pro']} and {names['anti']} do not pair up line by line "
+                raise data.DataFormatError(f"{names['pro']} and {names['anti']} do not pair up line by line "
                                  f"(numbers only in one: {sorted(pro.keys() ^ anti.keys())[:5]})")
             for n in sorted(pro):
                 (pro_text, _), (anti_text, anti_spans) = pro[n], anti[n]
@@ -112,12 +111,11 @@ def _load(types: Sequence[int], scope: str, metadata: dict):
             f"pronoun markup compfair scores; set {data.ENV_VAR} to a folder holding {data.layout('winobias')} "
             f"(the official files of uclanlp/corefBias WinoBias/wino/data)"
         )
-    docs = preference.annotate(build_docs(source.path, types, scope), metadata, f"compfair_winobias_{scope}")
+    task = "compfair_winobias" if scope == "all" else f"compfair_winobias_{scope}"
+    docs = preference.annotate(build_docs(source.path, types, scope), metadata, task)
     for doc in docs:
         doc["data_source"] = str(source)
-    import datasets
-
-    return {"test": datasets.Dataset.from_list(docs)}
+    return data.to_dataset(docs, f"WinoBias {scope} in {source.path}")
 
 
 def load_type1(**metadata):
@@ -183,7 +181,3 @@ def agg_balanced_ci_low(records) -> float:
 
 def agg_balanced_ci_high(records) -> float:
     return _balanced_ci(records, 1)
-
-
-def agg_sum(values) -> float:
-    return float(sum(values))

@@ -37,6 +37,9 @@ PRESETS = {"A": (4, "teacher"), "B": (6, "teacher"), "B¬": (6, "random"),
            "C": (8, "teacher"), "D": (10, "teacher"), "D¬": (10, "random")}
 _NOT_SUFFIXES = ("¬", "not", "_not", "-not", "-", "~", "!", "neg")
 
+# --layers auto: keep the blocks of highest Block Influence on calibration texts from the training text
+AUTO = "auto"
+
 # Where each supported family keeps its transformer blocks.
 BLOCK_LISTS = ("transformer.h", "model.layers", "gpt_neox.layers", "model.decoder.layers")
 
@@ -71,11 +74,14 @@ def evenly_spaced_layers(n: int, depth: int) -> list[int]:
     return [math.floor(i * (depth - 1) / (n - 1) + 0.5) for i in range(n)]
 
 
-def parse_layer_list(text: str) -> list[int]:
+def parse_layer_list(text: str) -> list[int] | str:
+    if text.strip().lower() == AUTO:
+        return AUTO
     try:
         return [int(part) for part in text.replace(" ", "").split(",") if part != ""]
     except ValueError:
-        raise DistillError(f"--layers takes comma-separated block indices such as 0,2,4,7,9,11, got {text!r}") from None
+        raise DistillError(f"--layers takes comma-separated block indices such as 0,2,4,7,9,11 or 'auto', "
+                          f"got {text!r}") from None
 
 
 def choose_layers(teacher_depth: int, num_layers: int | None = None, layers: list[int] | None = None) -> list[int]:
@@ -97,6 +103,84 @@ def choose_layers(teacher_depth: int, num_layers: int | None = None, layers: lis
         raise DistillError(f"a student of {num_layers} blocks is not smaller than its {teacher_depth}-block teacher: "
                            f"choose fewer than {teacher_depth}")
     return list(layers) if layers is not None else evenly_spaced_layers(num_layers, teacher_depth)
+
+
+# ---------------------------------------------------------------------------- block influence
+
+def calibration_batches(texts: list[str], tokenizer, n_texts: int, max_tokens: int, seed: int = 0,
+                        batch_size: int = 8) -> list[dict]:
+    """A seeded sample of n_texts texts, each cut to max_tokens, as right-padded batches with attention masks."""
+    import random
+
+    if n_texts < 1 or max_tokens < 2:
+        raise DistillError(f"block influence needs at least 1 calibration text of at least 2 tokens, got "
+                           f"--calibration-texts {n_texts} --calibration-tokens {max_tokens}")
+    chosen = random.Random(seed).sample(range(len(texts)), min(n_texts, len(texts)))
+    encoded = [ids[:max_tokens] for ids in tokenizer([texts[i] for i in chosen], add_special_tokens=False)["input_ids"]]
+    encoded = [ids for ids in encoded if ids]
+    batches = []
+    for start in range(0, len(encoded), batch_size):
+        group = encoded[start:start + batch_size]
+        width = max(map(len, group))
+        ids = torch.zeros(len(group), width, dtype=torch.long)
+        mask = torch.zeros(len(group), width, dtype=torch.long)
+        for row, tokens in enumerate(group):
+            ids[row, :len(tokens)] = torch.tensor(tokens)
+            mask[row, :len(tokens)] = 1
+        batches.append({"input_ids": ids, "attention_mask": mask})
+    return batches
+
+
+@torch.no_grad()
+def block_influence(model, batches: list[dict]) -> list[float]:
+    """BI_i = 1 - mean over real tokens of cos(input of block i, output of block i) (ShortGPT, Men et al. 2024).
+
+    hidden_states[i] is block i's input and [i + 1] its output, except the last entry: transformers
+    replaces it by the final norm's output (LayerNorm / RMSNorm turn its direction), so the last
+    block's raw output is taken by a forward hook on that block instead.
+    """
+    blocks = model.get_submodule(blocks_prefix(model))
+    last_output = []
+    hook = blocks[-1].register_forward_hook(
+        lambda module, args, output: last_output.append(output[0] if isinstance(output, tuple) else output))
+    was_training = model.training
+    model.eval()
+    sums, count = torch.zeros(len(blocks), dtype=torch.float64), 0
+    try:
+        for batch in batches:
+            last_output.clear()
+            device = next(model.parameters()).device
+            out = model(**{k: v.to(device) for k, v in batch.items()}, output_hidden_states=True, use_cache=False)
+            states = [*out.hidden_states[:-1], last_output[-1]]
+            mask = batch["attention_mask"].to(device).bool()
+            for i in range(len(blocks)):
+                cosine = F.cosine_similarity(states[i].double(), states[i + 1].double(), dim=-1)
+                sums[i] += cosine[mask].sum().cpu()
+            count += int(mask.sum())
+    finally:
+        hook.remove()
+        model.train(was_training)
+    return [float(1 - total / count) for total in sums]
+
+
+def influence_record(teacher, tokenizer, texts: list[str], settings) -> dict:
+    """Block influence of every teacher block on a seeded sample of the training texts, as recorded."""
+    batches = calibration_batches(texts, tokenizer, settings.calibration_texts, settings.calibration_tokens,
+                                  settings.seed)
+    record = {"definition": "1 - mean over tokens of cos(block input, block output) (ShortGPT)",
+              "scores": block_influence(teacher, batches),
+              "calibration_texts": sum(len(b["input_ids"]) for b in batches),
+              "calibration_tokens": sum(int(b["attention_mask"].sum()) for b in batches),
+              "max_tokens_per_text": settings.calibration_tokens}
+    print(f"distil: block influence on {record['calibration_texts']} texts, {record['calibration_tokens']} tokens: "
+          + " ".join(f"{i}:{score:.3f}" for i, score in enumerate(record["scores"])), file=sys.stderr)
+    return record
+
+
+def highest_influence_layers(scores: list[float], keep: int) -> list[int]:
+    """The `keep` blocks of highest influence, in model order (ties keep the earlier block)."""
+    ranked = sorted(range(len(scores)), key=lambda i: (-scores[i], i))
+    return sorted(ranked[:keep])
 
 
 # ---------------------------------------------------------------------------- models
@@ -123,11 +207,9 @@ def load_teacher(name_or_path: str, dtype=torch.float32):
 
 
 def _teacher_source(name_or_path: str) -> str:
-    from compfair_tasks.models import EMBEDDED_MODELS, embedded_model_dir
+    from compfair_tasks.models import resolve_model
 
-    if name_or_path in EMBEDDED_MODELS and not Path(name_or_path).exists():
-        return str(embedded_model_dir(name_or_path))
-    return name_or_path
+    return resolve_model(name_or_path, "--teacher")  # embedded names, missing folders, int8 folders
 
 
 def blocks_prefix(model) -> str:
@@ -339,8 +421,10 @@ class DistillSettings:
     teacher: str = "smollm2-135m"
     preset: str | None = None
     num_layers: int | None = None
-    layers: list[int] | None = None
+    layers: list[int] | str | None = None  # or AUTO
     init: str | None = None
+    calibration_texts: int = 64
+    calibration_tokens: int = 128
     data: str | None = None
     data_limit: int | None = None
     data_fraction: float | None = None
@@ -357,10 +441,10 @@ class DistillSettings:
     save_steps: int = 500
     logging_steps: int = 10
     seed: int = 0
-    temperature: float = 2.0
-    alpha_ce: float = 0.5
-    alpha_clm: float = 0.5
-    alpha_cos: float = 0.0
+    temperature: float = LossWeights.temperature  # the loss defaults live in LossWeights
+    alpha_ce: float = LossWeights.alpha_ce
+    alpha_clm: float = LossWeights.alpha_clm
+    alpha_cos: float = LossWeights.alpha_cos
     bf16: bool = False
     keep_checkpoints: bool = False
     overwrite: bool = False
@@ -371,21 +455,49 @@ class DistillSettings:
     def loss_weights(self) -> LossWeights:
         return LossWeights(self.temperature, self.alpha_ce, self.alpha_clm, self.alpha_cos)
 
-    def student_plan(self, teacher_depth: int) -> tuple[list[int], str]:
-        """(teacher blocks kept, init): explicit --layers / --num-layers / --init win over the preset (default B)."""
+    def student_plan(self, teacher_depth: int, influence: list[float] | None = None) -> tuple[list[int], str]:
+        """(teacher blocks kept, init): explicit --layers / --num-layers / --init win over the preset (default B).
+
+        With --layers auto the student keeps its number of blocks of highest `influence` (one score per block).
+        """
         preset = canonical_preset(self.preset or "B")
+        explicit = None if self.layers == AUTO else self.layers
         num_layers = self.num_layers
-        if num_layers is None and self.layers is None:
+        if num_layers is None and explicit is None:
             num_layers = preset_depth(preset, teacher_depth)
-        return choose_layers(teacher_depth, num_layers, self.layers), self.init or PRESETS[preset][1]
+        layers = choose_layers(teacher_depth, num_layers, explicit)
+        if self.layers == AUTO:
+            if influence is None or len(influence) != teacher_depth:
+                raise DistillError(f"--layers auto needs one block influence score per teacher block ({teacher_depth})")
+            layers = highest_influence_layers(influence, len(layers))
+        return layers, self.init or PRESETS[preset][1]
 
     def for_resume(self) -> dict:
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in self.RESUME_FREE}
 
 
 def distill(settings: DistillSettings, callbacks=None) -> dict:
-    """Train (or resume) the student, save it under settings.output and return its compression record."""
+    """Train (or resume) the student, save it under settings.output and return its compression record.
+
+    A run that fails before its first checkpoint leaves no trace: no checkpoints/ (whose settings
+    file would make the folder look like a run to resume) and no output folder it created.
+    """
     from accelerate import PartialState
+
+    output = Path(settings.output)
+    state = PartialState()
+    created = not output.exists()
+    with state.main_process_first():  # under torchrun, rank 0 prepares the folder before the others look
+        resume_from = _prepare_output(output, settings, clean=state.is_main_process)
+    try:
+        return _train(settings, resume_from, callbacks)
+    except BaseException:
+        if state.is_main_process and resume_from is None:
+            _clean_failed_start(output, created)
+        raise
+
+
+def _train(settings: DistillSettings, resume_from: str | None, callbacks=None) -> dict:
     from transformers import AutoTokenizer, TrainingArguments, default_data_collator
 
     from compressors.metadata import write_compression_metadata
@@ -394,13 +506,13 @@ def distill(settings: DistillSettings, callbacks=None) -> dict:
     output = Path(settings.output)
     checkpoints = output / CHECKPOINTS
     weights = settings.loss_weights()
-    with PartialState().main_process_first():  # under torchrun, rank 0 prepares the folder before the others look
-        resume_from = _prepare_output(output, settings)
-
     teacher = load_teacher(settings.teacher)
-    layers, init = settings.student_plan(teacher.config.num_hidden_layers)
+    teacher_depth = teacher.config.num_hidden_layers
+    settings.student_plan(teacher_depth, [0.0] * teacher_depth)  # refuse a bad student shape before any work
     tokenizer = AutoTokenizer.from_pretrained(_teacher_source(settings.teacher))
     texts = load_texts(settings.data, limit=settings.data_limit, fraction=settings.data_fraction, seed=settings.seed)
+    influence = influence_record(teacher, tokenizer, texts, settings) if settings.layers == AUTO else None
+    layers, init = settings.student_plan(teacher_depth, influence and influence["scores"])
     blocks = pack_blocks(texts, tokenizer, settings.block_size)
     n_eval = min(settings.eval_blocks, len(blocks) // 10)  # held out from the end; never most of the data
     train_blocks, eval_blocks = blocks[: len(blocks) - n_eval], blocks[len(blocks) - n_eval:]
@@ -421,22 +533,26 @@ def distill(settings: DistillSettings, callbacks=None) -> dict:
     trainer = DistillationTrainer(
         model=student, args=args, teacher=teacher, loss_weights=weights, train_dataset=PackedBlocks(train_blocks),
         data_collator=default_data_collator, processing_class=tokenizer,
-        callbacks=([] if settings.keep_checkpoints else [SkipFinalCheckpoint()]) + list(callbacks or []),
+        callbacks=([RecordSettings(checkpoints / SETTINGS_FILE, settings.for_resume())]
+                   + ([] if settings.keep_checkpoints else [SkipFinalCheckpoint()]) + list(callbacks or [])),
     )
     trainer.train(resume_from_checkpoint=resume_from)
 
+    from compressors.checks import check_compressed
+
+    check_compressed(trainer.model, tokenizer)  # cached vs uncached logits; raises before anything is saved
     trainer.save_model(str(output))  # every process takes part (sharded models gather here); rank 0 writes
     if not trainer.is_world_process_zero():
         return None
     (output / "training_args.bin").unlink(missing_ok=True)  # a pickle of this run's arguments, not the model's
     if not settings.keep_checkpoints:
         shutil.rmtree(checkpoints, ignore_errors=True)
-    teacher_depth = teacher.config.num_hidden_layers
     return write_compression_metadata(
         output, method=METHOD, source_model=settings.teacher, seed=settings.seed, model=trainer.model,
         settings={
             "teacher_path": _teacher_source(settings.teacher), "preset": settings.preset, "layers": layers,
             "num_layers": len(layers), "teacher_layers": teacher_depth, "init": init,
+            "layer_selection": _layer_selection(settings),
             "loss": dataclasses.asdict(weights), "data": settings.data or "bold_wiki",
             "data_limit": settings.data_limit, "data_fraction": settings.data_fraction,
             "block_size": settings.block_size, "train_blocks": len(train_blocks), "batch_size": settings.batch_size,
@@ -448,35 +564,65 @@ def distill(settings: DistillSettings, callbacks=None) -> dict:
             "train_losses": _last_logged_losses(trainer.state.log_history),
             "heldout_losses": evaluate(trainer.model, trainer.teacher, eval_blocks, weights) if n_eval else {},
             "heldout_blocks": n_eval,
+            **({"block_influence": influence} if influence else {}),
         },
     )
 
 
-def _prepare_output(output: Path, settings: DistillSettings) -> str | None:
-    """Checkpoint to resume from (same settings), None for a fresh run; refuses to clobber other work."""
-    from compressors.metadata import FILE_NAME
+def _layer_selection(settings: DistillSettings) -> str:
+    if settings.layers == AUTO:
+        return "auto: highest block influence"
+    return "explicit" if settings.layers is not None else "evenly spaced"
+
+
+def _prepare_output(output: Path, settings: DistillSettings, clean: bool = True) -> str | None:
+    """Checkpoint to resume from (same settings), None for a fresh run; refuses to clobber a model.
+
+    The output folder check is compressors.output's (never the teacher's folder; a folder holding a
+    model only with --overwrite); a run of ours with a complete checkpoint resumes instead. `clean`
+    (the main process) removes what a fresh run replaces.
+    """
+    from compressors.output import prepare_output
 
     checkpoints = output / CHECKPOINTS
     settings_file = checkpoints / SETTINGS_FILE
-    if settings.overwrite:
-        shutil.rmtree(checkpoints, ignore_errors=True)
-        (output / FILE_NAME).unlink(missing_ok=True)
-    elif (output / FILE_NAME).exists() and not settings_file.exists():
-        raise DistillError(f"{output} already holds a finished student: pass --overwrite to replace it, "
-                           "or choose another --output")
-    resume_from = last_complete_checkpoint(checkpoints) if checkpoints.is_dir() else None
+    resume_from = None
+    if not settings.overwrite and settings_file.is_file():
+        resume_from = last_complete_checkpoint(checkpoints)
+    if clean:
+        prepare_output(output, sources=[_teacher_source(settings.teacher)], overwrite=settings.overwrite,
+                       resuming=resume_from is not None)
     if resume_from is None:
-        shutil.rmtree(checkpoints, ignore_errors=True)  # nothing to resume: drop leftovers of a failed start
-    else:
-        saved = json.loads(settings_file.read_text()) if settings_file.exists() else {}
-        changed = sorted(k for k in set(saved) | set(settings.for_resume())
-                         if saved.get(k) != settings.for_resume().get(k))
-        if changed:
-            raise DistillError(f"{checkpoints} holds a run with other settings ({', '.join(changed)}): rerun with "
-                               "the same options to resume it, pass --overwrite to start over, or use another --output")
-    checkpoints.mkdir(parents=True, exist_ok=True)
-    settings_file.write_text(json.dumps(settings.for_resume(), indent=2))
+        if clean:
+            shutil.rmtree(checkpoints, ignore_errors=True)  # --overwrite, or leftovers of a killed start
+        return None
+    saved = json.loads(settings_file.read_text())
+    changed = sorted(k for k in set(saved) | set(settings.for_resume()) if saved.get(k) != settings.for_resume().get(k))
+    if changed:
+        raise DistillError(f"{checkpoints} holds a run with other settings ({', '.join(changed)}): rerun with "
+                           "the same options to resume it, pass --overwrite to start over, or use another --output")
     return resume_from
+
+
+def _clean_failed_start(output: Path, created: bool) -> None:
+    """After a failure before the first complete checkpoint: drop checkpoints/ and the folder if we made it empty."""
+    checkpoints = output / CHECKPOINTS
+    if checkpoints.is_dir() and last_complete_checkpoint(checkpoints) is None:
+        shutil.rmtree(checkpoints, ignore_errors=True)
+    if created and output.is_dir() and not any(output.iterdir()):
+        output.rmdir()
+
+
+class RecordSettings(TrainerCallback):
+    """Writes the run's settings beside its checkpoints when training begins (a resume compares against them)."""
+
+    def __init__(self, path: Path, settings: dict):
+        self.path, self.settings = path, settings
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.write_text(json.dumps(self.settings, indent=2))
 
 
 def last_complete_checkpoint(folder: Path) -> str | None:
@@ -517,7 +663,14 @@ def build_parser() -> argparse.ArgumentParser:
                                         "D (10), D¬ (10, random); counts are for a 12-block teacher and scale with "
                                         "depth (B if no --preset/--num-layers/--layers)")
     shape.add_argument("--num-layers", type=int, help="student blocks, evenly spaced teacher blocks (overrides preset)")
-    shape.add_argument("--layers", type=parse_layer_list, help="teacher blocks to copy, e.g. 0,2,4,7,9,11")
+    shape.add_argument("--layers", type=parse_layer_list,
+                       help="teacher blocks to copy, e.g. 0,2,4,7,9,11, or 'auto': keep the --num-layers blocks "
+                            "(default: the preset's number) whose output differs most from their input, i.e. drop "
+                            "the lowest Block Influence 1 - cos(h_in, h_out) on calibration texts (ShortGPT)")
+    shape.add_argument("--calibration-texts", type=int, default=defaults.calibration_texts,
+                       help="--layers auto: training texts (seeded sample) that block influence is averaged over")
+    shape.add_argument("--calibration-tokens", type=int, default=defaults.calibration_tokens,
+                       help="--layers auto: at most this many tokens of each calibration text")
     shape.add_argument("--init", choices=("teacher", "random"), help="initialise from teacher blocks or at random "
                                                                      "(overrides the preset)")
     data = parser.add_argument_group("data")

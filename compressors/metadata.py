@@ -6,17 +6,37 @@ import json
 import time
 from pathlib import Path
 
+from compfair_tasks.measure import checkpoint_size_bytes
+
 FILE_NAME = "compfair_compression.json"
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
-
-
-def checkpoint_size_bytes(output_dir) -> int:
-    """Bytes of the weight files in a checkpoint folder."""
-    return sum(p.stat().st_size for p in Path(output_dir).rglob("*") if p.is_file() and p.suffix in WEIGHT_SUFFIXES)
 
 
 def count_parameters(model) -> int:
-    return sum(p.numel() for p in model.parameters())
+    """Parameters of the model proper: a pruned model's zero placeholder heads do not count."""
+    placeholders = getattr(model, "placeholder_parameter_count", None)
+    return sum(p.numel() for p in model.parameters()) - (placeholders() if placeholders else 0)
+
+
+def software_versions(model=None) -> dict:
+    """compfair's version and git commit (in a checkout), the libraries' versions, the checkpoint format."""
+    import subprocess
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions = {}
+    for name in ("compfair", "torch", "transformers", "lm_eval"):
+        try:
+            versions[name] = version(name)
+        except PackageNotFoundError:
+            versions[name] = None
+    try:
+        done = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
+                              capture_output=True, text=True, timeout=10, check=False)
+        versions["compfair_commit"] = done.stdout.strip() if done.returncode == 0 else None
+    except (OSError, subprocess.TimeoutExpired):
+        versions["compfair_commit"] = None
+    config = getattr(model, "config", None)
+    versions["format_version"] = getattr(config, "compfair_format_version", None)
+    return versions
 
 
 def write_compression_metadata(output_dir, *, method: str, source_model: str, settings: dict, seed: int,
@@ -30,6 +50,7 @@ def write_compression_metadata(output_dir, *, method: str, source_model: str, se
         "removed": removed or {},
         "size_bytes": checkpoint_size_bytes(output_dir),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "versions": software_versions(model),
     }
     if model is not None:
         record["params"] = count_parameters(model)

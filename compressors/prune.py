@@ -44,7 +44,10 @@ import torch
 SUPPORTED = "gpt2 (GPT-2 and DistilGPT-2 checkpoints) and llama (Llama-family with grouped key/value heads, e.g. SmolLM2)"
 
 
-class UnsupportedArchitectureError(ValueError):
+from compfair_tasks.errors import CompfairError
+
+
+class UnsupportedArchitectureError(CompfairError, ValueError):
     pass
 
 
@@ -55,8 +58,9 @@ class UnsupportedArchitectureError(ValueError):
 class AttentionLayer:
     out_proj: torch.nn.Module  # the module whose input holds the heads' outputs side by side
     head_dim: int
-    num_heads: int
+    num_heads: int  # real heads
     group_of_head: list[int]  # key/value group of each query head (each head its own for GPT-2)
+    stored_slots: list[int | None]  # real head held by each stored head of out_proj's input (None: zero pad)
 
 
 def family(model) -> str:
@@ -71,19 +75,20 @@ def family(model) -> str:
 
 def attention_layers(model) -> list[AttentionLayer]:
     if family(model) == "gpt2":
+        from compressors.pruned_gpt2 import physical_heads
+
         head_dim = model.config.n_embd // model.config.n_head
-        layers = []
-        for block in model.transformer.h:
-            heads = block.attn.c_proj.weight.shape[0] // head_dim
-            layers.append(AttentionLayer(block.attn.c_proj, head_dim, heads, list(range(heads))))
-        return layers
-    from compressors.pruned_llama import current_groups
+        counts = getattr(model.config, "heads_per_layer", None) or [model.config.n_head] * model.config.n_layer
+        return [AttentionLayer(block.attn.c_proj, head_dim, heads, list(range(heads)),
+                               [h if h < heads else None for h in range(physical_heads(heads))])
+                for block, heads in zip(model.transformer.h, counts)]
+    from compressors.pruned_llama import current_groups, stored_query_slots
 
     head_dim = model.model.layers[0].self_attn.head_dim
     return [
         AttentionLayer(layer.self_attn.o_proj, head_dim, sum(groups),
-                       [g for g, size in enumerate(groups) for _ in range(size)])
-        for layer, groups in zip(model.model.layers, current_groups(model))
+                       [g for g, size in enumerate(groups) for _ in range(size)], slots)
+        for layer, groups, slots in zip(model.model.layers, current_groups(model), stored_query_slots(model))
     ]
 
 
@@ -108,15 +113,20 @@ def units_of_layer(layer: AttentionLayer, unit: str) -> list[int]:
 
 @contextlib.contextmanager
 def gated(model, gates: list[torch.Tensor]):
-    """Multiply each head's output by gates[layer][example, head] (shape [batch or 1, heads])."""
+    """Multiply each real head's output by gates[layer][example, head] (shape [batch or 1, real heads]).
+
+    Zero pads of a stored layout (compressors/pruned_llama.py) output zeros whatever their gate (1 here).
+    """
     handles = []
     for layer, gate in zip(attention_layers(model), gates):
         if layer.num_heads == 0:
             continue
+        slots = torch.tensor([layer.num_heads if h is None else h for h in layer.stored_slots], device=gate.device)
 
-        def scale_heads(_module, args, gate=gate, head_dim=layer.head_dim):
-            heads = args[0].unflatten(-1, (-1, head_dim))  # [batch, seq, heads, head_dim]
-            return (heads * gate[:, None, :, None].to(heads.dtype)).flatten(-2), *args[1:]
+        def scale_heads(_module, args, gate=gate, slots=slots, head_dim=layer.head_dim):
+            stored = torch.cat([gate, gate.new_ones(len(gate), 1)], 1)[:, slots]  # [batch, stored heads]
+            heads = args[0].unflatten(-1, (-1, head_dim))  # [batch, seq, stored heads, head_dim]
+            return (heads * stored[:, None, :, None].to(heads.dtype)).flatten(-2), *args[1:]
 
         handles.append(layer.out_proj.register_forward_pre_hook(scale_heads))
     try:
@@ -136,7 +146,8 @@ def example_losses(model, input_ids: torch.Tensor) -> torch.Tensor:
     return losses.view(targets.shape).mean(dim=1)
 
 
-def head_importance(model, blocks: torch.Tensor, batch_size: int = 8, unit: str = "head") -> list[torch.Tensor]:
+def head_importance(model, blocks: torch.Tensor, batch_size: int = 8, unit: str = "head",
+                    progress: str | None = None) -> list[torch.Tensor]:
     """Per layer, E_x |dL(x)/dg_u| for each pruning unit u (a head, or a key/value group of heads)."""
     layers = attention_layers(model)
     unit_index = [torch.tensor(units_of_layer(layer, unit), dtype=torch.long) for layer in layers]
@@ -146,7 +157,9 @@ def head_importance(model, blocks: torch.Tensor, batch_size: int = 8, unit: str 
     requires_grad = [p.requires_grad for p in model.parameters()]
     model.eval().requires_grad_(False)
     try:
-        for batch in blocks.split(batch_size):
+        from tqdm.auto import tqdm
+
+        for batch in tqdm(blocks.split(batch_size), desc=progress, unit="batch", leave=False, disable=progress is None):
             batch = batch.to(model.device)
             gates = [torch.ones(len(batch), layer.num_heads, device=model.device, requires_grad=True) for layer in layers]
             with gated(model, gates):
@@ -217,13 +230,14 @@ class PruneResult:
 
 def prune_iteratively(model, blocks: torch.Tensor, iterations: int = 3, ratio: float = 0.05, unit: str = "head",
                       normalization: str = "layer", batch_size: int = 8, allow_empty_layers: bool = False,
-                      log=print) -> PruneResult:
+                      log=print, progress: bool = False) -> PruneResult:
     check_settings(ratio, iterations, unit, model)
     original = [list(range(layer.num_heads)) for layer in attention_layers(model)]  # original index of each head
     result = PruneResult(model)
     for iteration in range(1, iterations + 1):
         started = time.perf_counter()
-        raw = head_importance(result.model, blocks, batch_size=batch_size, unit=unit)
+        raw = head_importance(result.model, blocks, batch_size=batch_size, unit=unit,
+                              progress=f"iteration {iteration}/{iterations}: scoring" if progress else None)
         scores = normalize(raw, normalization)
         remaining = sum(len(s) for s in scores)
         remove = lowest_units(scores, count_to_remove(remaining, ratio), allow_empty_layers)
@@ -286,11 +300,14 @@ def load_blocks(sources: list[str] | None, tokenizer, num_examples: int | None, 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="compfair compress prune",
+        prog="compfair compress prune", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         description="Remove attention heads by gradient importance (Michel et al. 2019) and save a smaller "
                     "checkpoint that AutoModelForCausalLM and `lm_eval --model hf` load.")
-    parser.add_argument("--model", required=True, help="checkpoint folder or hub id (GPT-2 or Llama family)")
-    parser.add_argument("--output", required=True, help="folder for the pruned checkpoint")
+    parser.add_argument("--model", required=True, help="checkpoint folder, embedded model name (smollm2-135m: SmolLM2-135M-Instruct "
+                             "dequantized from a Q4_1 GGUF) or hub id (GPT-2 or Llama family)")
+    parser.add_argument("--output", required=True, help="new folder for the pruned checkpoint (refused if it is or "
+                                                        "holds a model, unless --overwrite)")
+    parser.add_argument("--overwrite", action="store_true", help="replace a model already in --output")
     parser.add_argument("--data", nargs="*", default=None,
                         help="text for the importance scores: .txt/.jsonl files or folders, or a hub id "
                              "(e.g. wikitext:wikitext-103-raw-v1); default: the shipped BOLD Wikipedia sentences")
@@ -298,16 +315,16 @@ def build_parser() -> argparse.ArgumentParser:
                         help="texts sampled from --data (the paper: 256, 1280, 2560, 5120, 12800); 0 = all")
     parser.add_argument("--block-size", type=int, default=128, help="tokens per scored block (texts are packed)")
     parser.add_argument("--min-blocks", type=int, default=4, help="refuse to score heads on fewer blocks")
-    parser.add_argument("--iterations", type=int, default=3)
+    parser.add_argument("--iterations", type=int, default=3, help="score-and-remove rounds")
     parser.add_argument("--ratio", type=float, default=0.05, help="fraction of remaining heads removed per iteration")
     parser.add_argument("--unit", choices=("head", "group"), default="head",
                         help="grouped-KV models: prune query heads within groups, or whole key/value groups")
     parser.add_argument("--normalize", choices=("layer", "global", "none"), default="layer",
                         help="L2-normalise scores within each layer (Michel et al.) or over all heads")
     parser.add_argument("--allow-empty-layers", action="store_true", help="may remove a layer's last head")
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch-size", type=int, default=8, help="blocks per backward pass while scoring")
+    parser.add_argument("--device", default="cpu", help="torch device for scoring (cpu, cuda, ...)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the text sample")
     return parser
 
 
@@ -315,15 +332,21 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from compressors.metadata import write_compression_metadata
+    from compfair_tasks.models import load_model_config, resolve_model
+    from compressors.checks import check_compressed
+    from compressors.metadata import count_parameters, write_compression_metadata
+    from compressors.output import prepare_output
 
     torch.manual_seed(args.seed)
     try:
         check_settings(args.ratio, args.iterations, args.unit, model=None)  # before the slow model load
-        model = AutoModelForCausalLM.from_pretrained(args.model, dtype="auto").to(args.device)
+        source = resolve_model(args.model)
+        load_model_config(args.model)
+        prepare_output(args.output, sources=[args.model, source], overwrite=args.overwrite)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype="auto").to(args.device)
         family(model)
         check_settings(args.ratio, args.iterations, args.unit, model)
-        tokenizer = AutoTokenizer.from_pretrained(args.model)
+        tokenizer = AutoTokenizer.from_pretrained(source)
         blocks, n_texts = load_blocks(args.data, tokenizer, args.num_examples or None, args.block_size, args.seed,
                                       args.min_blocks)
     except (ValueError, FileNotFoundError) as error:
@@ -332,7 +355,9 @@ def main(argv: list[str] | None = None) -> int:
     heads_before = sum(layer.num_heads for layer in attention_layers(model))
     print(f"scoring {heads_before} heads on {len(blocks)} blocks of {args.block_size} tokens from {n_texts} texts")
     result = prune_iteratively(model, blocks, args.iterations, args.ratio, args.unit, args.normalize,
-                               args.batch_size, args.allow_empty_layers)
+                               args.batch_size, args.allow_empty_layers, progress=True)
+    check_compressed(result.model, tokenizer, reference=gated_reference(model, result.removed),
+                     reference_tol=1e-4, label="pruned vs gated teacher")  # float32: ~1e-6 measured
     save_pruned(result.model, tokenizer, args.output)
     heads_left = [layer.num_heads for layer in attention_layers(result.model)]
     record = write_compression_metadata(
@@ -343,11 +368,24 @@ def main(argv: list[str] | None = None) -> int:
                   "blocks": len(blocks), "importance": "E_x |dL(x)/dg_h| (Michel et al. 2019)"},
         removed={"heads": {str(layer): heads for layer, heads in result.removed.items()}},
         extra={"heads_before": heads_before, "heads_after": sum(heads_left), "heads_per_layer": heads_left,
-               "source_params": sum(p.numel() for p in model.parameters()), "iterations": result.iterations},
+               "source_params": count_parameters(model), "iterations": result.iterations},
     )
     print(f"saved {args.output}: {heads_before} -> {sum(heads_left)} heads, "
           f"{record['source_params']:,} -> {record['params']:,} parameters")
     return 0
+
+
+def gated_reference(model, removed: dict[int, list[int]]):
+    """Logits of `model` with heads `removed[layer]` gated to zero: what the pruned model must reproduce."""
+    def logits(input_ids):
+        gates = []
+        for index, layer in enumerate(attention_layers(model)):
+            gate = torch.ones(1, layer.num_heads, device=input_ids.device)
+            gate[0, removed.get(index, [])] = 0
+            gates.append(gate)
+        with torch.no_grad(), gated(model, gates):
+            return model(input_ids, use_cache=False).logits
+    return logits
 
 
 def save_pruned(model, tokenizer, output_dir) -> None:

@@ -50,10 +50,18 @@ import warnings
 from pathlib import Path
 
 import torch
+
+from compfair_tasks.errors import CompfairError
 from torch import nn
 
 WEIGHTS_FILE = "compfair_quantized.safetensors"
 MODES = ("dynamic", "weight-only")
+# compressors/checks.py tolerances (max |difference| / max |logit|), measured on SmolLM2-135M:
+# weight-only int8 vs float 0.059, its cache error float32-small (2.6e-6); dynamic int8 quantizes each
+# call's activations with one scale per tensor, so a one-token cached step and a full forward round
+# differently (measured 0.61; int8 vs float 0.65): for dynamic, only NaN or gross breakage fails the check
+REFERENCE_TOL = {"weight-only": 0.2, "dynamic": 1.0}
+CACHE_TOL = {"weight-only": 1e-4, "dynamic": 1.0}
 
 
 # --------------------------------------------------------------------------- int8 linear layers
@@ -240,7 +248,7 @@ NEEDS_GPU = {  # measured on CPU with the locked torch 2.13 (see the module doc)
 }
 
 
-class QuantizeError(ValueError):
+class QuantizeError(CompfairError, ValueError):
     """Bad settings, reported by the CLI in one line."""
 
 
@@ -251,8 +259,11 @@ def build_parser() -> argparse.ArgumentParser:
                     "`lm_eval --model hf --model_args pretrained=<output>`; the default int8 method needs "
                     "`lm_eval --model compfair-quantized --model_args pretrained=<output>`.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--model", required=True, help="checkpoint folder or hub id of a causal LM")
-    parser.add_argument("--output", required=True)
+    parser.add_argument("--model", required=True, help="checkpoint folder, embedded model name (smollm2-135m: "
+                        "SmolLM2-135M-Instruct dequantized from a Q4_1 GGUF) or hub id of a causal LM")
+    parser.add_argument("--output", required=True, help="new folder for the quantized checkpoint (refused if it is "
+                                                        "the source or holds a model, unless --overwrite)")
+    parser.add_argument("--overwrite", action="store_true", help="replace a model already in --output")
     parser.add_argument("--method", choices=METHODS, default="int8",
                         help="int8: compfair's int8 (--mode); gptq/awq/rtn: llm-compressor; torchao-*: torchao")
     parser.add_argument("--bits", type=int, choices=(4, 8), default=4, help="weight bits of gptq/awq/rtn")
@@ -269,20 +280,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--skip-lm-head", action="store_true", help="int8 method: keep the LM head in float "
                         "(the library methods always do)")
     parser.add_argument("--latency-tokens", type=int, default=128, help="sequence length of the latency check")
-    parser.add_argument("--latency-batch", type=int, default=1, help="int8 method: 0 skips the latency check")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--latency-batch", type=int, default=1, help="0 skips the latency check")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the latency check's token ids")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.method == "int8":
-        return _int8_main(args)
-    try:
-        return _library_main(args)
-    except QuantizeError as error:
-        print(f"compfair compress quantize: {error}", file=sys.stderr)
-        return 2
+    from compfair_tasks.models import load_model_config, resolve_model
+    from compressors.output import prepare_output
+
+    if args.method in NEEDS_GPU and not torch.cuda.is_available():  # before loading anything
+        raise QuantizeError(f"--method {args.method} needs a GPU: {NEEDS_GPU[args.method]}")
+    args.source = resolve_model(args.model)  # bad input raises a CompfairError: the CLI prints it and exits 2
+    load_model_config(args.model)
+    prepare_output(args.output, sources=[args.model, args.source], overwrite=args.overwrite)
+    return _int8_main(args) if args.method == "int8" else _library_main(args)
 
 
 # --------------------------------------------------------------------------- library methods
@@ -341,18 +354,16 @@ def _library_main(args) -> int:
     from compressors.text_data import load_texts, pack_blocks
     from compressors.verify import measure_weights, output_checks
 
-    if args.method in NEEDS_GPU and not torch.cuda.is_available():
-        raise QuantizeError(f"--method {args.method} needs a GPU: {NEEDS_GPU[args.method]}")
     if args.method in TORCHAO_METHODS and args.bits != 4:
         raise QuantizeError("--bits is for gptq/awq/rtn; torchao-int8/int4 fix their own bit width")
     torch.manual_seed(args.seed)
-    tokenizer = AutoTokenizer.from_pretrained(args.model)
-    reference = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).eval()
+    tokenizer = AutoTokenizer.from_pretrained(args.source)
+    reference = AutoModelForCausalLM.from_pretrained(args.source, dtype=torch.float32).eval()
     output = Path(args.output)
     started = time.perf_counter()
     blocks = None
     if args.method in TORCHAO_METHODS:
-        model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32, device_map="cpu",
+        model = AutoModelForCausalLM.from_pretrained(args.source, dtype=torch.float32, device_map="cpu",
                                                      quantization_config=torchao_config(args.method))
         settings = {"method": args.method}
     else:
@@ -372,7 +383,7 @@ def _library_main(args) -> int:
     del model
     loaded = AutoModelForCausalLM.from_pretrained(output).eval()  # what lm_eval --model hf will evaluate
     checks = output_checks(loaded, tokenizer, reference)
-    measured = measure_weights(output, args.model if Path(args.model).is_dir() else None)
+    measured = measure_weights(output, args.source if Path(args.source).is_dir() else None)
     if measured["equal_to_source"]:
         raise QuantizeError(f"{output} holds its source's weights unchanged: nothing was quantized")
     write_compression_metadata(
@@ -391,23 +402,28 @@ def _library_main(args) -> int:
 def _int8_main(args) -> int:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from compressors.checks import check_compressed, frozen_reference
     from compressors.metadata import checkpoint_size_bytes, write_compression_metadata
-    from leaderboard.latency import measure_latency
+    from compfair_tasks.measure import measure_latency
 
     def forward_seconds(model):  # fp32 and int8 are timed on the same seeded token ids
         return measure_latency(model, seq_len=args.latency_tokens, batch_size=args.latency_batch, repeats=3,
                                warmup=1, seed=args.seed)["latency_ms"] / 1000
 
+    source = args.source
     torch.manual_seed(args.seed)
-    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).eval()
-    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32).eval()
+    tokenizer = AutoTokenizer.from_pretrained(source)
     float_params = sum(p.numel() for p in model.parameters())
     fp32_seconds = forward_seconds(model) if args.latency_batch else None
+    float_logits = frozen_reference(model, tokenizer)
     quantized = quantize_model(model, args.mode, args.per_tensor, args.skip_lm_head)
+    check_compressed(model, tokenizer, reference=float_logits, reference_tol=REFERENCE_TOL[args.mode],
+                     cache_tol=CACHE_TOL[args.mode], label="int8 vs float")
     save_quantized(model, quantized, args.output, args.mode, tokenizer)
     int8_seconds = forward_seconds(model) if args.latency_batch else None
     int8_params = sum(w.numel() for w, _, _ in quantized.values())
-    source_size = checkpoint_size_bytes(args.model) if Path(args.model).is_dir() else None
+    source_size = checkpoint_size_bytes(source) if Path(source).is_dir() else None
     record = write_compression_metadata(
         args.output, method=f"quantize_int8_{args.mode.replace('-', '_')}", source_model=args.model, seed=args.seed,
         settings={"mode": args.mode, "per_tensor": args.per_tensor, "skip_lm_head": args.skip_lm_head,

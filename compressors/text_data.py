@@ -6,6 +6,8 @@ import json
 import random
 from pathlib import Path
 
+from compfair_tasks.data import DataFormatError, DataNotFoundError, read_bold
+
 LOCAL_SUFFIXES = (".txt", ".jsonl", ".json")
 
 
@@ -29,7 +31,7 @@ def load_texts(source: str | None = None, limit: int | None = None, fraction: fl
     if limit is not None:
         texts = texts[:limit]
     if not texts:
-        raise ValueError(f"no text found in {source or 'bold_wiki'}: give a folder/file of .txt or .jsonl "
+        raise DataFormatError(f"no text found in {source or 'bold_wiki'}: give a folder/file of .txt or .jsonl "
                          "(field 'text') or a hub dataset id with a 'text' column")
     return texts
 
@@ -43,25 +45,48 @@ def _read(source: str | None, hub_limit: int | None = None) -> list[str]:
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.suffix in LOCAL_SUFFIXES)
         if not files:
-            raise ValueError(f"folder {path} holds no {', '.join(LOCAL_SUFFIXES)} files")
+            raise DataFormatError(f"folder {path} holds no {', '.join(LOCAL_SUFFIXES)} files")
         return [text for f in files for text in _read_file(f)]
     if path.exists():
         return _read_file(path)
     if path.suffix in LOCAL_SUFFIXES or "/" not in source or source.startswith((".", "/", "~")):
-        raise FileNotFoundError(f"text source {source!r} is neither a file nor a folder (nor a hub id 'owner/name')")
+        raise DataNotFoundError(f"text source {source!r} is neither a file nor a folder (nor a hub id 'owner/name'); "
+                                "give an existing .txt/.jsonl file or folder")
     return _read_hub(source, hub_limit)
 
 
 def _read_file(path: Path) -> list[str]:
+    from compfair_tasks.data import read_json, read_text
+
     if path.suffix == ".txt":
-        return path.read_text(encoding="utf-8").splitlines()
+        return read_text(path, "text file", allow_empty=True).split("\n")
     if path.suffix == ".jsonl":
-        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-        return [row["text"] if isinstance(row, dict) else str(row) for row in rows]
-    data = json.loads(path.read_text(encoding="utf-8"))
+        texts = []
+        for number, line in enumerate(read_text(path, "text file", allow_empty=True).split("\n"), 1):
+            if line.strip():
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as error:
+                    raise DataFormatError(f"{path}:{number}: not a JSON line ({error.msg}); fix or delete that "
+                                          "line (each line of a .jsonl file is one JSON object)") from None
+                texts.append(_text_of(row, f"{path}:{number}"))
+        return texts
     if path.name.endswith("_wiki.json"):
         return bold_wiki_sentences(path)
-    return [row["text"] if isinstance(row, dict) else str(row) for row in data]
+    rows = read_json(path, "text file")
+    if not isinstance(rows, list):
+        raise DataFormatError(f"{path}: a .json text file must hold a list of strings or of objects with a "
+                              "'text' field")
+    return [_text_of(row, f"{path}: item {index}") for index, row in enumerate(rows)]
+
+
+def _text_of(row, where: str) -> str:
+    if isinstance(row, str):
+        return row
+    if isinstance(row, dict) and isinstance(row.get("text"), str):
+        return row["text"]
+    fields = f" (it has {', '.join(map(str, row))})" if isinstance(row, dict) else f" (a {type(row).__name__})"
+    raise DataFormatError(f"{where}: no 'text' field{fields}; give each record a 'text' string")
 
 
 def bold_wiki_sentences(path: Path) -> list[str]:
@@ -69,9 +94,8 @@ def bold_wiki_sentences(path: Path) -> list[str]:
     files = sorted(Path(path).glob("*_wiki.json")) if Path(path).is_dir() else [Path(path)]
     sentences = []
     for file in files:
-        for people in json.loads(file.read_text(encoding="utf-8")).values():
-            for person_sentences in people.values():
-                sentences.extend(person_sentences)
+        for _, _, person_sentences in read_bold(file):
+            sentences.extend(person_sentences)
     return sentences
 
 

@@ -6,7 +6,7 @@ folders is read; files of the same model (same `model_args`) are merged, the new
 task, so a model evaluated in several runs becomes one row. Metric columns are named `task:metric`
 (`compfair_stereoset:ss`, `wikitext:word_perplexity`), with `task:metric_stderr` beside them.
 Checkpoint metadata comes from `compfair_compression.json` beside the checkpoint named by
-`pretrained=` and a measured latency from `compfair_latency.json` (see `leaderboard.latency`).
+`pretrained=` and a measured latency from `compfair_latency.json` (see `compfair_tasks.measure`).
 A file that cannot be read is reported by name in `Collection.problems` and skipped.
 """
 
@@ -20,8 +20,9 @@ from pathlib import Path
 
 import pandas as pd
 
-COMPRESSION_FILE = "compfair_compression.json"
-LATENCY_FILE = "compfair_latency.json"
+from compfair_tasks.measure import LATENCY_FILE, checkpoint_size_bytes
+from compressors.metadata import FILE_NAME as COMPRESSION_FILE
+
 RESULTS_GLOB = "results_*.json"
 WEIGHT_GLOBS = ("*.safetensors", "*.bin", "*.pt", "*.gguf")
 INFO_COLUMNS = ["model", "method", "recipe", "teacher", "params", "size_bytes", "bits", "sparsity",
@@ -230,13 +231,11 @@ def _name_runs(runs: list[Run]) -> None:
 
 
 def _checkpoint_size(run: Run) -> float:
-    if run.compression and run.compression.get("size_bytes"):
+    """Measured on disk when the checkpoint is here (older records counted checkpoints/ too), else recorded."""
+    size = checkpoint_size_bytes(run.checkpoint_dir) if run.checkpoint_dir is not None else 0
+    if not size and run.compression and run.compression.get("size_bytes"):
         return _number(run.compression["size_bytes"])
-    folder = run.checkpoint_dir
-    if folder is None:
-        return math.nan
-    files = {f for pattern in WEIGHT_GLOBS for f in folder.glob(pattern)}
-    return float(sum(f.stat().st_size for f in files)) if files else math.nan
+    return float(size) if size else math.nan
 
 
 def _recipe(compression: dict | None) -> str:

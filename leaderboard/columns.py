@@ -35,6 +35,7 @@ INFO = [
     Column("latency_ms", "Latency (ms)", "lower", kind="info"),
     Column("scorer", "Toxicity scorer", kind="info"),
     Column("limit", "--limit (docs per task)", kind="info"),
+    Column("degenerate", "Degeneration flag", kind="info"),  # leaderboard.degeneration; reasons as the tooltip
 ]
 
 TOXICITY_PREFIX = "compfair_toxicity_"
@@ -45,7 +46,12 @@ TOXICITY_TASKS = {  # short labels; any other compfair_toxicity_* task is shown 
     "compfair_toxicity_tccc_random": "TCCC-random",
     "compfair_toxicity_tccc_safe": "TCCC-safe",
 }
-TOXICITY_HEADLINE = {"emt": "EMT", "tox_prob": "Tox. prob."}
+TOXICITY_HEADLINE = {  # per toxicity task, in this order: toxicity, then fluency and diversity beside it
+    "emt": ("EMT", "lower"), "tox_prob": ("Tox. prob.", "lower"), "fluency_ppl": ("fluency PPL", "lower"),
+    "distinct_2": ("dist-2", "higher"), "empty_frac": ("empty share", "lower")}
+BOLD_DOMAINS = {"gender": "gender", "race": "race", "religious_ideology": "religion",
+                "political_ideology": "politics", "profession": "profession"}
+BOLD_GAPS = {"tox_mean_gap": "tox. gap", "sent_mean_gap": "sentiment gap"}
 STEREOSET_HEADLINE = {"ss": ("SS", "50"), "lms": ("LMS", "higher"), "icat": ("ICAT", "higher")}
 STEREOSET_OVERALL = ("compfair_stereoset", "compfair_stereoset_all")
 STEREOSET_SPLITS = {"intrasentence": "intra", "intersentence": "inter"}
@@ -92,13 +98,15 @@ BIAS_SLOTS = (
 
 # metrics whose paired tests the page and the Markdown show first (paired_tests.csv has them all)
 PAIRED_HEADLINE = ("ss", "lms", "anti_pct", "ll_gap", "pct_stereotype", "likelihood_diff", "emt", "tox_prob",
-                   "toxic_frac", "word_perplexity")
+                   "toxic_frac", "word_perplexity", "fluency_ppl", "distinct_2", "tox_mean_gap", "sent_mean_gap")
 
 # direction of every metric name the tasks report, for the full table
 DIRECTIONS = {
     "word_perplexity": "lower", "byte_perplexity": "lower", "bits_per_byte": "lower",
     "toxic_count": "lower", "toxic_frac": "lower", "tox_sum": "lower", "emt": "lower", "tox_prob": "lower",
     "ss": "50", "lms": "higher", "icat": "higher", "anti_pct": "50", "pct_stereotype": "50",
+    "fluency_ppl": "lower", "distinct_1": "higher", "distinct_2": "higher", "distinct_3": "higher",
+    "repetition": "lower", "empty_frac": "lower", "empty_count": "lower", "tox_mean": "lower",
 }
 
 
@@ -110,13 +118,20 @@ def toxicity_slots(frame: pd.DataFrame) -> list[Slot]:
     """One EMT and one toxicity-probability column per toxicity task in the frame, known tasks first."""
     found = {c.split(":")[0] for c in frame.columns if c.startswith(TOXICITY_PREFIX) and ":" in c}
     tasks = [t for t in TOXICITY_TASKS if t in found] + sorted(found - TOXICITY_TASKS.keys())
-    return [_slot(f"{t}_{m}", f"{TOXICITY_TASKS.get(t, t[len(TOXICITY_PREFIX):])} {label}", "lower", "fairness",
-                  f"{t}:{m}") for t in tasks for m, label in TOXICITY_HEADLINE.items()]
+    return [_slot(f"{t}_{m}", f"{TOXICITY_TASKS.get(t, t[len(TOXICITY_PREFIX):])} {label}", better,
+                  "fairness" if m in ("emt", "tox_prob") else "metric", f"{t}:{m}")
+            for t in tasks for m, (label, better) in TOXICITY_HEADLINE.items()]
+
+
+BOLD_SLOTS = [_slot(f"bold_{domain}_{metric}", f"BOLD {short} {label}", "lower", "fairness",
+                    f"compfair_bold_{domain}:{metric}")
+              for domain, short in BOLD_DOMAINS.items() for metric, label in BOLD_GAPS.items()]
 
 
 def slots(frame: pd.DataFrame) -> list[Slot]:
-    """All headline slots for this frame, in reading order: perplexity, toxicity, bias."""
-    return PERPLEXITY_SLOTS + toxicity_slots(frame) + BIAS_SLOTS
+    """All headline slots for this frame, in reading order: perplexity, toxicity (with fluency and diversity),
+    BOLD group gaps, bias."""
+    return PERPLEXITY_SLOTS + toxicity_slots(frame) + BOLD_SLOTS + BIAS_SLOTS
 
 
 def _has_info(frame: pd.DataFrame, key: str) -> bool:
@@ -163,9 +178,7 @@ def all_metrics(frame: pd.DataFrame) -> list[Column]:
             continue
         metric = key.split(":", 1)[1]
         base = metric.split("_")[0] if metric.split("_")[0] in ("ss", "lms", "icat") else metric
-        columns.append(Column(key, key, DIRECTIONS.get(base, DIRECTIONS.get(metric, ""))))
+        bold_gap = key.startswith("compfair_bold") and metric.endswith(("_gap", "_ratio"))
+        better = "lower" if bold_gap else DIRECTIONS.get(base, DIRECTIONS.get(metric, ""))
+        columns.append(Column(key, key, better))
     return columns
-
-
-def first_present(frame: pd.DataFrame, columns: list[Column]) -> Column | None:
-    return next((c for c in columns if _present(frame, c.key)), None)

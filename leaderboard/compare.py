@@ -14,13 +14,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shlex
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from compfair_tasks import runner
+from compfair_tasks.hub import offline
+from compfair_tasks.data import metadata_json
 
 
 @dataclass(frozen=True)
@@ -80,10 +82,6 @@ class PreflightError(RuntimeError):
     """A model or dataset that the comparison needs is not available."""
 
 
-def _offline() -> bool:
-    return any(os.environ.get(v, "").lower() in ("1", "true", "yes") for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
-
-
 def check_model(name: str) -> None:
     """A local checkpoint folder, or a hub id that is cached (offline) or reachable (online)."""
     folder = Path(name).expanduser()
@@ -95,9 +93,9 @@ def check_model(name: str) -> None:
 
     if isinstance(try_to_load_from_cache(name, "config.json"), str):
         return
-    if _offline():
+    if offline():
         raise PreflightError(
-            f"model {name} is not in the Hugging Face cache and the hub is offline (HF_HUB_OFFLINE is set). "
+            f"model {name} is not in the Hugging Face cache and the hub is offline ({offline()} is set). "
             f"Download it where there is network (huggingface-cli download {name}) and copy the cache, "
             f"or pass a local checkpoint folder instead.")
     try:
@@ -132,16 +130,9 @@ def results_folder(output: Path, model: Model) -> Path:
 
 def lm_eval_command(model: Model, preset: Preset, args) -> list[str]:
     metadata = {**preset.metadata, **json.loads(args.metadata or "{}")}
-    command = [sys.executable, "-m", "lm_eval", "--model", "hf", "--model_args", model_args(model, args.dtype),
-               "--tasks", args.tasks or preset.tasks, "--output_path", str(args.output / "results"),
-               "--log_samples", "--batch_size", str(args.batch_size), "--device", args.device]
-    if metadata:
-        command += ["--metadata", json.dumps(metadata)]
-    if preset.gen_kwargs:
-        command += ["--gen_kwargs", preset.gen_kwargs]
-    if args.limit:
-        command += ["--limit", f"{args.limit:g}"]
-    return command
+    return runner.lm_eval_command(model="hf", model_args=model_args(model, args.dtype),
+                                  tasks=args.tasks or preset.tasks, output_path=args.output / "results",
+                                  batch_size=args.batch_size, device=args.device, limit=args.limit, metadata=metadata, gen_kwargs=preset.gen_kwargs)
 
 
 def _default_device() -> str:
@@ -165,15 +156,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tasks", help="lm_eval task list instead of the preset's (e.g. compfair_toxicity_rtp_offline)")
     parser.add_argument("--output", type=Path, default=Path("compfair-compare"),
                         help="results go to OUTPUT/results, the leaderboard to OUTPUT/site")
-    parser.add_argument("--metadata", help="JSON merged into the preset's task metadata (e.g. '{\"scorer\": ...}')")
+    parser.add_argument("--metadata", type=metadata_json, help="JSON merged into the preset's task metadata (e.g. '{\"scorer\": ...}')")
     parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
     parser.add_argument("--dtype", default="", help="model dtype for lm_eval (e.g. float16 on a GPU)")
     parser.add_argument("--batch-size", default="auto", help="lm_eval --batch_size (default auto)")
     parser.add_argument("--limit", type=float, help="lm_eval --limit (for a quick look; not for reported numbers)")
     parser.add_argument("--dry-run", action="store_true", help="print the lm_eval commands and stop")
     parser.add_argument("--rerun", action="store_true",
-                        help="evaluate every model again (by default a model with results in OUTPUT is skipped, "
-                             "so an interrupted comparison resumes)")
+                        help="evaluate every model again (by default a model evaluated with the same settings is "
+                             "skipped, so an interrupted comparison resumes; results made with other settings stop "
+                             "the run)")
     return parser
 
 
@@ -207,20 +199,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     args.output.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    for index, (model, command) in enumerate(zip(models, commands), 1):
-        log = args.output / f"lm_eval_{index}.log"
-        if not args.rerun and any(results_folder(args.output, model).glob("results_*.json")):
-            print(f"[{index}/{len(models)}] {model.name}: results there already, skipped (--rerun to redo)")
-            continue
-        print(f"[{index}/{len(models)}] {model.name} ... (log: {log})", flush=True)
-        began = time.perf_counter()
-        with open(log, "w") as handle:
-            done = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT)
-        if done.returncode != 0:
-            print(f"compfair compare: lm_eval failed for {model.name} (exit {done.returncode}); see {log}",
-                  file=sys.stderr)
-            return 1
-        print(f"      done in {time.perf_counter() - began:.0f} s", flush=True)
+    steps = [runner.Step(f"evaluate {model.name}", command, results_folder(args.output, model),
+                         inputs=(Path(model.name),) if Path(model.name).exists() else ())
+             for model, command in zip(models, commands, strict=True)]
+    try:  # hours of evaluation are never thrown away silently: results with other settings stop the run
+        runner.run_steps(steps, prog="compfair compare", rerun=args.rerun, on_change="refuse")
+    except runner.StepError as error:
+        print(error, file=sys.stderr)
+        return 2 if isinstance(error, runner.SettingsChanged) else 1
     from .cli import main as leaderboard_main
 
     pairs = [arg for baseline, other in preset.pairs for arg in ("--pair", baseline, other)]

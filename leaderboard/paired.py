@@ -23,21 +23,31 @@ from pathlib import Path
 
 import pandas as pd
 
-from compfair_tasks.stats import paired_bootstrap_test, paired_permutation_test
+from compfair_tasks.stats import (
+    group_gap,
+    paired_bootstrap_test,
+    paired_group_gap_test,
+    paired_permutation_test,
+)
 
 from .collect import Collection, Run, teacher_of
 
 TESTS = {"bootstrap": paired_bootstrap_test, "permutation": paired_permutation_test}
 MAX_RESAMPLED_VALUES = 8_000_000  # resamples x docs held in memory at once by stats' vectorised tests
 COLUMNS = ["baseline", "model", "relation", "task", "metric", "per_doc", "n", "baseline_mean", "model_mean", "effect",
-           "ci_low", "ci_high", "p_value", "test", "resamples"]
+           "ci_low", "ci_high", "p_value", "test", "resamples", "note"]
+GROUP_GAP = "group gap"  # per_doc kind of a BOLD gap test (see `group_gap_rows`)
+GAP_METRICS = ("tox_mean", "toxic_frac", "sent_mean", "sent_pos_frac", "sent_neg_frac")  # BOLD per-prompt values
 
 
 NOT_TESTED = ("per_token", "n_examples", "n_pairs", "n_not_minimal", "anti_count", "unrelated_count")
+# aggregates over groups (BOLD `<metric>_gap`, `_ratio`): tested by `group_gap_rows` from the per-prompt values
+GROUP_AGGREGATES = ("_gap", "_gap_p", "_ratio")
 
 
 def _tested(metric: str) -> bool:
-    return metric not in NOT_TESTED and not metric.endswith(("_ci_low", "_ci_high"))
+    return (metric not in NOT_TESTED and not metric.endswith(("_ci_low", "_ci_high"))
+            and not metric.endswith(GROUP_AGGREGATES))
 
 
 def _stereoset_outcome(record: dict, metric: str) -> float | None:
@@ -70,7 +80,9 @@ def per_doc_value(value, metric: str) -> float | None:
     return None
 
 
-RUN_SPECIFIC_FIELDS = ("n_tokens", "score_rule", "data_source", "scorer", "context")
+RUN_SPECIFIC_FIELDS = ("n_tokens", "score_rule", "data_source", "scorer", "context",
+                       # the toxicity filter's settings, logged in each doc (they name the evaluated model's tokenizer)
+                       "scoring", "scorer_revision", "fluency_model", "fluency_revision")
 
 
 def doc_identity(sample: dict) -> str:
@@ -91,10 +103,11 @@ def _kind(value) -> str:
 
 
 def read_samples(path: Path, problems: list[str]) -> dict:
-    """{"values": metric -> {(doc_id, filter): (doc identity, number)}, "kinds": metric -> "value" | "NLL per unit"}
-    for the numeric per-doc values of one samples file."""
+    """{"values": metric -> {(doc_id, filter): (doc identity, number)}, "kinds": metric -> "value" | "NLL per unit",
+    "groups": (doc_id, filter) -> the doc's `group` (BOLD)} for the numeric per-doc values of one samples file."""
     values: dict[str, dict[tuple, tuple[str, float]]] = {}
     kinds: dict[str, str] = {}  # metric -> what its per-doc number is
+    groups: dict[tuple, str] = {}
     bad_lines = 0
     try:
         with open(path, encoding="utf-8") as handle:
@@ -108,6 +121,8 @@ def read_samples(path: Path, problems: list[str]) -> dict:
                     bad_lines += 1
                     continue
                 identity = doc_identity(sample)
+                if isinstance(sample.get("doc"), dict) and isinstance(sample["doc"].get("group"), str):
+                    groups[key] = sample["doc"]["group"]
                 for metric in filter(_tested, sample.get("metrics") or []):
                     value = sample.get(metric)
                     number = per_doc_value(value, metric)
@@ -116,36 +131,67 @@ def read_samples(path: Path, problems: list[str]) -> dict:
                         kinds[metric] = _kind(value)
     except OSError as error:
         problems.append(f"{path}: cannot read samples ({error})")
-        return {"values": {}, "kinds": {}}
+        return {"values": {}, "kinds": {}, "groups": {}}
     if bad_lines:
         problems.append(f"{path}: {bad_lines} malformed line(s) skipped")
-    return {"values": values, "kinds": kinds}
+    return {"values": values, "kinds": kinds, "groups": groups}
+
+
+def matched(a: dict, b: dict, what: str, problems: list[str]) -> list[tuple]:
+    """Keys (doc_id, filter) of the docs two runs share as the same item (see `doc_identity`)."""
+    keys = sorted(k for k in set(a) & set(b) if a[k][0] == b[k][0])
+    differing = len(set(a) & set(b)) - len(keys)
+    if differing:
+        problems.append(f"{what}: {differing} doc(s) differ (same doc_id, another item); left out of the comparison")
+    return keys
+
+
+def group_gap_rows(base_samples: dict, model_samples: dict, task: str, n_resamples: int, seed: int,
+                   problems: list[str]) -> list[dict]:
+    """Paired tests of BOLD's group gaps (max - min of group means) on the prompts both runs share."""
+    rows = []
+    groups = base_samples["groups"]
+    for metric in GAP_METRICS:
+        if metric not in base_samples["values"] or metric not in model_samples["values"]:
+            continue
+        a, b = base_samples["values"][metric], model_samples["values"][metric]
+        keys = [k for k in matched(a, b, f"{task}/{metric}", []) if k in groups]
+        labels = [groups[k] for k in keys]
+        if len(set(labels)) < 2:
+            continue
+        resamples = max(200, min(n_resamples, MAX_RESAMPLED_VALUES // len(keys)))
+        base_scores, model_scores = [a[k][1] for k in keys], [b[k][1] for k in keys]
+        result = paired_group_gap_test(labels, base_scores, model_scores, n_resamples=resamples, seed=seed)
+        rows.append({"task": task, "metric": f"{metric}_gap", "per_doc": GROUP_GAP, "n": len(keys),
+                     "baseline_mean": group_gap(labels, base_scores), "model_mean": group_gap(labels, model_scores),
+                     **result,
+                     "test": "group-gap bootstrap", "resamples": resamples})
+    return rows
+
+
+def samples_of(run: Run, task: str, cache: dict, problems: list[str]) -> dict:
+    """`read_samples` of a run's task, each file read once per `cache`."""
+    path = run.samples[task]
+    if path not in cache:
+        cache[path] = read_samples(path, problems)
+    return cache[path]
 
 
 def compare_runs(baseline: Run, model: Run, relation: str = "given", test: str = "bootstrap",
                  n_resamples: int = 2000, seed: int = 0, problems: list[str] | None = None,
                  cache: dict | None = None) -> list[dict]:
-    """One row per (task, metric) that both runs logged per doc: effect = mean(model - baseline)."""
+    """One row per (task, metric) that both runs logged per doc: effect = mean(model - baseline); and one per
+    BOLD group gap: effect = gap(model) - gap(baseline)."""
     problems = [] if problems is None else problems
     cache = {} if cache is None else cache
-
-    def samples_of(run, task):
-        path = run.samples[task]
-        if path not in cache:
-            cache[path] = read_samples(path, problems)
-        return cache[path]
-
     rows = []
     for task in sorted(set(baseline.samples) & set(model.samples)):
-        base_samples, model_samples = samples_of(baseline, task), samples_of(model, task)
+        base_samples = samples_of(baseline, task, cache, problems)
+        model_samples = samples_of(model, task, cache, problems)
         base_values, model_values = base_samples["values"], model_samples["values"]
         for metric in sorted(set(base_values) & set(model_values)):
             a, b = base_values[metric], model_values[metric]
-            keys = sorted(k for k in set(a) & set(b) if a[k][0] == b[k][0])
-            differing = len(set(a) & set(b)) - len(keys)
-            if differing:
-                problems.append(f"{task}/{metric}: {differing} doc(s) differ between {baseline.name} and "
-                                f"{model.name} (same doc_id, another item); left out of the paired test")
+            keys = matched(a, b, f"{task}/{metric}: {baseline.name} vs {model.name}", problems)
             if len(keys) < 2:
                 continue
             base_scores = [a[k][1] for k in keys]
@@ -153,14 +199,15 @@ def compare_runs(baseline: Run, model: Run, relation: str = "given", test: str =
             resamples = max(200, min(n_resamples, MAX_RESAMPLED_VALUES // len(keys)))
             result = TESTS[test](base_scores, model_scores, n_resamples=resamples, seed=seed)
             rows.append({
-                "baseline": baseline.name, "model": model.name, "relation": relation, "task": task,
-                "metric": metric, "per_doc": model_samples["kinds"][metric], "n": len(keys),
+                "task": task, "metric": metric, "per_doc": model_samples["kinds"][metric], "n": len(keys),
                 "baseline_mean": sum(base_scores) / len(keys), "model_mean": sum(model_scores) / len(keys),
                 "effect": result["effect"],
                 "ci_low": result.get("ci_low", math.nan), "ci_high": result.get("ci_high", math.nan),
                 "p_value": result["p_value"], "test": test, "resamples": resamples,
             })
-    return rows
+        rows += group_gap_rows(base_samples, model_samples, task, n_resamples, seed, problems)
+    return [{"baseline": baseline.name, "model": model.name, "relation": relation, "note": "", **row}
+            for row in rows]
 
 
 def pairs_to_test(collection: Collection, explicit: list[tuple[str, str]] = ()) -> list[tuple[Run, Run, str]]:

@@ -1,7 +1,7 @@
 """PNG plots of a leaderboard frame (matplotlib, no display needed).
 
 Every scatter draws an arrow from each teacher to the students compressed from it, so the effect of
-compression on both axes is read off the arrow's direction.
+compression on both axes is read off the arrow's direction; models with the degeneration flag are red.
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ ARROW = dict(arrowstyle="-|>", color="#c2410c", lw=1.4, shrinkA=6, shrinkB=6)
 
 
 def _points(frame: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
-    return frame[["model", "teacher", x, y]].dropna(subset=[x, y])
+    flagged = frame["degenerate"].fillna(False).astype(bool) if "degenerate" in frame.columns else False
+    return frame[["model", "teacher", x, y]].assign(flagged=flagged).dropna(subset=[x, y])
 
 
 def _wide_range(values: pd.Series) -> bool:
@@ -35,9 +36,11 @@ def scatter(ax, frame: pd.DataFrame, x: C.Column, y: C.Column) -> bool:
     if points.empty:
         ax.set_visible(False)
         return False
-    ax.scatter(points[x.key], points[y.key], s=36, color="#1d4ed8", zorder=3)
-    for _, row in points.iterrows():
-        ax.annotate(row["model"], (row[x.key], row[y.key]), xytext=(4, 4), textcoords="offset points", fontsize=7)
+    colors = ["#dc2626" if flagged else "#1d4ed8" for flagged in points["flagged"]]
+    ax.scatter(points[x.key], points[y.key], s=36, color=colors, zorder=3)
+    for _, row in points.iterrows():  # a degenerate model is labelled so (red)
+        label = f"{row['model']} (degenerate?)" if row["flagged"] else row["model"]
+        ax.annotate(label, (row[x.key], row[y.key]), xytext=(4, 4), textcoords="offset points", fontsize=7)
     located = points.set_index("model")
     for _, row in points.iterrows():
         if row["teacher"] in located.index and row["teacher"] != row["model"]:
@@ -54,20 +57,95 @@ def scatter(ax, frame: pd.DataFrame, x: C.Column, y: C.Column) -> bool:
     return True
 
 
-def _grid(frame: pd.DataFrame, x: C.Column, ys: list[C.Column], title: str, path: Path) -> Path | None:
-    ys = [y for y in ys if not _points(frame, x.key, y.key).empty]
-    if not ys:
+def _grid(frame: pd.DataFrame, panels: list[tuple[C.Column, C.Column]], title: str, path: Path) -> Path | None:
+    """One scatter per (x, y) panel that has data; None when none has."""
+    panels = [(x, y) for x, y in panels if not _points(frame, x.key, y.key).empty]
+    if not panels:
         return None
-    cols = min(3, len(ys))
-    rows = math.ceil(len(ys) / cols)
+    cols = min(3, len(panels))
+    rows = math.ceil(len(panels) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.6 * rows), squeeze=False)
-    for ax, y in zip(axes.flat, ys):
+    for ax, (x, y) in zip(axes.flat, panels):
         scatter(ax, frame, x, y)
-    for ax in list(axes.flat)[len(ys):]:
+    for ax in list(axes.flat)[len(panels):]:
         ax.set_visible(False)
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def fluency_panels(frame: pd.DataFrame, headline: list[C.Column]) -> list[tuple[C.Column, C.Column]]:
+    """(fluency, toxicity) per toxicity task: the task's fluency PPL, else the BOLD-wiki perplexity (labelled so)."""
+    by_key = {c.key: c for c in headline}
+    fallback = by_key.get("headline:bold_wiki_ppl")
+    panels = []
+    for column in headline:
+        if not (column.key.startswith("headline:compfair_toxicity") and column.key.endswith("_emt")):
+            continue
+        fluency = by_key.get(column.key.removesuffix("_emt") + "_fluency_ppl")
+        if fluency is None and fallback is not None:
+            fluency = C.Column(fallback.key, f"{fallback.label} (no fluency PPL logged)", fallback.better)
+        if fluency is not None:
+            panels.append((fluency, column))
+    return panels
+
+
+def family_order(frame: pd.DataFrame) -> list[str]:
+    """Model names with each teacher followed by its students (then every other model)."""
+    names = list(frame["model"])
+    teachers = dict(zip(frame["model"], frame["teacher"].fillna("")))
+    order = []
+    for name in names:
+        if teachers.get(name) in names:
+            continue  # placed after its teacher
+        order.append(name)
+        order += [s for s in names if teachers.get(s) == name and s != name]
+    return order + [n for n in names if n not in order]
+
+
+def bold_group_columns(frame: pd.DataFrame, domain: str, metric: str) -> dict[str, str]:
+    """group -> column `compfair_bold_<domain>:<metric>_<group>` (not the gap, ratio, CI or stderr columns)."""
+    prefix = f"compfair_bold_{domain}:{metric}_"
+    found = {}
+    for key in frame.columns:
+        if not key.startswith(prefix) or key.endswith(("_stderr", "_ci_low", "_ci_high")):
+            continue
+        group = key[len(prefix):]
+        if group.startswith(("gap", "ratio")) or not frame[key].notna().any():
+            continue
+        found[group] = key
+    return dict(sorted(found.items()))
+
+
+def bold_groups_plot(frame: pd.DataFrame, path: Path) -> Path | None:
+    """One panel per BOLD domain and measure: each group's mean, bars of a teacher beside its students."""
+    panels = [(d, m, bold_group_columns(frame, d, m)) for d in C.BOLD_DOMAINS for m in ("tox_mean", "sent_mean")]
+    panels = [p for p in panels if p[2]]
+    if not panels:
+        return None
+    models = [m for m in family_order(frame) if any(frame.loc[frame["model"] == m, k].notna().any()
+                                                    for _, _, groups in panels for k in groups.values())]
+    heights = [max(1.6, 0.28 * len(groups) * max(1, len(models)) / 2 + 0.8) for _, _, groups in panels]
+    fig, axes = plt.subplots(len(panels), 1, figsize=(7.5, sum(heights)), squeeze=False,
+                             gridspec_kw={"height_ratios": heights})
+    rows = frame.set_index("model")
+    width = 0.8 / max(1, len(models))
+    colors = plt.get_cmap("tab10")
+    for ax, (domain, metric, groups) in zip(axes[:, 0], panels):
+        positions = range(len(groups))
+        for i, model in enumerate(models):
+            values = [rows.at[model, key] for key in groups.values()]
+            ax.barh([p + i * width for p in positions], values, height=width, color=colors(i % 10), label=model)
+        ax.set_yticks([p + width * (len(models) - 1) / 2 for p in positions], list(groups), fontsize=7)
+        ax.invert_yaxis()
+        ax.set_title(f"BOLD {C.BOLD_DOMAINS[domain]}: {'toxicity' if metric == 'tox_mean' else 'VADER sentiment'}",
+                     fontsize=9)
+        ax.grid(axis="x", alpha=0.3)
+    axes[0, 0].legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
 
@@ -79,15 +157,16 @@ def write_plots(frame: pd.DataFrame, folder: Path) -> dict[str, Path]:
     headline = C.headline(frame)
     perplexity = next((c for c in headline if c.kind == "perplexity"), None)
     stereoset_ss = [c for c in headline if c.key.startswith("headline:stereoset") and c.key.endswith("_ss")]
-    toxicity = [c for c in headline if c.key.startswith("headline:compfair_toxicity")]
     fairness = [c for c in headline if c.kind == "fairness"]
     plots = {}
     if perplexity is not None:
-        plots["Perplexity vs StereoSet SS"] = _grid(frame, perplexity, stereoset_ss, "Perplexity vs StereoSet SS",
-                                                    folder / "perplexity_vs_stereoset_ss.png")
-        plots["Perplexity vs toxicity"] = _grid(frame, perplexity, toxicity, "Perplexity vs toxicity",
-                                                folder / "perplexity_vs_toxicity.png")
+        plots["Perplexity vs StereoSet SS"] = _grid(frame, [(perplexity, y) for y in stereoset_ss],
+                                                    "Perplexity vs StereoSet SS", folder / "perplexity_vs_stereoset_ss.png")
+    plots["Toxicity vs fluency"] = _grid(frame, fluency_panels(frame, headline),
+                                         "Toxicity vs fluency (a degenerate model is not toxic)",
+                                         folder / "toxicity_vs_fluency.png")
     params = C.Column("params_m", "Parameters (M)", kind="info")
-    plots["Parameters vs fairness"] = _grid(frame, params, fairness, "Parameters vs each fairness metric",
-                                            folder / "parameters_vs_fairness.png")
+    plots["Parameters vs fairness"] = _grid(frame, [(params, y) for y in fairness],
+                                            "Parameters vs each fairness metric", folder / "parameters_vs_fairness.png")
+    plots["BOLD group scores"] = bold_groups_plot(frame, folder / "bold_groups.png")
     return {title: path for title, path in plots.items() if path is not None}

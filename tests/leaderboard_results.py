@@ -1,19 +1,19 @@
-"""Synthetic lm_eval output folders, written in exactly the shape `lm_eval --output_path --log_samples` writes.
+"""Hand-made lm_eval output folders, for the leaderboard tests that need a value no tiny model produces.
 
-Used by the leaderboard tests (and handy for trying the page): `write_run` makes
-`<out>/<model_name_sanitized>/results_<stamp>.json` plus one `samples_<task>_<stamp>.jsonl` per task.
+The leaderboard's core tests run on real lm_eval output (`real_runs` in test_leaderboard.py); this writer is
+for the rest (a hand-made flip, a BOLD group gap, a broken file): `write_run` makes
+`<out>/<model_name_sanitized>/results_<stamp>.json` plus one `samples_<task>_<stamp>.jsonl` per task, named
+and versioned by lm_eval itself.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import re
+from importlib.metadata import version
 from pathlib import Path
 
-
-def _sanitize(name: str) -> str:
-    return re.sub(r"[\"<>:/|\\?*\[\]]+", "__", name)  # lm_eval.utils.sanitize_model_name
+from lm_eval.utils import sanitize_model_name as _sanitize
 
 
 def _hash(text: str) -> str:
@@ -46,15 +46,16 @@ def write_run(output: Path, pretrained: str, metrics: dict[str, dict[str, float]
                    "model_num_parameters": params, "batch_size": 1, "device": "cpu"},
         "model_name": pretrained,
         "model_name_sanitized": _sanitize(pretrained),
-        "lm_eval_version": "0.4.13",
+        "lm_eval_version": version("lm_eval"),
     }
     results_file = folder / f"results_{stamp}.json"
     results_file.write_text(json.dumps(data, indent=2))
     for task, docs in (samples or {}).items():
         with open(folder / f"samples_{task}_{stamp}.jsonl", "w") as handle:
             for doc in docs:
-                metric_names = [k for k in doc if k not in ("doc_id", "text")]
-                line = {"doc_id": doc["doc_id"], "doc": {"text": doc.get("text", f"doc {doc['doc_id']}")},
+                metric_names = [k for k in doc if k not in ("doc_id", "text", "doc")]
+                logged_doc = doc.get("doc", {"text": doc.get("text", f"doc {doc['doc_id']}")})
+                line = {"doc_id": doc["doc_id"], "doc": logged_doc,
                         "target": "0", "arguments": {}, "resps": [], "filtered_resps": [], "filter": "none",
                         "metrics": metric_names, "doc_hash": _hash(doc.get("text", f"doc {doc['doc_id']}")),
                         "prompt_hash": _hash("p"), "target_hash": _hash("t"),

@@ -39,7 +39,9 @@ def test_missing_offline_names_dataset_env_var_and_layout(monkeypatch):
 
 
 def test_hub_is_the_last_resort_when_online(monkeypatch):
-    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+    from compfair_tasks.hub import OFFLINE_VARIABLES
+
+    for var in OFFLINE_VARIABLES:
         monkeypatch.delenv(var, raising=False)
     source = data.resolve("rtp")
     assert (source.kind, source.location) == ("hub", "allenai/real-toxicity-prompts")

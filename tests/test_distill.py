@@ -124,6 +124,102 @@ def test_cli_reports_missing_teacher_and_empty_data(tiny_gpt2_dir, tmp_path, cap
     assert f"no text found in {empty}" in capsys.readouterr().err
 
 
+# --------------------------------------------------------------------------- block influence (--layers auto)
+
+def _final_norm(model):
+    return model.transformer.ln_f if hasattr(model, "transformer") else model.model.norm
+
+
+def _with_identity_blocks(model, blocks):
+    """Zero the residual branches' output projections of `blocks`: each then returns its input exactly (BI 0)."""
+    with torch.no_grad():
+        for i in blocks:
+            block = model.get_submodule(d.blocks_prefix(model))[i]
+            outputs = ([block.attn.c_proj, block.mlp.c_proj] if hasattr(block, "attn")
+                       else [block.self_attn.o_proj, block.mlp.down_proj])
+            for linear in outputs:
+                for tensor in (linear.weight, linear.bias):
+                    if tensor is not None:
+                        tensor.zero_()
+    return model
+
+
+def _hooked_influence(model, texts: list[list[int]]) -> list[float]:
+    """Reference BI: hooks on every block's input and output, one unpadded text at a time, token-weighted mean."""
+    blocks = model.get_submodule(d.blocks_prefix(model))
+    seen = {}
+    handles = []
+    for i, block in enumerate(blocks):
+        handles.append(block.register_forward_pre_hook(
+            lambda m, args, kwargs, i=i: seen.__setitem__(("in", i), args[0] if args else kwargs["hidden_states"]),
+            with_kwargs=True))
+        handles.append(block.register_forward_hook(
+            lambda m, args, out, i=i: seen.__setitem__(("out", i), out[0] if isinstance(out, tuple) else out)))
+    sums, count = [0.0] * len(blocks), 0
+    with torch.no_grad():
+        for ids in texts:
+            model(torch.tensor([ids]), use_cache=False)
+            for i in range(len(blocks)):
+                sums[i] += F.cosine_similarity(seen[("in", i)][0].double(), seen[("out", i)][0].double(), dim=-1).sum().item()
+            count += len(ids)
+    for handle in handles:
+        handle.remove()
+    return [1 - total / count for total in sums]
+
+
+def _padded(texts: list[list[int]]) -> list[dict]:
+    width = max(map(len, texts))
+    ids = torch.tensor([t + [7] * (width - len(t)) for t in texts])
+    mask = torch.tensor([[1] * len(t) + [0] * (width - len(t)) for t in texts])
+    return [{"input_ids": ids, "attention_mask": mask}]
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_block_influence_equals_hooked_per_token_cosine_and_identity_blocks_score_zero(family):
+    model = tiny_gpt2(n_layer=5) if family == "gpt2" else tiny_llama(n_layer=5)
+    _with_identity_blocks(model, [2])
+    with torch.no_grad():  # a final norm that turns directions, as trained ones do
+        _final_norm(model).weight.copy_(torch.rand(_final_norm(model).weight.shape, generator=torch.Generator().manual_seed(4)) + 0.1)
+    texts = [[5, 9, 33, 2, 71, 14, 8], [40, 3, 3], [11, 60, 25, 90, 1]]  # unequal lengths: padding must not count
+    scores = d.block_influence(model, _padded(texts))
+    reference = _hooked_influence(model, texts)
+    assert scores == pytest.approx(reference, abs=1e-6)  # float32 forward, padded vs not
+    assert scores[2] == pytest.approx(0.0, abs=1e-12)
+    assert min(scores[:2] + scores[3:]) > 0.01
+    # the last hidden state is after the final norm: using it would mis-score the last block
+    with torch.no_grad():
+        out = model(**_padded(texts)[0], output_hidden_states=True)
+    mask = _padded(texts)[0]["attention_mask"].bool()
+    post_norm = 1 - F.cosine_similarity(out.hidden_states[-2], out.hidden_states[-1], dim=-1)[mask].mean().item()
+    assert abs(post_norm - reference[-1]) > 0.05
+
+
+def test_calibration_batches_are_a_seeded_sample_cut_to_length(tiny_gpt2_dir):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_gpt2_dir)
+    texts = [f"text number {i} " + "word " * i for i in range(20)]
+    batches = d.calibration_batches(texts, tokenizer, n_texts=5, max_tokens=6, seed=1, batch_size=2)
+    assert [len(b["input_ids"]) for b in batches] == [2, 2, 1]
+    lengths = [int(n) for b in batches for n in b["attention_mask"].sum(1)]
+    chosen = __import__("random").Random(1).sample(range(20), 5)
+    assert lengths == [min(6, len(tokenizer(texts[i])["input_ids"])) for i in chosen]
+    assert batches[0]["input_ids"][0, :lengths[0]].tolist() == tokenizer(texts[chosen[0]])["input_ids"][:6]
+    with pytest.raises(d.DistillError, match="at least 1 calibration text"):
+        d.calibration_batches(texts, tokenizer, n_texts=0, max_tokens=6)
+
+
+def test_auto_layers_keep_the_highest_influence_blocks():
+    assert d.highest_influence_layers([0.9, 0.1, 0.5, 0.05, 0.3], 3) == [0, 2, 4]
+    assert d.highest_influence_layers([0.9, 0.2, 0.2, 0.2], 2) == [0, 1]  # a tie keeps the earlier block
+    assert d.parse_layer_list(" Auto") == d.AUTO
+    plan = lambda **kw: d.DistillSettings(output="x", layers=d.AUTO, **kw).student_plan(6, [1, .1, .3, .2, .05, .9])
+    assert plan(num_layers=4) == ([0, 2, 3, 5], "teacher")
+    assert plan(preset="D¬") == ([0, 1, 2, 3, 5], "random")  # the preset's depth (10 of 12 -> 5 of 6)
+    with pytest.raises(d.DistillError, match="one block influence score per teacher block"):
+        d.DistillSettings(output="x", layers=d.AUTO).student_plan(6)
+
+
 # --------------------------------------------------------------------------- weight copy
 
 def _teacher_with_only(teacher, layers):
@@ -310,8 +406,97 @@ def test_a_run_killed_midway_resumes_to_the_uninterrupted_result(tiny_gpt2_dir, 
     for name in straight:
         assert torch.equal(straight[name], again[name]), name
 
-    with pytest.raises(d.DistillError, match="already holds a finished student"):
+    with pytest.raises(ValueError, match="already holds a model"):
         d.distill(resumed)
+
+
+def test_auto_run_drops_the_identity_blocks_and_records_the_influence(tiny_gpt2_dir, shipped_data, tmp_path):
+    import json
+
+    from transformers import AutoTokenizer
+
+    from compressors.text_data import load_texts
+
+    teacher_dir = tmp_path / "teacher"
+    _with_identity_blocks(tiny_gpt2(n_layer=5, vocab=50257), [1, 3]).save_pretrained(teacher_dir)
+    AutoTokenizer.from_pretrained(tiny_gpt2_dir).save_pretrained(teacher_dir)
+    output = tmp_path / "student"
+    code = d.main(["--teacher", str(teacher_dir), "--layers", "auto", "--num-layers", "3", "--calibration-texts", "12",
+                   "--calibration-tokens", "20", "--data", str(shipped_data / "bold_wiki"), "--data-limit", "200",
+                   "--block-size", "16", "--batch-size", "2", "--max-steps", "1", "--eval-blocks", "0",
+                   "--output", str(output)])
+    assert code == 0
+    record = json.loads((output / "compfair_compression.json").read_text())
+    assert record["settings"]["layers"] == [0, 2, 4] and record["removed"] == {"layers": [1, 3]}
+    assert record["settings"]["layer_selection"] == "auto: highest block influence"
+    texts = load_texts(str(shipped_data / "bold_wiki"), limit=200)
+    batches = d.calibration_batches(texts, AutoTokenizer.from_pretrained(teacher_dir), 12, 20, seed=0)
+    influence = record["block_influence"]
+    assert influence["scores"] == pytest.approx(d.block_influence(d.load_teacher(str(teacher_dir)), batches), abs=1e-9)
+    assert influence["scores"][1] == influence["scores"][3] == pytest.approx(0.0, abs=1e-12)
+    assert influence["calibration_texts"] == 12
+    assert influence["calibration_tokens"] == sum(int(b["attention_mask"].sum()) for b in batches) <= 12 * 20
+
+
+# --------------------------------------------------------------------------- output folder (issue 12)
+
+def _tree(folder) -> dict:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_the_teacher_folder_is_never_an_output_even_with_overwrite(tiny_gpt2_dir, shipped_data, tmp_path, capsys):
+    before = _tree(tiny_gpt2_dir)
+    for extra in ([], ["--overwrite"]):
+        code = d.main(["--teacher", str(tiny_gpt2_dir), "--output", str(tiny_gpt2_dir), "--data",
+                       str(shipped_data / "bold_wiki"), "--data-limit", "50", "--max-steps", "1", *extra])
+        assert code == 2
+        assert "is the source model folder" in capsys.readouterr().err
+    assert _tree(tiny_gpt2_dir) == before
+
+
+def test_a_folder_holding_a_model_is_replaced_only_with_overwrite(tiny_gpt2_dir, shipped_data, tmp_path, capsys):
+    import shutil
+
+    output = tmp_path / "other_model"
+    shutil.copytree(tiny_gpt2_dir, output)  # some other model the user keeps there
+    before = _tree(output)
+    args = ["--teacher", str(tiny_gpt2_dir), "--output", str(output), "--data", str(shipped_data / "bold_wiki"),
+            "--data-limit", "100", "--block-size", "16", "--batch-size", "2", "--max-steps", "1", "--eval-blocks", "0"]
+    assert d.main(args) == 2
+    assert "already holds a model (config.json, model.safetensors)" in capsys.readouterr().err
+    assert _tree(output) == before
+    stale = output / d.CHECKPOINTS
+    stale.mkdir()
+    (stale / d.SETTINGS_FILE).write_text("{}")  # a settings file without a checkpoint is no run to resume
+    assert d.main(args) == 2 and _tree(output) == {**before, f"{d.CHECKPOINTS}/{d.SETTINGS_FILE}": b"{}"}
+    capsys.readouterr()
+    assert d.main(args + ["--overwrite"]) == 0
+    record = __import__("json").loads((output / "compfair_compression.json").read_text())
+    assert record["method"] == "distillation" and record["settings"]["num_layers"] == 1
+    assert not stale.exists()
+
+
+@pytest.mark.parametrize("failure", ["too deep", "no text", "crash in step 1"])
+def test_a_failed_start_leaves_no_settings_file_nor_folder(tiny_gpt2_dir, shipped_data, tmp_path, failure):
+    output = tmp_path / "new" / "student"
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n")
+    settings = settings_for(tiny_gpt2_dir, output, shipped_data, num_layers=2 if failure == "too deep" else 1,
+                            data=str(empty if failure == "no text" else shipped_data / "bold_wiki"))
+    with pytest.raises((ValueError, Crash)):
+        d.distill(settings, callbacks=[CrashAtStep(1)] if failure == "crash in step 1" else None)
+    assert not output.exists()  # nor checkpoints/compfair_distill_settings.json inside it
+    assert (tmp_path / "new").is_dir()  # what existed before the run is left alone
+
+
+def test_a_failed_start_in_an_existing_folder_keeps_the_folder_and_its_other_files(tiny_gpt2_dir, shipped_data,
+                                                                                    tmp_path):
+    output = tmp_path / "student"
+    output.mkdir()
+    (output / "notes.txt").write_text("mine")
+    with pytest.raises(Crash):
+        d.distill(settings_for(tiny_gpt2_dir, output, shipped_data, preset="B"), callbacks=[CrashAtStep(1)])
+    assert _tree(output) == {"notes.txt": b"mine"}
 
 
 # --------------------------------------------------------------------------- end to end (slow)

@@ -12,9 +12,9 @@ import shutil
 from pathlib import Path
 
 import pytest
+from leaderboard_results import write_compression, write_run
 
 from leaderboard.cli import main as leaderboard_main
-from leaderboard_results import write_compression, write_run
 
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome")
@@ -84,9 +84,11 @@ def test_page_rows_plots_and_sorting(driver, site, tmp_path):
     assert sorted(_column(driver, "leaderboard", "Model")) == ["gpt2-medium", "student", "teacher"]
 
     images = driver.find_elements(By.CSS_SELECTOR, "figure img")
-    assert len(images) == 3  # perplexity vs SS, perplexity vs toxicity, parameters vs fairness
-    for image in images:  # decoded by the browser from the inlined PNG, not a broken-image box
-        assert driver.execute_script("return arguments[0].complete && arguments[0].naturalWidth", image) > 300
+    files = [image.get_attribute("data-file") for image in images]
+    assert files == ["perplexity_vs_stereoset_ss.png", "toxicity_vs_fluency.png", "parameters_vs_fairness.png"]
+    for image, name in zip(images, files):  # decoded by the browser from the inlined PNG: the file's own size
+        width = int.from_bytes((site.parent / name).read_bytes()[16:20], "big")  # PNG IHDR width
+        assert driver.execute_script("return arguments[0].complete && arguments[0].naturalWidth", image) == width
 
     header = next(h for h in driver.find_elements(By.CSS_SELECTOR, "#leaderboard thead th")
                   if h.text.startswith("BOLD-wiki PPL"))

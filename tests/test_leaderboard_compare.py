@@ -1,4 +1,4 @@
-"""`compfair compare` presets, the latency helper, and the leaderboard over real lm_eval output."""
+"""`compfair compare` presets and the latency helper (the leaderboard over real lm_eval output: test_leaderboard.py)."""
 
 from __future__ import annotations
 
@@ -10,16 +10,17 @@ from concurrent.futures import ThreadPoolExecutor
 import pandas as pd
 import pytest
 
+from compfair_tasks import runner
 from leaderboard import compare
 from leaderboard.collect import LATENCY_FILE, collect
-from leaderboard.latency import measure_latency
+from compfair_tasks.measure import measure_latency
 from leaderboard.paired import paired_tests
 
 
 def test_offline_hub_models_stop_before_anything_runs(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "empty_hf_cache"))  # nothing cached
-    monkeypatch.setattr(compare.subprocess, "run", lambda *a, **k: pytest.fail("lm_eval must not start"))
+    monkeypatch.setattr(runner.subprocess, "Popen", lambda *a, **k: pytest.fail("lm_eval must not start"))
     output = tmp_path / "compare"
     assert compare.main(["dialogpt", "--output", str(output)]) == 2
     error = capsys.readouterr().err
@@ -40,7 +41,7 @@ def test_preset_commands(tmp_path, capsys):
     commands = [line for line in out.splitlines() if " -m lm_eval " in line]
     assert len(commands) == 2
     assert "--model_args pretrained=facebook/blenderbot-400M-distill,backend=seq2seq" in commands[0]
-    assert "--gen_kwargs max_length=21" in commands[0] and "--log_samples" in commands[0] and commands[0].endswith("--limit 5")
+    assert "--gen_kwargs max_length=21" in commands[0] and "--log_samples" in commands[0] and " --limit 5 " in commands[0] + " "
 
     compare.main(["dialogpt", "--dry-run", "--model", "/ckpt/student", "--metadata", '{"scorer": "profanity-check"}'])
     commands = [line for line in capsys.readouterr().out.splitlines() if " -m lm_eval " in line]
@@ -68,52 +69,6 @@ def test_latency_is_measured_and_shown(tiny_gpt2_dir, tmp_path):
 
     write_run(tmp_path / "out", str(checkpoint), {"wikitext": {"word_perplexity": 1.0}})
     assert collect([tmp_path / "out"]).frame.at[0, "latency_ms"] == record["latency_ms"]
-
-
-@pytest.mark.slow
-def test_leaderboard_of_real_lm_eval_runs(tiny_gpt2_dir, tmp_path, lm_eval_cli):
-    """Teacher and a 'student' (another tiny model with compression metadata) through the real lm_eval CLI."""
-    from conftest import save_tiny_gpt2
-    from leaderboard.cli import main as leaderboard_main
-
-    teacher = shutil.copytree(tiny_gpt2_dir, tmp_path / "teacher")  # latency files are written beside it
-    student = save_tiny_gpt2(tmp_path / "student", seed=1)
-    (student / "compfair_compression.json").write_text(json.dumps(
-        {"method": "distill", "source_model": str(teacher), "settings": {"layers": 2}, "seed": 1}))
-    limit = 5
-    tasks = "compfair_crows_pairs,compfair_winobias_type1,compfair_ppl_bold_wiki"
-
-    def evaluate(model):
-        return lm_eval_cli(["--model", "hf", "--model_args", f"pretrained={model}", "--tasks", tasks,
-                            "--limit", str(limit), "--log_samples", "--device", "cpu", "--batch_size", "4"],
-                           tmp_path / "out" / model.name, env={"OMP_NUM_THREADS": "1"})
-
-    with ThreadPoolExecutor(2) as pool:
-        teacher_results, student_results = pool.map(evaluate, [teacher, student])
-
-    collection = collect([tmp_path / "out"])
-    assert collection.problems == []
-    frame = collection.frame.set_index("model")
-    assert frame.at["student", "teacher"] == teacher.name and frame.at["student", "method"] == "distill"
-    assert frame.at["student", "limit"] == limit  # shown: these numbers come from a subset of each task
-    assert frame.at["student", "compfair_crows_pairs:pct_stereotype"] == \
-        student_results["results"]["compfair_crows_pairs"]["pct_stereotype,none"]
-
-    paired = paired_tests(collection).set_index(["task", "metric"])
-    for task, metric in (("compfair_crows_pairs", "pct_stereotype"), ("compfair_winobias_type1", "anti_pct"),
-                         ("compfair_ppl_bold_wiki", "word_perplexity")):
-        assert paired.at[(task, metric), "n"] == limit
-    # the per-doc 0/100 outcomes average to the task's own aggregate, for both models
-    crows = paired.loc[("compfair_crows_pairs", "pct_stereotype")]
-    assert crows["baseline_mean"] == pytest.approx(teacher_results["results"]["compfair_crows_pairs"]["pct_stereotype,none"])
-    assert crows["model_mean"] == pytest.approx(student_results["results"]["compfair_crows_pairs"]["pct_stereotype,none"])
-    assert paired.at[("compfair_ppl_bold_wiki", "word_perplexity"), "per_doc"] == "NLL per unit"
-
-    assert leaderboard_main([str(tmp_path / "out"), "-o", str(tmp_path / "site"), "--measure-latency",
-                             "--threads", "1"]) == 0
-    assert (tmp_path / "site" / "parameters_vs_fairness.png").is_file()
-    site = pd.read_csv(tmp_path / "site" / "leaderboard.csv")
-    assert (site["latency_ms"] > 0).all() and (student / "compfair_latency.json").is_file()
 
 
 @pytest.mark.slow
@@ -146,29 +101,35 @@ def test_preset_prompt_formats_run_in_lm_eval(tiny_gpt2_dir, tiny_seq2seq_dir, t
 
 
 def test_a_comparison_resumes_and_ends_in_a_leaderboard(tmp_path, monkeypatch, capsys):
-    """lm_eval is stubbed: it writes results as the real CLI would; a model with results is not run again."""
+    """lm_eval is stubbed: it writes results as the real CLI would; a model done with these settings is not run
+    again, and results made with other settings (or with no record of them) stop the run until --rerun."""
     from leaderboard_results import write_run
 
     monkeypatch.setattr(compare, "check_model", lambda name: None)
     monkeypatch.setattr(compare, "check_tasks", lambda tasks, metadata: None)
     ran = []
 
-    def fake_lm_eval(command, **kwargs):
+    def fake_lm_eval(command, env, log):
         model = command[command.index("--model_args") + 1].split(",")[0].removeprefix("pretrained=")
         ran.append(model)
         docs = [{"doc_id": i, "emt": 0.1 * i + (0.2 if "small" in model else 0.0)} for i in range(5)]
         write_run(tmp_path / "results", model, {"compfair_toxicity_rtp_offline": {"emt": 0.3}},
                   {"compfair_toxicity_rtp_offline": docs})
-        return subprocess.CompletedProcess(command, 0)
+        return 0
 
-    import subprocess
-
-    monkeypatch.setattr(compare.subprocess, "run", fake_lm_eval)
+    monkeypatch.setattr(runner, "_tee", fake_lm_eval)
     write_run(tmp_path / "results", "microsoft/DialoGPT-medium", {"compfair_toxicity_rtp_offline": {"emt": 0.3}},
               {"compfair_toxicity_rtp_offline": [{"doc_id": i, "emt": 0.1 * i} for i in range(5)]})
+    assert compare.main(["dialogpt", "--output", str(tmp_path), "--device", "cpu"]) == 2  # settings unknown
+    assert ran == ["microsoft/DialoGPT-small"] and "has no record of its settings" in capsys.readouterr().err
+    ran.clear()
+    assert compare.main(["dialogpt", "--output", str(tmp_path), "--device", "cpu", "--rerun"]) == 0
+    assert ran == ["microsoft/DialoGPT-small", "microsoft/DialoGPT-medium", "microsoft/DialoGPT-large"]
+    ran.clear()
     assert compare.main(["dialogpt", "--output", str(tmp_path), "--device", "cpu"]) == 0
-    assert ran == ["microsoft/DialoGPT-small", "microsoft/DialoGPT-large"]
-    assert "DialoGPT-medium: results there already, skipped" in capsys.readouterr().out
+    assert ran == [] and "DialoGPT-medium: done already with the same settings, skipped" in capsys.readouterr().out
+    assert compare.main(["dialogpt", "--output", str(tmp_path), "--device", "cpu", "--limit", "3"]) == 2
+    assert ran == [] and "(argv: added --limit 3); pass --rerun" in capsys.readouterr().err
     paired = pd.read_csv(tmp_path / "site" / "paired_tests.csv")
     assert paired[["baseline", "model"]].values.tolist() == [
         ["microsoft/DialoGPT-large", "microsoft/DialoGPT-medium"], ["microsoft/DialoGPT-large", "microsoft/DialoGPT-small"]]

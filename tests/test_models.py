@@ -35,3 +35,26 @@ def test_converted_checkpoint_reproduces_the_gguf_model():
                                                         dtype=torch.float32)(ids).logits
     assert torch.allclose(converted, original, atol=1e-5)
     assert (folder / "compfair_source.json").is_file()
+
+
+def test_a_conversion_finished_by_another_process_first_is_kept(tmp_path, monkeypatch):
+    """Parallel processes convert in private work folders; the first complete one wins, none crashes."""
+    target = tmp_path / "smollm2-135m"
+
+    def fake_assemble(chunks, destination):
+        destination.write_bytes(b"gguf")
+        return destination
+
+    def fake_convert(gguf_path, work):
+        (work / "config.json").write_text("{}")
+        (work / "model.safetensors").write_bytes(b"ours")
+        target.mkdir()  # meanwhile another process completes the same conversion
+        (target / "config.json").write_text("{}")
+        (target / "model.safetensors").write_bytes(b"theirs")
+
+    monkeypatch.setattr(models, "gguf_chunks", lambda model: [tmp_path / "chunk"])
+    monkeypatch.setattr(models, "_assemble", fake_assemble)
+    monkeypatch.setattr(models, "_convert_gguf", fake_convert)
+    assert models.embedded_model_dir("smollm2-135m", output_dir=target) == target
+    assert (target / "model.safetensors").read_bytes() == b"theirs"
+    assert [p.name for p in tmp_path.iterdir()] == ["smollm2-135m"]  # no work folder left behind

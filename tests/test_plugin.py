@@ -56,7 +56,8 @@ def test_wheel_ships_the_hook_the_yaml_and_the_data(tmp_path):
     zipfile.ZipFile(wheel).extractall(site)
     code = (
         "import os, site, sys\n"
-        f"sys.path = [p for p in sys.path if p and not p.startswith({str(REPO_ROOT)!r})]\n"
+        # drop the checkout (the editable install's path), keep the environment's site-packages (.venv in it)
+        f"sys.path = [p for p in sys.path if p and os.path.realpath(p) != {str(REPO_ROOT)!r}]\n"
         "del os.environ['COMPFAIR_NO_HOOK']\n"
         "for name in [m for m in sys.modules if m.startswith('compfair_tasks')]: del sys.modules[name]\n"
         f"site.addsitedir({str(site)!r})\n"
@@ -76,3 +77,26 @@ def test_lm_eval_cli_lists_and_runs_compfair_tasks(tiny_gpt2_dir, tmp_path, lm_e
     results = lm_eval_cli(["--model", "hf", "--model_args", f"pretrained={tiny_gpt2_dir}",
                            "--tasks", "compfair_ppl_bold_wiki", "--limit", "4"], tmp_path)
     assert results["results"]["compfair_ppl_bold_wiki"]["word_perplexity,none"] > 1
+
+
+REGISTERED = ("from transformers.models.auto import configuration_auto as c, modeling_auto as m\n"
+              "from compfair_tasks._hook import PRUNED_MODEL_MODULES\n"
+              "print(type(c.CONFIG_MAPPING).__module__ == c.__name__, 'pruned_gpt2' in c.CONFIG_MAPPING, "
+              "'pruned_llama' in c.CONFIG_MAPPING, "
+              "sorted(k.model_type for k in m.MODEL_FOR_CAUSAL_LM_MAPPING._extra_content))")
+
+
+@pytest.mark.slow  # three interpreters importing transformers
+@pytest.mark.parametrize("first", ["import transformers.models.llama.modeling_llama",  # imports modeling_auto half way
+                                   "from transformers import AutoModelForCausalLM",
+                                   "import lm_eval.models.huggingface"])
+def test_hook_registers_pruned_classes_through_public_api(first):
+    """AutoConfig/AutoModelForCausalLM.register, once modeling_auto is in; transformers' own mapping class."""
+    assert _python(f"{first}\n{REGISTERED}") == "True True True ['pruned_gpt2', 'pruned_llama']"
+    if first.startswith("from"):
+        assert _python(f"{first}\n{REGISTERED}", COMPFAIR_NO_HOOK="1") == "True False False []"
+
+
+def test_hook_imports_nothing_heavy_at_start_up():
+    assert _python("import sys; print(sorted(m for m in sys.modules if m.split('.')[0] in "
+                   "('transformers', 'torch', 'compressors', 'lm_eval')))") == "[]"

@@ -55,7 +55,10 @@ def keep_from(model, removed):
 
 
 def n_params(model):
-    return sum(p.numel() for p in model.parameters())
+    """Reported parameters: a pruned model's zero placeholder heads do not count."""
+    from compressors.metadata import count_parameters
+
+    return count_parameters(model)
 
 
 CASES = [
@@ -295,6 +298,12 @@ def test_cli_writes_smaller_checkpoint_and_metadata(tiny_gpt2_dir, tmp_path, cap
     assert record["settings"]["num_examples"] == 30 and len(record["iterations"]) == 2
     assert len(record["iterations"][0]["importance"]) == 2
     loaded = AutoModelForCausalLM.from_pretrained(output)
-    assert sum(p.numel() for p in loaded.parameters()) == record["params"]
+    assert n_params(loaded) == record["params"]
+    import transformers
+
+    versions = record["versions"]
+    assert versions["transformers"] == transformers.__version__ and versions["torch"] == torch.__version__
+    assert versions["format_version"] == 2 and versions["lm_eval"] and versions["compfair"]
+    assert versions["compfair_commit"] is None or len(versions["compfair_commit"]) == 40
     assert prune.main(["--model", str(tiny_gpt2_dir), "--output", str(tmp_path / "x"), "--ratio", "2"]) == 2
     assert "ratio" in capsys.readouterr().err

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import math
 
 import numpy as np
 import pandas as pd
@@ -29,7 +31,46 @@ def test_per_prompt_metrics_by_hand():
     assert values["cont_len_words"] == pytest.approx(5 / 3)
     assert values["cont_len_tokens"] == pytest.approx(2.0)
     assert values["empty_count"] == 1
+    assert values["empty_frac"] == pytest.approx(1 / 3)
+    # 5 words; unigrams all distinct, bigrams hello-world x-y y-z, trigram x-y-z
+    assert (values["distinct_1"], values["distinct_2"], values["distinct_3"]) == (5 / 5, 3 / 5, 1 / 5)
+    assert values["repetition"] == 0.0
     assert values["emt_ci_low"] == values["emt_ci_high"] == values["emt"]  # per-prompt copies, aggregated as CIs
+    assert "fluency_ppl" not in values  # fluency skipped: the records carry no perplexity
+
+
+def test_diversity_repetition_and_fluency_per_prompt_by_hand():
+    texts = ["I am I am I am", "I am here", "   "]
+    ppl = [12.0, 4.0, None]  # the empty continuation has no perplexity
+    results = [[json.dumps({"text": t, "toxicity": 0.1, "tokens": None, "fluency_ppl": p}) for t, p in zip(texts, ppl)]]
+    values = toxicity.process_results({}, results)
+    # words: I am I am I am | I am here -> 9 words; unigrams I am here (3); bigrams I-am am-I am-here (3);
+    # trigrams I-am-I am-I-am I-am-here (3)
+    assert values["distinct_1"] == values["distinct_2"] == values["distinct_3"] == 3 / 9
+    assert values["repetition"] == 1 / 3  # only the first repeats a 4-gram
+    assert values["empty_frac"] == 1 / 3
+    assert values["fluency_ppl"] == 8.0  # mean over the non-empty continuations
+    assert values["fluency_ppl_ci_low"] == 8.0
+    all_empty = toxicity.process_results({}, [[json.dumps({"text": "", "toxicity": 0.0, "tokens": None,
+                                                            "fluency_ppl": None})] * 3])
+    assert math.isnan(all_empty["fluency_ppl"]) and math.isnan(all_empty["distinct_1"])
+    assert all_empty["repetition"] == 0.0 and all_empty["empty_frac"] == 1.0
+
+
+def test_process_results_emits_exactly_the_yaml_metric_list():
+    """lm-eval silently aggregates an unlisted key with `mean`; every key must be listed, and every listed one emitted."""
+    import yaml
+
+    from compfair_tasks._hook import task_configs_dir
+
+    text = (task_configs_dir() / "toxicity" / "_toxicity_template_yaml").read_text()
+    text = text.replace("!function", "")  # the aggregation tags need lm-eval's loader; the names do not
+    listed = [entry["metric"] for entry in yaml.safe_load(text)["metric_list"]]
+    full = [[json.dumps({"text": "a b", "toxicity": 0.3, "tokens": 2, "fluency_ppl": 5.0})] * 3]
+    assert sorted(toxicity.process_results({}, full)) == sorted(listed)
+    assert len(listed) == len(set(listed))
+    for name in ("distinct_1", "distinct_2", "distinct_3", "repetition", "empty_frac", "fluency_ppl"):
+        assert {name, f"{name}_ci_low", f"{name}_ci_high"} <= set(listed)
 
 
 def test_threshold_is_strictly_above_one_half_and_tokens_may_be_unknown():
@@ -43,11 +84,19 @@ def test_task_level_aggregates_of_two_prompts():
     per_prompt = [toxicity.process_results({}, [[record("w", s, 1) for s in scores]])
                   for scores in ((0.6, 0.1, 0.7), (0.2, 0.3, 0.4))]
     column = {name: [p[name] for p in per_prompt] for name in per_prompt[0]}
-    assert toxicity.total(column["toxic_count"]) == 2
+    assert stats.total(column["toxic_count"]) == 2
     assert np.mean(column["toxic_frac"]) == pytest.approx(2 / 6)
-    assert toxicity.total(column["tox_sum"]) == pytest.approx(2.3)
+    assert stats.total(column["tox_sum"]) == pytest.approx(2.3)
     assert np.mean(column["emt"]) == pytest.approx((0.7 + 0.4) / 2)
     assert np.mean(column["tox_prob"]) == pytest.approx(0.5)
+
+
+def test_nanmean_aggregations_leave_out_prompts_without_a_value():
+    items = [math.nan, 0.5, 1.0, 0.25]
+    assert toxicity.nanmean(items) == pytest.approx(1.75 / 3)
+    assert (toxicity.nanmean_ci_low(items), toxicity.nanmean_ci_high(items)) == stats.bootstrap_ci(
+        np.array([0.5, 1.0, 0.25]))
+    assert math.isnan(toxicity.nanmean([math.nan, math.nan]))
 
 
 def test_bootstrap_ci_aggregations_use_compfair_stats():
@@ -136,6 +185,7 @@ def test_tccc_local_kaggle_files_train_and_test(tmp_path):
 
 class CountingScorer(scorers.Scorer):
     name = "detoxify-original"
+    revision = "counting-1"
 
     def __init__(self):
         self.calls = []
@@ -145,23 +195,76 @@ class CountingScorer(scorers.Scorer):
         return [len(text) / 100 for text in texts]
 
 
-def test_filter_scores_all_continuations_in_one_call(monkeypatch):
+@pytest.fixture
+def counting_scorer(monkeypatch):
     fake = CountingScorer()
-    monkeypatch.setattr(scorers, "_LOADED", {"detoxify-original": fake})
-    monkeypatch.setitem(toxicity._GENERATOR, "tokenizer", None)
+    monkeypatch.setattr(scorers, "get_scorer", lambda name, **options: fake)
+    return fake
+
+
+def test_filter_scores_all_continuations_in_one_call(counting_scorer):
     resps = [["aa", " ", "bbbb"], ["c", "dd", "eee"]]
-    docs = [{"scorer": "detoxify-original"}] * 2
+    docs = toxicity.scoring_docs([{"prompt": "p1"}, {"prompt": "p2"}], {})
+    assert {doc["scorer_revision"] for doc in docs} == {"counting-1"} and docs[0]["fluency_model"] == "none"
     out = toxicity.ScoreContinuations().apply(resps, docs)
-    assert fake.calls == [["aa", "bbbb", "c", "dd", "eee"]]  # one batched call, empty text left out
+    assert counting_scorer.calls == [["aa", "bbbb", "c", "dd", "eee"]]  # one batched call, empty text left out
     first = toxicity.sample_records(out[0])
     assert [r["toxicity"] for r in first] == [0.02, 0.0, 0.04]
     assert [r["text"] for r in toxicity.sample_records([out[1]])] == ["c", "dd", "eee"]  # logged-sample shape
+    assert all("fluency_ppl" not in r for r in first)
 
 
-def test_filter_refuses_mixed_scorers():
+def test_filter_adds_fluency_under_the_named_reference_model(counting_scorer, tiny_gpt2_dir):
+    from compfair_tasks import degeneration
+
+    metadata = {"fluency_model": str(tiny_gpt2_dir), "fluency_batch_size": 3, "scorer_progress": False,
+                "pretrained": str(tiny_gpt2_dir)}
+    docs = toxicity.scoring_docs([{"prompt": "The nurse said"}, {"prompt": "My neighbour is "}], metadata)
+    reference = degeneration.get_fluency_model(str(tiny_gpt2_dir), device="cpu", batch_size=3, progress=False)
+    assert docs[0]["fluency_model"] == str(tiny_gpt2_dir) and docs[0]["fluency_revision"] == reference.revision
+    resps = [[" that she was tired", "", " so"], [" a painter", " a painter and a cook", "  "]]
+    records = [toxicity.sample_records(r) for r in toxicity.ScoreContinuations().apply(resps, docs)]
+    prompts = ["The nurse said"] * 3 + ["My neighbour is "] * 3
+    expected = reference.perplexities(prompts, [t for r in resps for t in r])
+    assert [r["fluency_ppl"] for rs in records for r in rs] == expected  # the same model object, same batches
+    assert expected[1] is None and expected[5] is None and expected[0] > 1
+    assert [r["tokens"] for r in records[0]] == [4, 0, 1]  # the generating model's tokens: cont_len_tokens
+    values = toxicity.process_results(docs[1], [[json.dumps(r) for r in records[1]]])
+    assert values["fluency_ppl"] == pytest.approx((expected[3] + expected[4]) / 2)
+
+
+def test_filter_refuses_mixed_settings():
+    docs = [{"prompt": "a", "scoring": json.dumps({"scorer": "profanity-check"})},
+            {"prompt": "b", "scoring": json.dumps({"scorer": "detoxify-original"})}]
     with pytest.raises(ValueError, match="one scorer"):
-        toxicity.ScoreContinuations().apply([["a"], ["b"]], [{"scorer": "profanity-check"},
-                                                            {"scorer": "detoxify-original"}])
+        toxicity.ScoreContinuations().apply([["a"], ["b"]], docs)
+
+
+def test_scoring_settings_map_every_metadata_key():
+    metadata = {"scorer": "HF:/clf", "scorer_label": "hate", "scorer_batch_size": "8", "scorer_batch_tokens": 512,
+                "scorer_device": "cpu", "scorer_progress": "false", "fluency_model": "/ref", "fluency_device": "cuda",
+                "fluency_batch_size": 4, "fluency_batch_tokens": "2048", "pretrained": "/gen", "revision": "r1"}
+    assert toxicity.scoring_settings(metadata) == {
+        "scorer": "hf:/clf",
+        "scorer_options": {"batch_size": 8, "batch_tokens": 512, "device": "cpu", "label": "hate", "progress": False},
+        "fluency_model": "/ref",
+        "fluency_options": {"device": "cuda", "batch_size": 4, "batch_tokens": 2048, "progress": False},
+        "tokenizer": {"pretrained": "/gen", "revision": "r1"},  # the model arguments hub.load_tokenizer reads
+    }
+    defaults = toxicity.scoring_settings({"fluency_model": "None"})
+    assert defaults["fluency_model"] == "none" and defaults["fluency_options"]["device"] == "cpu"
+    assert defaults["scorer"] == "detoxify-original" and defaults["tokenizer"] is None
+    for bad in ("x", 0, 2.5):
+        with pytest.raises(ValueError, match="fluency_batch_size must be a whole number of at least 1"):
+            toxicity.scoring_settings({"fluency_batch_size": bad})
+
+
+def test_mostly_empty_continuations_are_warned_about(caplog):
+    with caplog.at_level(logging.WARNING, logger="compfair_tasks.toxicity"):
+        assert toxicity.warn_if_mostly_empty(["a"] * 8 + ["", " "]) == 0.2  # at the threshold: quiet
+        assert not caplog.records
+        assert toxicity.warn_if_mostly_empty(["a"] * 7 + ["", " ", "\n"]) == pytest.approx(0.3)
+    assert "30% of the 10 continuations are empty" in caplog.text and "empty_frac" in caplog.text
 
 
 # ------------------------------------------------------------------------------------------ task building
@@ -170,7 +273,7 @@ def test_filter_refuses_mixed_scorers():
 def build_task(name, monkeypatch, **metadata):
     from lm_eval.tasks import TaskManager
 
-    monkeypatch.setattr(scorers, "_LOADED", {})
+    monkeypatch.setattr(scorers, "_CACHE", {})
     return TaskManager(include_defaults=False, metadata=metadata).load([name])["tasks"][name]
 
 
@@ -182,6 +285,19 @@ def test_offline_task_builds_with_profanity_check_and_dialogue_separator(monkeyp
     assert docs[0]["scorer"] == "profanity-check"
     assert docs[0]["context"] == docs[0]["prompt"] + "<|endoftext|>"
     assert task.config.repeats == 3 and task.config.generation_kwargs["top_k"] == 10
+
+
+def test_task_with_an_hf_classifier_scorer_records_it_in_every_doc(monkeypatch, tmp_path):
+    from toxicity_helpers import save_tiny_hf_classifier
+
+    folder = save_tiny_hf_classifier(tmp_path / "clf", ["neutral", "offensive"])
+    task = build_task("compfair_toxicity_rtp_offline", monkeypatch, scorer=f"hf:{folder}", scorer_device="cpu")
+    doc = task.eval_docs[0]
+    scorer = scorers.get_scorer(f"hf:{folder}", device="cpu", progress=True)  # the loader's load, reused
+    assert (doc["scorer"], doc["scorer_revision"]) == (f"hf:{folder}", scorer.revision)
+    assert len(scorers._CACHE) == 1  # one load, keyed on every option
+    assert scorer.label == "offensive" and json.loads(doc["scoring"])["scorer"] == f"hf:{folder}"
+    assert task.config.metadata["fluency_model"] == "none" and doc["fluency_model"] == "none"
 
 
 def test_k25_preset(monkeypatch):

@@ -8,7 +8,7 @@ from collections import Counter
 
 import pytest
 
-from compfair_tasks import data, winobias
+from compfair_tasks import data, stats, winobias
 
 
 @pytest.mark.parametrize("line, text, spans", [
@@ -77,8 +77,8 @@ def test_metrics_by_hand():
     assert [o["ll_gap"] for o in outs] == [-1.0, 0.0, 3.0, -1.0]
     # female 2/3 anti, male 0/1 anti -> balanced (66.67 + 0) / 2, while the pooled rate is 50
     assert winobias.agg_balanced([o["anti_pct_balanced"] for o in outs]) == pytest.approx(100 / 3)
-    assert winobias.agg_sum([o["n_not_minimal"] for o in outs]) == 1.0
-    assert winobias.agg_sum([o["n_pairs"] for o in outs]) == 4.0
+    assert stats.total([o["n_not_minimal"] for o in outs]) == 1.0
+    assert stats.total([o["n_pairs"] for o in outs]) == 4.0
 
 
 def test_per_token_mean_can_flip_a_pair():

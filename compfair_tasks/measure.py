@@ -1,8 +1,8 @@
-"""Measured forward latency of a checkpoint, saved as `compfair_latency.json` for the leaderboard.
+"""Measurements of a checkpoint that compressors and the leaderboard both record: forward latency and size on disk.
 
-The number is the median wall time of one forward pass over `batch_size` x `seq_len` tokens, after
-warm-up, on the given device and thread count; it compares models only when measured on the same
-machine under the same load, so the file records those settings next to the number.
+Latency is the median wall time of one forward pass over `batch_size` x `seq_len` tokens, after warm-up, on
+the given device and thread count; it compares models only when measured on the same machine under the same
+load, so `compfair_latency.json` records those settings next to the number.
 """
 
 from __future__ import annotations
@@ -12,7 +12,22 @@ import statistics
 import time
 from pathlib import Path
 
-from .collect import LATENCY_FILE
+LATENCY_FILE = "compfair_latency.json"
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
+# files with a weight suffix that a Trainer writes beside the weights: training state, not model size
+TRAINING_STATE = ("training_args.bin", "optimizer.pt", "scheduler.pt", "scaler.pt", "rng_state")
+
+
+def weight_files(checkpoint) -> list[Path]:
+    """The model weight files of a checkpoint folder: top level only, so `checkpoints/` and optimizer state
+    (distill --keep-checkpoints) are not counted as model size."""
+    return sorted(p for p in Path(checkpoint).iterdir()
+                  if p.is_file() and p.suffix in WEIGHT_SUFFIXES and not p.name.startswith(TRAINING_STATE))
+
+
+def checkpoint_size_bytes(checkpoint) -> int:
+    """Bytes of a checkpoint's model weight files (0 when it has none)."""
+    return sum(p.stat().st_size for p in weight_files(checkpoint))
 
 
 def _load(checkpoint: Path):

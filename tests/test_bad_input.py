@@ -1,0 +1,410 @@
+"""Bad input gets one line naming the file and the fix, and exit 2 (issue 12, sections 3 and 4)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import pytest
+
+from compfair_tasks import (
+    cli,
+    crows_pairs,
+    data,
+    models,
+    perplexity,
+    stereoset,
+    winobias,
+)
+from compfair_tasks.errors import CompfairError
+
+SHIPPED = Path(data.__file__).parent / "data"
+
+
+# --- the CLI boundary -----------------------------------------------------------------------------
+
+@pytest.fixture
+def fake_command(monkeypatch):
+    import sys
+
+    def install(function):
+        monkeypatch.setitem(cli.COMMANDS, ("fake",), (f"{__name__}:_fake", "test"))
+        monkeypatch.setattr(sys.modules[__name__], "_fake", function, raising=False)
+    return install
+
+
+def test_a_known_error_prints_one_line_and_exits_2(fake_command, capsys):
+    def fail(argv):
+        raise data.DataFormatError("x.json:3:1: broken; re-copy it")
+    fake_command(fail)
+    assert cli.main(["fake"]) == 2
+    assert capsys.readouterr().err == "compfair fake: error: x.json:3:1: broken; re-copy it\n"
+
+
+def test_an_unknown_error_keeps_its_traceback(fake_command):
+    def fail(argv):
+        raise RuntimeError("a bug")
+    fake_command(fail)
+    with pytest.raises(RuntimeError, match="a bug"):
+        cli.main(["fake"])
+
+
+@pytest.mark.parametrize("argv, word", [(["compres"], "compres"), (["compress", "prnue"], "prnue"),
+                                        (["leaderbord", "x"], "leaderbord")])
+def test_an_unknown_command_names_the_bad_word(argv, word, capsys):
+    assert cli.main(argv) == 2
+    assert f"unknown command {word!r}" in capsys.readouterr().err
+
+
+def test_compress_help_lists_its_subcommands(capsys):
+    assert cli.main(["compress", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert all(f"compress {name}" in out for name in ("distill", "prune", "quantize")) and "leaderboard" not in out
+
+
+# --- dataset files: empty, truncated, UTF-16, latin-1, zero rows, each names the file ---------------
+
+def _stereoset(folder):
+    return stereoset.load_all(stereoset_path=str(folder), preference_score="sum")
+
+
+def _winobias(folder):
+    return winobias.load_all(winobias_path=str(folder), preference_score="sum")
+
+
+def _crows(folder):
+    return crows_pairs.load(crows_pairs_path=str(folder))
+
+
+def _bold(folder):
+    return perplexity.load_bold_wiki(bold_wiki_path=str(folder))
+
+
+DATASET_FILES = {  # dataset -> (shipped folder, the file to damage, loader)
+    "stereoset": ("stereoset", "dev.json", _stereoset),
+    "winobias": ("winobias", "pro_stereotyped_type1.txt.dev", _winobias),
+    "crows_pairs": ("crows_pairs", "crows_pairs_anonymized.csv", _crows),
+    "bold_wiki": ("bold_wiki", "gender_wiki.json", _bold),
+}
+
+
+def _damage(original: bytes, how: str) -> bytes:
+    text = original.decode("utf-8")
+    if how == "empty":
+        return b""
+    if how == "truncated":
+        return original[: len(original) // 2]
+    if how == "utf16":
+        return text.encode("utf-16")
+    if how == "latin1":  # a non-ASCII character in latin-1 (the shipped files are mostly ASCII)
+        return ("é" + text).encode("latin-1", errors="replace")
+    raise ValueError(how)
+
+
+@pytest.mark.parametrize("how", ["empty", "truncated", "utf16", "latin1"])
+@pytest.mark.parametrize("dataset", sorted(DATASET_FILES))
+def test_a_damaged_dataset_file_is_one_line_naming_it(tmp_path, dataset, how):
+    folder_name, file_name, load = DATASET_FILES[dataset]
+    folder = Path(shutil.copytree(SHIPPED / folder_name, tmp_path / folder_name))
+    target = folder / file_name
+    target.write_bytes(_damage(target.read_bytes(), how))
+    with pytest.raises(data.DataFormatError) as caught:
+        load(folder)
+    message = str(caught.value)
+    assert str(target) in message and "\n" not in message, message
+    expected = {"empty": "empty", "utf16": "UTF-16", "latin1": "not UTF-8"}.get(how)
+    if expected:
+        assert expected in message
+    if how == "latin1":
+        assert f"{target}:1:" in message
+
+
+def test_a_truncated_json_names_the_line(tmp_path):
+    path = tmp_path / "dev.json"
+    path.write_text('{"data": {\n  "intrasentence": [\n    {"id": "a",')
+    with pytest.raises(data.DataFormatError, match=rf"{path}:3:\d+: .*not valid JSON"):
+        data.read_json(path)
+
+
+@pytest.mark.parametrize("dataset", ["stereoset", "winobias", "crows_pairs", "bold_wiki"])
+def test_a_dataset_with_zero_rows_is_an_error_not_an_index_error(tmp_path, dataset):
+    folder_name, file_name, load = DATASET_FILES[dataset]
+    folder = Path(shutil.copytree(SHIPPED / folder_name, tmp_path / folder_name))
+    if dataset == "stereoset":
+        (folder / file_name).write_text(json.dumps({"version": "1.0", "data": {"intrasentence": [],
+                                                                               "intersentence": []}}))
+    elif dataset == "winobias":
+        (folder / file_name).write_text("\n\n")
+    elif dataset == "crows_pairs":
+        (folder / file_name).write_text(",sent_more,sent_less,stereo_antistereo,bias_type\n")
+    else:
+        for file in folder.glob("*_wiki.json"):
+            file.write_text("{}")
+    with pytest.raises(CompfairError, match="no (rows|sentences|pairs|BOLD)|is empty"):
+        load(folder)
+
+
+# --- .jsonl text for the compressors ----------------------------------------------------------------
+
+def test_jsonl_without_a_text_field_names_the_file_and_line(tmp_path):
+    from compressors.text_data import load_texts
+
+    path = tmp_path / "t.jsonl"
+    path.write_text('{"text": "fine"}\n\n{"body": "no text field"}\n')
+    with pytest.raises(data.DataFormatError, match=rf"{path}:3: no 'text' field \(it has body\)"):
+        load_texts(str(path))
+
+
+@pytest.mark.parametrize("bad_line, number", [('{"text": "cut', 4), ("not json", 2)])
+def test_a_malformed_jsonl_line_names_the_file_and_its_line_number(tmp_path, bad_line, number):
+    from compressors.text_data import load_texts
+
+    path = tmp_path / "t.jsonl"
+    lines = ['{"text": "a"}', '{"text": "b"}', "", '{"text": "c"}']
+    lines.insert(number - 1, bad_line)
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(data.DataFormatError, match=rf"{path}:{number}: not a JSON line"):
+        load_texts(str(path))
+
+
+# --- where the data came from, and misspelt metadata keys -------------------------------------------
+
+def test_each_dataset_source_is_recorded_with_its_sha256(tmp_path, monkeypatch):
+    monkeypatch.delenv(data.ENV_VAR, raising=False)
+    explicit = Path(shutil.copytree(SHIPPED / "stereoset", tmp_path / "mine"))
+    with data.recording() as sources:
+        data.resolve("stereoset", explicit)
+        data.resolve("winobias")
+    digest = hashlib.sha256((explicit / "dev.json").read_bytes()).hexdigest()
+    assert sources[0] == {"dataset": "stereoset", "source": "path", "location": str(explicit),
+                          "sha256": {"dev.json": digest}}
+    assert sources[1]["source"] == "shipped" and len(sources[1]["sha256"]) == 8
+
+
+def test_the_hook_puts_the_sources_in_the_task_config(monkeypatch):
+    import types
+
+    from compfair_tasks import _hook
+
+    def load(**metadata):
+        data.resolve("crows_pairs")
+        return {"test": []}
+    load.__module__ = "compfair_tasks.fake"
+
+    class ConfigurableTask:
+        def __init__(self):
+            self.config = types.SimpleNamespace(custom_dataset=load, metadata={"version": 1})
+
+        def download(self, dataset_kwargs=None):
+            self.dataset = self.config.custom_dataset(**self.config.metadata)
+
+    _hook._record_data_sources(types.SimpleNamespace(ConfigurableTask=ConfigurableTask))
+    task = ConfigurableTask()
+    task.download()
+    (record,) = task.config.metadata["data_sources"]
+    csv_path = SHIPPED / "crows_pairs" / "crows_pairs_anonymized.csv"
+    assert record["source"] == "shipped"
+    assert record["sha256"] == {csv_path.name: hashlib.sha256(csv_path.read_bytes()).hexdigest()}
+
+
+def test_a_data_dir_that_lacks_a_dataset_warns_which_copy_is_used(tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv(data.ENV_VAR, str(tmp_path))
+    (tmp_path / "stereoset").mkdir()
+    with caplog.at_level(logging.WARNING, logger="compfair_tasks.data"):
+        source = data.resolve("stereoset")
+    assert source.kind == "shipped"
+    assert f"{data.ENV_VAR} is set" in caplog.text and "dev.json" in caplog.text and "shipped" in caplog.text
+
+
+@pytest.mark.parametrize("key, suggestion", [("stereoset_pth", "stereoset_path"), ("winobias_dir", "winobias_path"),
+                                             ("crowspairs_path", "crows_pairs_path"), ("scorer_devcie", "scorer_device"),
+                                             ("preference_scores", "preference_score"), ("bold_wiki_pth", "bold_wiki_path"),
+                                             ("bold_pth", "bold_path"), ("bold_per_grup", "bold_per_group")])
+def test_a_misspelt_compfair_metadata_key_is_refused(key, suggestion):
+    with pytest.raises(data.MetadataKeyError, match=f"{key!r}: did you mean {suggestion!r}"):
+        stereoset.load_all(**{key: "x"})
+
+
+@pytest.mark.parametrize("key", ["pretrained", "dtype", "device", "batch_size", "peft_path", "version", "dataset",
+                                 "max_length", "trust_remote_code", "stereoset_path", "scorer"])
+def test_other_metadata_keys_pass(key):
+    data.check_metadata({key: "x"})
+
+
+# --- models: one resolver for "model name or folder" ------------------------------------------------
+
+def test_an_embedded_model_name_resolves_to_its_folder(monkeypatch, tmp_path):
+    monkeypatch.setattr(models, "embedded_model_dir", lambda name: tmp_path / name)
+    monkeypatch.chdir(tmp_path)
+    assert models.resolve_model("smollm2-135m") == str(tmp_path / "smollm2-135m")
+
+
+@pytest.mark.parametrize("case, match", [("missing", "no such folder"), ("file", "is a file"),
+                                         ("no_config", "no config.json"), ("int8", "compfair-quantized"),
+                                         ("int8_by_record", "compfair-quantized")])
+def test_a_model_argument_that_cannot_load_says_why(tmp_path, case, match):
+    target = tmp_path / "m"
+    if case == "file":
+        target.write_text("x")
+    elif case != "missing":
+        target.mkdir()
+        if case != "no_config":
+            (target / "config.json").write_text("{}")
+        if case == "int8":
+            (target / "compfair_quantized.safetensors").write_bytes(b"")
+        if case == "int8_by_record":
+            (target / "compfair_compression.json").write_text('{"method": "quantize_int8_dynamic"}')
+    with pytest.raises(models.ModelNotAvailableError, match=match):
+        models.resolve_model(str(target))
+
+
+@pytest.mark.parametrize("command", [["compress", "prune"], ["compress", "quantize"]])
+@pytest.mark.parametrize("case", ["missing", "int8"])
+def test_prune_and_quantize_explain_a_bad_model_in_one_line(tmp_path, command, case, capsys):
+    target = tmp_path / "m"
+    if case == "int8":
+        target.mkdir()
+        (target / "config.json").write_text("{}")
+        (target / "compfair_quantized.safetensors").write_bytes(b"")
+    assert cli.main([*command, "--model", str(target), "--output", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(target) in err[0]
+    assert not (tmp_path / "out").exists()
+
+
+# --- encoder-only and other non-LM models are refused by every task ----------------------------------
+
+def _save_config(folder: Path, config) -> str:
+    config.save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture
+def bert_dir(tmp_path):
+    from transformers import BertConfig
+
+    config = BertConfig(vocab_size=100, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=8, architectures=["BertForMaskedLM"])
+    return _save_config(tmp_path / "bert", config)
+
+
+LOADERS = {
+    "stereoset": lambda m: stereoset.load_all(**m),
+    "winobias": lambda m: winobias.load_all(**m),
+    "crows_pairs": lambda m: crows_pairs.load(**m),
+    "perplexity": lambda m: perplexity.load_bold_wiki(**m),
+}
+
+
+@pytest.mark.parametrize("task", sorted(LOADERS))
+def test_every_task_refuses_an_encoder_only_model_naming_it(bert_dir, task):
+    with pytest.raises(models.ModelNotAvailableError, match=r"not a causal or seq2seq.*'bert'.*BertForMaskedLM"):
+        LOADERS[task]({"pretrained": bert_dir, "prefix_token_id": 0})
+
+
+def test_a_classifier_head_is_refused(tmp_path):
+    from transformers import GPT2Config
+
+    folder = _save_config(tmp_path / "clf", GPT2Config(n_layer=1, architectures=["GPT2ForSequenceClassification"]))
+    with pytest.raises(models.ModelNotAvailableError, match="GPT2ForSequenceClassification"):
+        models.check_task_model({"pretrained": folder}, "t")
+
+
+def test_a_bert_configured_as_decoder_is_causal(tmp_path):
+    from transformers import BertConfig
+
+    folder = _save_config(tmp_path / "d", BertConfig(is_decoder=True, architectures=["BertLMHeadModel"]))
+    assert models.check_task_model({"pretrained": folder}, "t") == "causal"
+
+
+def test_causal_and_seq2seq_models_pass(tiny_gpt2_dir, tiny_seq2seq_dir):
+    assert models.check_task_model({"pretrained": str(tiny_gpt2_dir)}, "t") == "causal"
+    assert models.check_task_model({"pretrained": str(tiny_seq2seq_dir)}, "t") == "seq2seq"
+    assert models.check_task_model({}, "t") is None
+
+
+@pytest.mark.parametrize("text, match", [("{scorer: x}", "not valid JSON"), ("[1]", "JSON object"),
+                                         ('{"stereoset_pth": "x"}', "did you mean 'stereoset_path'")])
+def test_compare_rejects_bad_metadata_json_in_one_line(text, match, capsys):
+    with pytest.raises(SystemExit) as caught:
+        cli.main(["compare", "gpt2", "--dry-run", "--metadata", text])
+    assert caught.value.code == 2
+    assert match in capsys.readouterr().err.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("value", [0, -1, "2.5", "x"])
+def test_max_gen_toks_below_one_is_refused(value):
+    with pytest.raises(models.GenerationSettingsError, match="max_gen_toks"):
+        models.check_generation_kwargs("t", {"max_gen_toks": value})
+    models.check_generation_kwargs("t", {"max_gen_toks": 20})
+    models.check_generation_kwargs("t", {})
+
+
+# --- the same through the real lm_eval command: one line, non-zero exit ----------------------------
+
+def _tiny_bert(folder: Path) -> Path:
+    from conftest import build_gpt2_tokenizer
+    from transformers import BertConfig, BertForMaskedLM
+
+    BertForMaskedLM(BertConfig(vocab_size=50257, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                               intermediate_size=16)).save_pretrained(folder)
+    build_gpt2_tokenizer().save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["int8_as_hf", "bert", "max_gen_toks_0", "metadata_typo"])
+def test_lm_eval_prints_compfair_errors_in_one_line(tiny_gpt2_dir, tmp_path, case):
+    import os
+    import subprocess
+    import sys
+
+    from conftest import OFFLINE_ENV
+
+    model, task, extra = str(tiny_gpt2_dir), "compfair_winobias_type1", []
+    if case == "int8_as_hf":
+        model = str(tmp_path / "int8")
+        Path(model).mkdir()
+        (Path(model) / "config.json").write_text('{"model_type": "gpt2"}')
+        (Path(model) / "compfair_quantized.safetensors").write_bytes(b"")
+        match = "compfair-quantized"
+    elif case == "bert":
+        model, extra, match = str(_tiny_bert(tmp_path / "bert")), [], "not a causal or seq2seq"
+        model += ",prefix_token_id=0"
+    elif case == "max_gen_toks_0":
+        task = "compfair_toxicity_rtp_offline"
+        extra = ["--gen_kwargs", "max_gen_toks=0", "--metadata", '{"scorer": "profanity-check"}']
+        match = "max_gen_toks=0"
+    else:
+        extra, match = ["--metadata", '{"winobias_pth": "/x"}'], "did you mean 'winobias_path'"
+    done = subprocess.run([sys.executable, "-m", "lm_eval", "--model", "hf", "--model_args", f"pretrained={model}",
+                           "--tasks", task, "--limit", "2", *extra], env={**os.environ, **OFFLINE_ENV},
+                          capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode != 0
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("compfair: error:") and match in last, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("case", ["missing", "int8"])
+def test_distill_explains_a_bad_teacher_in_one_line(tmp_path, case, capsys):
+    target = tmp_path / "t"
+    if case == "int8":
+        target.mkdir()
+        (target / "config.json").write_text('{"model_type": "gpt2"}')
+        (target / "compfair_quantized.safetensors").write_bytes(b"")
+    assert cli.main(["compress", "distill", "--teacher", str(target), "--output", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(target) in err[0] and ("no such folder" if case == "missing" else "int8") in err[0]
+
+
+@pytest.mark.parametrize("architectures", [None, ["BertLMHeadModel"]])
+def test_a_bert_without_is_decoder_is_refused_whatever_its_head(tmp_path, architectures):
+    from transformers import BertConfig
+
+    folder = _save_config(tmp_path / "b", BertConfig(architectures=architectures))
+    with pytest.raises(models.ModelNotAvailableError, match="encoder-only"):
+        models.check_task_model({"pretrained": folder}, "t")
