@@ -111,7 +111,8 @@ def is_quantized_checkpoint(folder) -> bool:
         return True
     record = folder / "compfair_compression.json"
     try:
-        return str(json.loads(record.read_text()).get("method", "")).startswith("quantize")
+        # only compfair's own int8 (quantize_int8_*): gptq/rtn/torchao outputs load with transformers
+        return str(json.loads(record.read_text()).get("method", "")).startswith("quantize_int8")
     except (OSError, ValueError, AttributeError):
         return False
 

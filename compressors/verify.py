@@ -161,11 +161,9 @@ def measure_weights(checkpoint_dir, source_dir=None) -> dict:
     }
 
 
-def output_checks(model, tokenizer, reference=None) -> dict | None:
-    """compressors.checks.check_compressed (cached vs uncached logits, comparison with the float model),
-    once helper h1's module is merged; None before that."""
-    try:
-        from compressors.checks import check_compressed
-    except ImportError:
-        return None
-    return check_compressed(model, tokenizer, reference=reference)
+def output_checks(model, tokenizer, reference, reference_tol: float, label: str) -> dict:
+    """compressors.checks.check_compressed on the saved-and-reloaded model: cached vs uncached logits,
+    and the logits within `reference_tol` (relative max difference) of the float source's."""
+    from compressors.checks import check_compressed
+
+    return check_compressed(model, tokenizer, reference=reference, reference_tol=reference_tol, label=label)

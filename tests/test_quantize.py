@@ -161,16 +161,16 @@ def test_torchao_int8_is_int8_on_disk_and_loads(tiny_llama_dir, tmp_path):
 def test_gpu_only_methods_say_so_before_loading(tmp_path, capsys, method):
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")
-    assert quantize.main(["--model", str(tmp_path / "no_such_model"), "--output", str(tmp_path / "o"),
-                          "--method", method]) == 2
-    err = capsys.readouterr().err
-    assert f"--method {method} needs a GPU" in err and "no_such_model" not in err
+    with pytest.raises(quantize.QuantizeError, match=f"--method {method} needs a GPU") as raised:
+        quantize.main(["--model", str(tmp_path / "no_such_model"), "--output", str(tmp_path / "o"),
+                       "--method", method])
+    assert "no_such_model" not in str(raised.value)  # refused before looking at the model
 
 
 def test_group_size_that_does_not_divide_is_refused(tiny_llama_dir, tmp_path, capsys):
-    assert quantize.main(["--model", str(tiny_llama_dir), "--output", str(tmp_path / "o"), "--method", "rtn",
-                          "--group-size", "48"]) == 2
-    assert "does not divide the layer input widths" in capsys.readouterr().err
+    with pytest.raises(quantize.QuantizeError, match="does not divide the layer input widths"):
+        quantize.main(["--model", str(tiny_llama_dir), "--output", str(tmp_path / "o"), "--method", "rtn",
+                       "--group-size", "48"])
 
 
 def test_equal_to_source_is_flagged(tiny_llama_dir, tmp_path):
