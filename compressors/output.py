@@ -12,7 +12,9 @@ It returns the folder, created. `resuming=True` (distill continuing its own chec
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 from pathlib import Path
 
 from compfair_tasks.errors import CompfairError
@@ -91,3 +93,17 @@ def prepare_output(output, sources=(), overwrite: bool = False, resuming: bool =
     if not os.access(resolved, os.W_OK):
         raise OutputFolderError(f"--output {given} is not writable: choose a writable --output")
     return folder
+
+
+@contextlib.contextmanager
+def removed_on_failure(output):
+    """Delete what the block wrote into `output` if it raises: a checkpoint that failed its checks after
+    being saved (the library methods check what they reload from disk) must not look like a result."""
+    folder = Path(output)
+    before = {p for p in folder.iterdir()} if folder.is_dir() else set()
+    try:
+        yield folder
+    except BaseException:
+        for path in (set(folder.iterdir()) - before) if folder.is_dir() else ():
+            shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+        raise

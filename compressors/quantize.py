@@ -355,6 +355,7 @@ def _library_main(args) -> int:
 
     from compressors.metadata import write_compression_metadata
     from compressors.text_data import load_texts, pack_blocks
+    from compressors.output import removed_on_failure
     from compressors.verify import measure_weights, output_checks
 
     if args.method in TORCHAO_METHODS and args.bits != 4:
@@ -381,21 +382,22 @@ def _library_main(args) -> int:
                     "activations": "float", "data": args.data or ("bold_wiki" if blocks is not None else None),
                     "calibration_blocks": None if blocks is None else list(blocks.shape)}
     seconds = time.perf_counter() - started
-    model.save_pretrained(output)
-    tokenizer.save_pretrained(output)
-    del model
-    loaded = AutoModelForCausalLM.from_pretrained(output).eval()  # what lm_eval --model hf will evaluate
-    bits = 8 if args.method == "torchao-int8" else args.bits
-    checks = output_checks(loaded, tokenizer, reference, LIBRARY_REFERENCE_TOL[bits],
-                           f"{args.method} vs float source")
-    measured = measure_weights(output, args.source if Path(args.source).is_dir() else None)
-    if measured["equal_to_source"]:
-        raise QuantizeError(f"{output} holds its source's weights unchanged: nothing was quantized")
-    write_compression_metadata(
-        output, method=f"quantize_{args.method.replace('-', '_')}", source_model=args.model, seed=args.seed,
-        settings={**settings, "evaluate_with": "lm_eval --model hf --model_args pretrained=<dir>"},
-        extra={"measured": measured, "seconds": round(seconds, 1), "checks": checks,
-               "params": sum(p.numel() for p in reference.parameters())})
+    with removed_on_failure(output):
+        model.save_pretrained(output)
+        tokenizer.save_pretrained(output)
+        del model
+        loaded = AutoModelForCausalLM.from_pretrained(output).eval()  # what lm_eval --model hf will evaluate
+        bits = 8 if args.method == "torchao-int8" else args.bits
+        checks = output_checks(loaded, tokenizer, reference, LIBRARY_REFERENCE_TOL[bits],
+                               f"{args.method} vs float source")
+        measured = measure_weights(output, args.source if Path(args.source).is_dir() else None)
+        if measured["equal_to_source"]:
+            raise QuantizeError(f"{output} holds its source's weights unchanged: nothing was quantized")
+        write_compression_metadata(
+            output, method=f"quantize_{args.method.replace('-', '_')}", source_model=args.model, seed=args.seed,
+            settings={**settings, "evaluate_with": "lm_eval --model hf --model_args pretrained=<dir>"},
+            extra={"measured": measured, "seconds": round(seconds, 1), "checks": checks,
+                   "params": sum(p.numel() for p in reference.parameters())})
     print(f"saved {output}: {args.method} in {seconds:.0f} s; measured {measured['bits']} bits "
           f"({measured['storage']}), {measured['bytes'] / 1e6:.1f} MB on disk")
     return 0

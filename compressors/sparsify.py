@@ -121,9 +121,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="One-shot weight sparsity (magnitude, Wanda, SparseGPT) of the linear layers; the output "
                     "is a plain transformers checkpoint (`lm_eval --model hf --model_args pretrained=<output>`).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--model", required=True, help="checkpoint folder or hub id of a causal LM")
-    parser.add_argument("--output", required=True, help="folder for the sparse checkpoint")
-    parser.add_argument("--method", choices=METHODS, default="wanda")
+    parser.add_argument("--model", required=True, help="checkpoint folder, embedded model name (smollm2-135m: "
+                        "SmolLM2-135M-Instruct dequantized from a Q4_1 GGUF) or hub id of a causal LM")
+    parser.add_argument("--output", required=True, help="new folder for the sparse checkpoint (refused if it is the "
+                                                        "source or holds a model, unless --overwrite)")
+    parser.add_argument("--overwrite", action="store_true", help="replace a model already in --output")
+    parser.add_argument("--method", choices=METHODS, default="wanda",
+                        help="magnitude: smallest |w| per layer; wanda: |w| x input norm; sparsegpt: OBS updates")
     target = parser.add_mutually_exclusive_group()
     target.add_argument("--sparsity", type=float, default=None, help="fraction of each layer's weights zeroed "
                         "(default 0.5 when no --pattern)")
@@ -132,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "compressors.text_data.load_texts takes (default: the shipped BOLD Wikipedia sentences)")
     parser.add_argument("--num-examples", type=int, default=32, help="calibration blocks")
     parser.add_argument("--block-size", type=int, default=256, help="tokens per calibration block")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the calibration text sample")
     return parser
 
 
@@ -148,14 +152,20 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from compfair_tasks.models import load_model_config, resolve_model
     from compressors.metadata import write_compression_metadata
+    from compressors.output import prepare_output
     from compressors.text_data import load_texts, pack_blocks
+    from compressors.output import removed_on_failure
     from compressors.verify import measure_weights, output_checks
 
+    source = resolve_model(args.model)  # bad input raises a CompfairError: the CLI prints it and exits 2
+    load_model_config(args.model)
+    prepare_output(args.output, sources=[args.model, source], overwrite=args.overwrite)
     torch.manual_seed(args.seed)
     started = time.perf_counter()
-    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).eval()
-    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32).eval()
+    tokenizer = AutoTokenizer.from_pretrained(source)
     reference = copy.deepcopy(model)
     blocks = None
     if args.method in NEEDS_DATA:
@@ -167,18 +177,19 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     seconds = time.perf_counter() - started
     output = Path(args.output)
-    model.save_pretrained(output)
-    tokenizer.save_pretrained(output)
-    checks = output_checks(AutoModelForCausalLM.from_pretrained(output).eval(), tokenizer, reference,
-                           REFERENCE_TOL, f"{args.method} vs dense source")
-    measured = measure_weights(output, args.model if Path(args.model).is_dir() else None)
-    target = f"{args.pattern}" if pattern else f"{sparsity:.0%}"
-    write_compression_metadata(
-        output, method=f"sparsify_{args.method}", source_model=args.model, seed=args.seed, model=model,
-        settings={"method": args.method, "sparsity": sparsity, "pattern": args.pattern,
-                  "data": args.data or ("bold_wiki" if blocks is not None else None),
-                  "calibration_blocks": None if blocks is None else list(blocks.shape)},
-        extra={"measured": measured, "seconds": round(seconds, 1), "layers": len(zeroed), "checks": checks})
+    with removed_on_failure(output):
+        model.save_pretrained(output)
+        tokenizer.save_pretrained(output)
+        checks = output_checks(AutoModelForCausalLM.from_pretrained(output).eval(), tokenizer, reference,
+                               REFERENCE_TOL, f"{args.method} vs dense source")
+        measured = measure_weights(output, source if Path(source).is_dir() else None)
+        target = f"{args.pattern}" if pattern else f"{sparsity:.0%}"
+        write_compression_metadata(
+            output, method=f"sparsify_{args.method}", source_model=args.model, seed=args.seed, model=model,
+            settings={"method": args.method, "sparsity": sparsity, "pattern": args.pattern,
+                      "data": args.data or ("bold_wiki" if blocks is not None else None),
+                      "calibration_blocks": None if blocks is None else list(blocks.shape)},
+            extra={"measured": measured, "seconds": round(seconds, 1), "layers": len(zeroed), "checks": checks})
     print(f"saved {output}: {args.method} {target} on {len(zeroed)} linear layers in {seconds:.0f} s; measured "
           f"sparsity {measured['sparsity']:.3f}, {measured['bytes'] / 1e6:.1f} MB")
     return 0

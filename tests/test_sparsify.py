@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 
 import pytest
+
+from compfair_tasks.errors import CompfairError
 import torch
 
 from compressors import sparsify, verify
@@ -139,6 +141,18 @@ def _assert_cached_equals_uncached(model):
     assert torch.equal(cached.sequences, uncached.sequences)
     for a, b in zip(cached.scores, uncached.scores):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+def test_an_output_that_fails_its_check_is_removed_and_the_source_refused(tiny_llama_dir, tmp_path, monkeypatch):
+    from compressors import checks
+
+    output = tmp_path / "sparse"
+    monkeypatch.setattr(sparsify, "REFERENCE_TOL", 1e-9)  # any real change now fails the check after saving
+    with pytest.raises(checks.CompressionCheckError, match="magnitude vs dense source"):
+        sparsify.main(["--model", str(tiny_llama_dir), "--output", str(output), "--method", "magnitude"])
+    assert output.is_dir() and not any(output.iterdir())  # saved, checked, failed: nothing left that looks done
+    with pytest.raises(CompfairError, match="source would be overwritten"):
+        sparsify.main(["--model", str(tiny_llama_dir), "--output", str(tiny_llama_dir), "--overwrite"])
 
 
 def test_bad_settings_fail_in_one_line(tiny_llama_dir, tmp_path, capsys):
