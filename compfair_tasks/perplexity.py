@@ -12,7 +12,6 @@ import re
 from compfair_tasks import data
 
 
-
 def bold_wiki_documents(source: data.DataSource) -> list[dict]:
     documents = []
     for file in sorted(source.path.glob("*_wiki.json")):

@@ -41,10 +41,9 @@ from pathlib import Path
 
 import torch
 
-SUPPORTED = "gpt2 (GPT-2 and DistilGPT-2 checkpoints) and llama (Llama-family with grouped key/value heads, e.g. SmolLM2)"
-
-
 from compfair_tasks.errors import CompfairError
+
+SUPPORTED = "gpt2 (GPT-2 and DistilGPT-2 checkpoints) and llama (Llama-family with grouped key/value heads, e.g. SmolLM2)"
 
 
 class UnsupportedArchitectureError(CompfairError, ValueError):

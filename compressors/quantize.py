@@ -354,8 +354,8 @@ def _library_main(args) -> int:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from compressors.metadata import write_compression_metadata
-    from compressors.text_data import load_texts, pack_blocks
     from compressors.output import removed_on_failure
+    from compressors.text_data import load_texts, pack_blocks
     from compressors.verify import measure_weights, output_checks
 
     if args.method in TORCHAO_METHODS and args.bits != 4:

@@ -154,9 +154,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from compfair_tasks.models import load_model_config, resolve_model
     from compressors.metadata import write_compression_metadata
-    from compressors.output import prepare_output
+    from compressors.output import prepare_output, removed_on_failure
     from compressors.text_data import load_texts, pack_blocks
-    from compressors.output import removed_on_failure
     from compressors.verify import measure_weights, output_checks
 
     source = resolve_model(args.model)  # bad input raises a CompfairError: the CLI prints it and exits 2

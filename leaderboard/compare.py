@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from compfair_tasks import runner
-from compfair_tasks.hub import offline
 from compfair_tasks.data import metadata_json
+from compfair_tasks.hub import offline
 
 
 @dataclass(frozen=True)

@@ -57,7 +57,7 @@ def lock(output: Path, timeout: float = 600.0, poll: float = 0.2):
             except BlockingIOError:
                 if time.monotonic() >= deadline:
                     raise SiteError(f"{output}: another leaderboard build holds {path} (waited {timeout:g} s); "
-                                    f"wait for it to finish, or remove the lock file if no build is running")
+                                    f"wait for it to finish, or remove the lock file if no build is running") from None
                 time.sleep(poll)
         held[path] = 1
         try:

@@ -346,8 +346,9 @@ def test_max_gen_toks_below_one_is_refused(value):
 # --- the same through the real lm_eval command: one line, non-zero exit ----------------------------
 
 def _tiny_bert(folder: Path) -> Path:
-    from conftest import build_gpt2_tokenizer
     from transformers import BertConfig, BertForMaskedLM
+
+    from conftest import build_gpt2_tokenizer
 
     BertForMaskedLM(BertConfig(vocab_size=50257, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
                                intermediate_size=16)).save_pretrained(folder)

@@ -1,5 +1,4 @@
 import subprocess
-import sys
 
 from compfair_tasks import cli
 

@@ -11,8 +11,16 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.nn.functional as F
-from transformers import (AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM,
-                          TrainerCallback, TrainingArguments, default_data_collator)
+from transformers import (
+    AutoModelForCausalLM,
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    TrainerCallback,
+    TrainingArguments,
+    default_data_collator,
+)
 
 from compressors import distill as d
 from conftest import OFFLINE_ENV, REPO_ROOT
@@ -75,7 +83,8 @@ def test_preset_names_accept_ascii_spellings(name, expected):
 
 
 def test_settings_choose_preset_blocks_and_explicit_options_win():
-    plan = lambda **kw: d.DistillSettings(output="x", **kw).student_plan(12)
+    def plan(**kw):
+        return d.DistillSettings(output="x", **kw).student_plan(12)
     assert plan() == ([0, 2, 4, 7, 9, 11], "teacher")  # default preset B
     assert plan(preset="D¬") == (d.evenly_spaced_layers(10, 12), "random")
     assert plan(preset="A", num_layers=3) == ([0, 6, 11], "teacher")
@@ -213,7 +222,8 @@ def test_auto_layers_keep_the_highest_influence_blocks():
     assert d.highest_influence_layers([0.9, 0.1, 0.5, 0.05, 0.3], 3) == [0, 2, 4]
     assert d.highest_influence_layers([0.9, 0.2, 0.2, 0.2], 2) == [0, 1]  # a tie keeps the earlier block
     assert d.parse_layer_list(" Auto") == d.AUTO
-    plan = lambda **kw: d.DistillSettings(output="x", layers=d.AUTO, **kw).student_plan(6, [1, .1, .3, .2, .05, .9])
+    def plan(**kw):
+        return d.DistillSettings(output="x", layers=d.AUTO, **kw).student_plan(6, [1, .1, .3, .2, .05, .9])
     assert plan(num_layers=4) == ([0, 2, 3, 5], "teacher")
     assert plan(preset="D¬") == ([0, 1, 2, 3, 5], "random")  # the preset's depth (10 of 12 -> 5 of 6)
     with pytest.raises(d.DistillError, match="one block influence score per teacher block"):
@@ -349,8 +359,9 @@ def test_training_lowers_the_loss_and_the_kl_to_the_teacher(sharp_teacher_dir, s
     teacher = d.load_teacher(str(sharp_teacher_dir))
     trained = AutoModelForCausalLM.from_pretrained(settings.output)
     untrained = d.make_student(teacher, [0], "random", seed=settings.seed)
-    from compressors.text_data import load_texts, pack_blocks
     from transformers import AutoTokenizer
+
+    from compressors.text_data import load_texts, pack_blocks
 
     texts = load_texts(settings.data, limit=settings.data_limit, seed=settings.seed)
     blocks = pack_blocks(texts, AutoTokenizer.from_pretrained(settings.output), settings.block_size)[-8:]

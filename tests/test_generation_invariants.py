@@ -187,7 +187,8 @@ def test_check_refuses_a_model_whose_cache_is_wrong():
 def test_prune_writes_nothing_when_the_pruned_model_fails_its_check(tiny_gpt2_dir, tmp_path, monkeypatch):
     text = tmp_path / "wiki.txt"
     text.write_text("\n".join(f"Sentence number {i} talks about the history of a town." for i in range(40)))
-    wrong = lambda model, removed: (lambda ids: model(ids).logits)  # the ungated teacher
+    def wrong(model, removed):
+        return (lambda ids: model(ids).logits)  # the ungated teacher
     monkeypatch.setattr(prune, "gated_reference", wrong)
     with pytest.raises(checks.CompressionCheckError, match="pruned vs gated teacher"):
         prune.main(["--model", str(tiny_gpt2_dir), "--data", str(text), "--num-examples", "30", "--block-size", "16",
@@ -220,10 +221,10 @@ def test_pruned_smollm2_continuations_through_lm_eval_equal_uncached_greedy(tmp_
     import subprocess
     import sys
 
-    from conftest import OFFLINE_ENV
     from transformers import AutoTokenizer
 
     from compfair_tasks.models import embedded_model_dir
+    from conftest import OFFLINE_ENV
 
     output = tmp_path / "smollm2_pruned"
     assert prune.main(["--model", str(embedded_model_dir("smollm2-135m")), "--num-examples", "8", "--block-size",

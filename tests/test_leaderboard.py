@@ -17,7 +17,6 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 import pytest
-from leaderboard_results import write_compression, write_run
 
 from leaderboard import columns, render, sitedir
 from leaderboard.cli import main as leaderboard_main
@@ -26,6 +25,7 @@ from leaderboard.degeneration import NOT_COMPARABLE, Thresholds, assess, mark
 from leaderboard.flips import flip_rates
 from leaderboard.paired import compare_runs, paired_tests, per_doc_value
 from leaderboard.render import format_value, write_site
+from leaderboard_results import write_compression, write_run
 
 
 def test_task_metrics_drop_the_filter_and_non_numbers():
@@ -481,7 +481,8 @@ def test_thresholds_are_settable_and_checked(two_models, capsys):
     assert stop.value.code == 2 and "--distinct-ratio 1.5 is outside [0, 1]" in capsys.readouterr().err
 
 
-def _assess(base, model, limits=Thresholds()):
+def _assess(base, model, limits=None):
+    limits = Thresholds() if limits is None else limits
     return assess(pd.Series(base), pd.Series(model), limits)  # frame rows, as the leaderboard passes them
 
 

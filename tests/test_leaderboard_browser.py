@@ -12,9 +12,9 @@ import shutil
 from pathlib import Path
 
 import pytest
-from leaderboard_results import write_compression, write_run
 
 from leaderboard.cli import main as leaderboard_main
+from leaderboard_results import write_compression, write_run
 
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome")

@@ -14,7 +14,6 @@ from compfair_tasks import runner
 from compfair_tasks.measure import measure_latency
 from leaderboard import compare
 from leaderboard.collect import LATENCY_FILE, collect
-from leaderboard.paired import paired_tests
 
 
 def test_offline_hub_models_stop_before_anything_runs(tmp_path, capsys, monkeypatch):

@@ -123,7 +123,7 @@ def reference_importance(model, blocks):
 def finite_difference(model, block, layer, head, eps=1e-4):
     losses = []
     for sign in (1, -1):
-        gates = [torch.ones(1, l.num_heads, dtype=torch.float64) for l in prune.attention_layers(model)]
+        gates = [torch.ones(1, layer.num_heads, dtype=torch.float64) for layer in prune.attention_layers(model)]
         gates[layer][0, head] += sign * eps
         with torch.no_grad(), prune.gated(model, gates):
             losses.append(float(prune.example_losses(model, block[None])[0]))
@@ -144,7 +144,7 @@ def test_importance_matches_autograd_and_finite_differences(build):
     # Llama's RMSNorm computes in float32 even in a float64 model: a coarser step and tolerance there
     eps, rel = (1e-4, 1e-5) if build is tiny_gpt2 else (1e-3, 2e-3)
     derivative = finite_difference(model, blocks[0], layer=1, head=2, eps=eps)
-    gates = [torch.ones(1, l.num_heads, dtype=torch.float64, requires_grad=True) for l in prune.attention_layers(model)]
+    gates = [torch.ones(1, layer.num_heads, dtype=torch.float64, requires_grad=True) for layer in prune.attention_layers(model)]
     with prune.gated(model, gates):
         loss = prune.example_losses(model, blocks[0][None])[0]
     assert torch.autograd.grad(loss, gates[1])[0][0, 2].item() == pytest.approx(derivative, rel=rel, abs=1e-8)

@@ -7,9 +7,9 @@ import hashlib
 import re
 
 import pytest
-from toxicity_helpers import save_tiny_detoxify, save_tiny_hf_classifier
 
 from compfair_tasks import scorers
+from toxicity_helpers import save_tiny_detoxify, save_tiny_hf_classifier
 
 TEXTS = ["you are a wonderful person", "", "idiot", "   ",
          ("a considerably longer sentence, so that batches of sorted texts pad differently from one call over "

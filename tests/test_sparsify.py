@@ -6,10 +6,9 @@ from __future__ import annotations
 import json
 
 import pytest
-
-from compfair_tasks.errors import CompfairError
 import torch
 
+from compfair_tasks.errors import CompfairError
 from compressors import sparsify, verify
 from tests.conftest import build_gpt2_tokenizer
 
@@ -78,7 +77,8 @@ def test_wanda_and_sparsegpt_match_their_definitions_on_the_first_layer(tiny_lla
     assert ((pruned.reshape(pruned.shape[0], -1, 4) == 0).sum(-1) == 2).all()
     magnitude = weight.clone()
     magnitude[sparsify.prune_mask(weight.abs(), None, (2, 4), per_row=True)] = 0
-    error = lambda w: ((x @ w.T - x @ weight.T) ** 2).sum().item()
+    def error(w):
+        return ((x @ w.T - x @ weight.T) ** 2).sum().item()
     assert error(pruned) < 0.9 * error(magnitude)
 
 

@@ -6,9 +6,9 @@ import json
 
 import numpy as np
 import pytest
-from toxicity_helpers import save_tiny_detoxify
 
 from compfair_tasks import scorers, toxicity
+from toxicity_helpers import save_tiny_detoxify
 
 pytestmark = pytest.mark.slow
 
