@@ -161,7 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dtype", default="", help="model dtype for lm_eval (e.g. float16 on a GPU)")
     parser.add_argument("--batch-size", default="auto", help="lm_eval --batch_size (default auto)")
     parser.add_argument("--limit", type=float, help="lm_eval --limit (for a quick look; not for reported numbers)")
-    parser.add_argument("--dry-run", action="store_true", help="print the lm_eval commands and stop")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print the lm_eval commands, check every model and task (data included), run nothing")
     parser.add_argument("--rerun", action="store_true",
                         help="evaluate every model again (by default a model evaluated with the same settings is "
                              "skipped, so an interrupted comparison resumes; results made with other settings stop "
@@ -179,9 +180,8 @@ def main(argv: list[str] | None = None) -> int:
     for model in models:
         if model.note:
             print(f"  note: {model.name}: {model.note}")
-    if args.dry_run:
+    if args.dry_run:  # print the commands, then check what can be checked without running them
         print("\n".join(shlex.join(c) for c in commands))
-        return 0
     missing = []
     for model in models:
         try:
@@ -197,6 +197,9 @@ def main(argv: list[str] | None = None) -> int:
     except PreflightError as error:
         print(f"compfair compare: nothing was run.\n  {error}", file=sys.stderr)
         return 2
+    if args.dry_run:
+        print("dry run: every model is available and every task builds; nothing was run")
+        return 0
     args.output.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     steps = [runner.Step(f"evaluate {model.name}", command, results_folder(args.output, model),

@@ -33,9 +33,13 @@ def test_local_folder_without_checkpoint_is_named(tmp_path):
         compare.check_model(str(tmp_path))
 
 
-def test_preset_commands(tmp_path, capsys):
-    assert compare.main(["blenderbot", "--dry-run", "--output", str(tmp_path), "--limit", "5", "--device", "cpu"]) == 0
-    out = capsys.readouterr().out
+def test_preset_commands(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty_hf_cache"))  # offline, nothing cached
+    # a dry run prints the commands, then checks the models: offline and uncached, it names them and fails
+    assert compare.main(["blenderbot", "--dry-run", "--output", str(tmp_path), "--limit", "5", "--device", "cpu"]) == 2
+    captured = capsys.readouterr()
+    assert "model facebook/blenderbot-3B is not in the Hugging Face cache" in captured.err
+    out = captured.out
     assert "facebook/blenderbot-3B: 2.7B parameters" in out and "needs a GPU" in out
     commands = [line for line in out.splitlines() if " -m lm_eval " in line]
     assert len(commands) == 2
