@@ -57,6 +57,17 @@ def _overlap_error(output: Path, source: Path, given: str) -> OutputFolderError 
                              "with the result; choose a separate --output folder (--overwrite does not allow this)")
 
 
+EMBEDDED_HELP = "embedded model name (smollm2-135m: SmolLM2-135M-Instruct dequantized from a Q4_1 GGUF)"
+
+
+def add_model_and_output_arguments(parser, what: str, models: str = "a causal LM") -> None:
+    """--model, --output and --overwrite, spelt and explained alike by every one-shot compressor."""
+    parser.add_argument("--model", required=True, help=f"checkpoint folder, {EMBEDDED_HELP} or hub id of {models}")
+    parser.add_argument("--output", required=True, help=f"new folder for the {what} checkpoint (refused if it is "
+                                                        "the source or holds a model, unless --overwrite)")
+    parser.add_argument("--overwrite", action="store_true", help="replace a model already in --output")
+
+
 def prepare_output(output, sources=(), overwrite: bool = False, resuming: bool = False) -> Path:
     """Check `output` against the rules above, clear it if `overwrite`, create it, and return it."""
     given = os.fspath(output)

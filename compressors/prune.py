@@ -298,15 +298,13 @@ def load_blocks(sources: list[str] | None, tokenizer, num_examples: int | None, 
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from compressors.output import add_model_and_output_arguments
+
     parser = argparse.ArgumentParser(
         prog="compfair compress prune", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         description="Remove attention heads by gradient importance (Michel et al. 2019) and save a smaller "
                     "checkpoint that AutoModelForCausalLM and `lm_eval --model hf` load.")
-    parser.add_argument("--model", required=True, help="checkpoint folder, embedded model name (smollm2-135m: SmolLM2-135M-Instruct "
-                             "dequantized from a Q4_1 GGUF) or hub id (GPT-2 or Llama family)")
-    parser.add_argument("--output", required=True, help="new folder for the pruned checkpoint (refused if it is or "
-                                                        "holds a model, unless --overwrite)")
-    parser.add_argument("--overwrite", action="store_true", help="replace a model already in --output")
+    add_model_and_output_arguments(parser, "pruned", "the GPT-2 or Llama family")
     parser.add_argument("--data", nargs="*", default=None,
                         help="text for the importance scores: .txt/.jsonl files or folders, or a hub id "
                              "(e.g. wikitext:wikitext-103-raw-v1); default: the shipped BOLD Wikipedia sentences")

@@ -256,17 +256,15 @@ class QuantizeError(CompfairError, ValueError):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from compressors.output import add_model_and_output_arguments
+
     parser = argparse.ArgumentParser(
         prog="compfair compress quantize",
         description="Post-training quantization of the linear layers. gptq/awq/rtn/torchao-* outputs load with "
                     "`lm_eval --model hf --model_args pretrained=<output>`; the default int8 method needs "
                     "`lm_eval --model compfair-quantized --model_args pretrained=<output>`.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--model", required=True, help="checkpoint folder, embedded model name (smollm2-135m: "
-                        "SmolLM2-135M-Instruct dequantized from a Q4_1 GGUF) or hub id of a causal LM")
-    parser.add_argument("--output", required=True, help="new folder for the quantized checkpoint (refused if it is "
-                                                        "the source or holds a model, unless --overwrite)")
-    parser.add_argument("--overwrite", action="store_true", help="replace a model already in --output")
+    add_model_and_output_arguments(parser, "quantized")
     parser.add_argument("--method", choices=METHODS, default="int8",
                         help="int8: compfair's int8 (--mode); gptq/awq/rtn: llm-compressor; torchao-*: torchao")
     parser.add_argument("--bits", type=int, choices=(4, 8), default=4, help="weight bits of gptq/awq/rtn")

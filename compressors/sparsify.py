@@ -116,16 +116,14 @@ def _sparsify_with_llmcompressor(model, method, sparsity, pattern, blocks) -> No
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from compressors.output import add_model_and_output_arguments
+
     parser = argparse.ArgumentParser(
         prog="compfair compress sparsify",
         description="One-shot weight sparsity (magnitude, Wanda, SparseGPT) of the linear layers; the output "
                     "is a plain transformers checkpoint (`lm_eval --model hf --model_args pretrained=<output>`).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--model", required=True, help="checkpoint folder, embedded model name (smollm2-135m: "
-                        "SmolLM2-135M-Instruct dequantized from a Q4_1 GGUF) or hub id of a causal LM")
-    parser.add_argument("--output", required=True, help="new folder for the sparse checkpoint (refused if it is the "
-                                                        "source or holds a model, unless --overwrite)")
-    parser.add_argument("--overwrite", action="store_true", help="replace a model already in --output")
+    add_model_and_output_arguments(parser, "sparse")
     parser.add_argument("--method", choices=METHODS, default="wanda",
                         help="magnitude: smallest |w| per layer; wanda: |w| x input norm; sparsegpt: OBS updates")
     target = parser.add_mutually_exclusive_group()
