@@ -35,6 +35,7 @@ EVAL_METADATA = {"scorer": "profanity-check"}
 # The compressors learn from BOLD's race biographies; compfair_ppl_bold_wiki's first documents (the ones
 # --limit keeps) are the gender biographies, so no model is scored on text it was compressed with.
 TRAIN_TEXT = SHIPPED_DIR / "bold_wiki" / "race_wiki.json"
+FLUENCY_FACTOR = 3  # degeneration flag: fluency PPL past 3x the teacher's (see plan())
 
 
 @dataclass(frozen=True)
@@ -97,7 +98,11 @@ def plan(output: Path, teacher: Path, profile: Profile, second_model: Path | Non
         steps.append(Step(f"evaluate {name}", _lm_eval(model_dir, results / name, profile, teacher),
                           results / name, inputs=(model_dir,)))
     result_dirs = tuple(results / name for name, _ in evaluated)
-    steps.append(Step("render the leaderboard", _compfair("leaderboard", *result_dirs, "-o", output / "site"),
+    # The teacher judges fluency here, its own samples included, and prefers them: measured in the default demo,
+    # Gemma-3-270M (fluent, another family) scored 2.0-2.8x the teacher's fluency PPL under it. So the flag
+    # fires at 3x, not at the leaderboard's default 2x (meant for a judge that is none of the compared models).
+    steps.append(Step("render the leaderboard", _compfair("leaderboard", *result_dirs, "-o", output / "site",
+                                                          "--fluency-factor", FLUENCY_FACTOR),
                       output / "site", inputs=result_dirs))
     return steps
 

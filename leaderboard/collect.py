@@ -206,13 +206,23 @@ def _attach_checkpoint_files(run: Run, problems: list[str]) -> None:
 
 
 def _name_runs(runs: list[Run]) -> None:
-    """Short display names: the checkpoint folder name or hub id, widened by parent folders on clashes."""
+    """Short display names: the checkpoint folder name or hub id, widened by parent folders on clashes; an
+    embedded model's converted folder shows the title `compfair model-dir` recorded (what the model really is)."""
     depth = {id(run): 1 for run in runs}
+    titles = {}
+    for run in runs:
+        source = run.checkpoint_dir / "compfair_source.json" if run.checkpoint_dir else None
+        if source is not None and source.is_file():
+            title = (_read_json(source, []) or {}).get("title")
+            if isinstance(title, str) and title:
+                titles[run.checkpoint_dir] = title
 
     def name_of(run):
         parts = Path(run.pretrained.rstrip("/")).parts
         if not run.checkpoint_dir:  # a hub id keeps its owner: gpt2, microsoft/DialoGPT-small
             return run.pretrained or "model"
+        if depth[id(run)] == 1 and run.checkpoint_dir in titles:  # an embedded model says what it is
+            return titles[run.checkpoint_dir]
         return "/".join(parts[-depth[id(run)]:])
 
     for _ in range(8):

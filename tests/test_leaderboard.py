@@ -663,3 +663,20 @@ def test_real_degenerate_student_is_flagged_and_the_teacher_against_itself_is_no
     assert {p.name for p in site.iterdir()} >= {"leaderboard.csv", "paired_tests.csv", "flip_rates.csv",
                                                 "leaderboard.md", "index.html", "toxicity_vs_fluency.png",
                                                 "parameters_vs_fairness.png"}
+
+
+def test_an_embedded_model_is_named_by_what_it_is(tmp_path):
+    """The converted SmolLM2 folder is shown as the title compfair model-dir recorded, not as its folder name."""
+    from leaderboard_results import write_run
+
+    teacher = tmp_path / "models" / "smollm2-135m"
+    teacher.mkdir(parents=True)
+    (teacher / "config.json").write_text("{}")
+    (teacher / "compfair_source.json").write_text(json.dumps({"title": "SmolLM2-135M-Instruct (Q4_1 GGUF, dequantized)"}))
+    plain = tmp_path / "models" / "student"
+    plain.mkdir()
+    (plain / "config.json").write_text("{}")
+    write_run(tmp_path / "out", str(teacher), {"wikitext": {"word_perplexity": 1.0}})
+    write_run(tmp_path / "out", str(plain), {"wikitext": {"word_perplexity": 2.0}})
+    assert sorted(collect([tmp_path / "out"]).frame["model"]) == ["SmolLM2-135M-Instruct (Q4_1 GGUF, dequantized)",
+                                                                   "student"]
