@@ -305,6 +305,8 @@ def teacher_of(run: Run, runs: list[Run]) -> Run | None:
 def measured_weights(run: Run) -> dict:
     """bits / sparsity / equal-to-source of a compressed checkpoint, measured from its saved weight files
     (compressors.verify): as the compressor measured them on save, else measured now."""
+    from safetensors import SafetensorError
+
     from compressors.verify import measure_weights
 
     unknown = {"bits": math.nan, "sparsity": math.nan, "weights_equal_source": ""}
@@ -315,7 +317,7 @@ def measured_weights(run: Run) -> dict:
         source = Path(_source_model(run.compression)).expanduser()
         try:
             measured = measure_weights(run.checkpoint_dir, source if source.is_dir() else None)
-        except (OSError, ValueError, RuntimeError):
+        except (OSError, ValueError, RuntimeError, SafetensorError):  # unreadable weights: a blank cell, no crash
             return unknown
     equal = measured.get("equal_to_source")
     return {"bits": _number(measured.get("bits")), "sparsity": _number(measured.get("sparsity")),

@@ -70,12 +70,14 @@ def _two_processes(args: list[str], output_path) -> None:
 
 def test_accelerate_cpu_launch_is_one_process_and_torchrun_two(tmp_path):
     probe = tmp_path / "probe.py"
-    probe.write_text("from accelerate import Accelerator\nprint('PROBE', Accelerator().num_processes)\n")
+    # one line per process, written whole (two processes printing at once interleave their words)
+    probe.write_text("import sys\nfrom accelerate import Accelerator\n"
+                     "sys.stdout.write(f'PROBE {Accelerator().num_processes}\\n'); sys.stdout.flush()\n")
     accelerate = _run([_tool("accelerate"), "launch", "--num_processes", "2", "--cpu", str(probe)]).stdout
     torchrun = _run([_tool("torchrun"), "--nproc_per_node", "2", "--master_port", "29521", str(probe)],
                     env={"ACCELERATE_USE_CPU": "1"}).stdout
     assert accelerate.count("PROBE") == 1 and "PROBE 1" in accelerate
-    assert torchrun.count("PROBE 2") == 2
+    assert torchrun.count("PROBE") == 2 and torchrun.count("PROBE 1") == 0, torchrun
 
 
 def _lm_eval_args(model_dir, task: str, limit: int, *extra) -> list[str]:

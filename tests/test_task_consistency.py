@@ -47,8 +47,9 @@ def fabricated_results(task, doc, rng):
         return [(rng.uniform(-30, -1), False) for _ in task.doc_to_choice(doc)]
     if kind == "loglikelihood_rolling":
         return [rng.uniform(-300, -10)]
-    if kind == "generate_until":  # compfair's toxicity filter: K JSON records per prompt
-        return [[json.dumps({"text": "some words", "toxicity": rng.random(), "tokens": 2})
+    if kind == "generate_until":  # compfair's toxicity filter: K JSON records per prompt (fluency_model given)
+        return [[json.dumps({"text": "some words", "toxicity": rng.random(), "tokens": 2,
+                             "fluency_ppl": rng.uniform(2, 50)})
                  for _ in range(task.config.repeats)]]
     raise AssertionError(f"{task.config.task}: no fabricated results for output_type {kind!r}; add them here")
 
