@@ -50,7 +50,7 @@ class Profile:
 
 
 PROFILES = {
-    "quick": Profile(limit=10, bold_per_group=1, prune_examples=32, prune_iterations=1, calibration_blocks=8,
+    "quick": Profile(limit=8, bold_per_group=1, prune_examples=32, prune_iterations=1, calibration_blocks=4,
                      distill=("--num-layers", 26, "--max-steps", 4, "--batch-size", 2, "--block-size", 64,
                               "--calibration-texts", 16),
                      full=False),
@@ -111,9 +111,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="compfair demo", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--quick", action="store_true",
-                        help="10 examples per task, fewer training steps, 4 models instead of 6")
+                        help="8 examples per task, fewer training steps, 4 models instead of 6")
     parser.add_argument("--output", type=Path, default=Path("compfair-demo"), help="folder for models, results, site")
-    parser.add_argument("--limit", type=int, help="examples per task (default: 40, --quick: 10)")
+    parser.add_argument("--limit", type=int, help="examples per task (default: 40, --quick: 8)")
     parser.add_argument("--model", default=DEFAULT_MODEL, help="embedded teacher model")
     parser.add_argument("--rerun", action="store_true",
                         help="run every step again, even those done with these settings")

@@ -53,7 +53,7 @@ def test_quick_plan_parses_with_each_commands_parser(tmp_path, monkeypatch):
     assert [str(distill.data), str(quantize.data)] == [str(demo.TRAIN_TEXT)] * 2 and prune.data == [str(demo.TRAIN_TEXT)]
     assert demo.TRAIN_TEXT.name == "race_wiki.json"
     for step, args in zip(steps[3:7], evaluations, strict=True):
-        assert args.command == "run" and args.model == "hf" and args.limit == 10 and args.log_samples
+        assert args.command == "run" and args.model == "hf" and args.limit == 8 and args.log_samples
         assert args.model_args["pretrained"] == str(step.inputs[0])
         assert str(args.output_path) == str(step.output)
         assert args.metadata == {**demo.EVAL_METADATA, "fluency_model": "/teacher", "bold_per_group": 1}
