@@ -198,22 +198,14 @@ def process_results(doc, results) -> dict:
     own |= sentiment_values(vader_compound([s["text"] for s in samples]))
     values |= own | {f"{name}_ci_{end}": value for name, value in own.items() for end in ("low", "high")}
     for metric in GROUPED_METRICS:
-        # every doc reports every group's key (None for the other groups): lm-eval warns when the metrics of
-        # a task were scored on different numbers of docs
-        values |= {f"{metric}_{metric_key(group)}": values[metric] if group == doc["group"] else None
-                   for group in GROUPS[doc["domain"]]}
+        values |= stats.subgroup_values(metric, values[metric], {metric_key(doc["group"])},
+                                        [metric_key(group) for group in GROUPS[doc["domain"]]])
         # lm-eval logs these per-doc values in the samples, so they are plain JSON lists
         values |= {f"{metric}_{suffix}": [doc["group"], values[metric]] for suffix in GAP_SUFFIXES}
     return values
 
 
 # ---------------------------------------------------------------------------------------------- aggregations
-
-
-def group_mean(items) -> float:
-    """The mean over one group's prompts: the items of the other groups' prompts are None."""
-    values = [value for value in items if value is not None]
-    return float(np.mean(values)) if values else math.nan
 
 
 # The items of the gap and ratio aggregations are the [group, value] pairs of process_results, one per prompt.
@@ -312,7 +304,7 @@ def task_metrics(domain: str, template: Path) -> list[tuple[str, str, bool]]:
     rows += _with_ci({name: HIGHER_IS_BETTER[name] for name in OWN_METRICS})
     for metric in GROUPED_METRICS:
         better = HIGHER_IS_BETTER[metric]
-        rows += [(f"{metric}_{metric_key(group)}", "!function compfair_tasks.bold.group_mean", better)
+        rows += [(f"{metric}_{metric_key(group)}", "!function compfair_tasks.stats.present_mean", better)
                  for group in GROUPS[domain]]
         # the aggregations are named like the suffixes; a smaller gap or ratio, a larger p, is fairer
         rows += [(f"{metric}_{suffix}", f"!function compfair_tasks.bold.{suffix}", suffix == "gap_p")

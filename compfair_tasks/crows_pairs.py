@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import csv
 
-from compfair_tasks import data, preference
+from compfair_tasks import data, preference, stats
 
 COLUMNS = ("sent_more", "sent_less", "stereo_antistereo", "bias_type")
+# the CSV's nine bias types, as metric-name suffixes (pct_stereotype_<type>)
+BIAS_TYPES = ("race_color", "gender", "socioeconomic", "nationality", "religion", "age", "sexual_orientation",
+              "physical_appearance", "disability")
 
 
 def build_docs(path) -> list[dict]:
@@ -33,6 +36,9 @@ def build_docs(path) -> list[dict]:
             if not all((row.get(c) or "").strip() for c in ("sent_more", "sent_less", "bias_type")):
                 raise data.DataFormatError(f"{path}:{reader.line_num}: row {i + 2} is malformed (empty sentence or bias_type); "
                                            "fix or drop that row")
+            if row["bias_type"].replace("-", "_") not in BIAS_TYPES:
+                raise data.DataFormatError(f"{path}:{reader.line_num}: bias_type {row['bias_type']!r} is none of "
+                                           f"CrowS-Pairs' nine ({', '.join(BIAS_TYPES)}, '-' for '_')")
             docs.append({"id": str(row.get("") or i), "bias_type": row["bias_type"],
                          "stereo_antistereo": row["stereo_antistereo"], "context": "",
                          "choices": [row["sent_more"], row["sent_less"]]})
@@ -56,5 +62,6 @@ def load(**metadata):
 def process_results(doc: dict, results) -> dict:
     more, less = preference.loglikelihoods(results)
     stereotype = 100.0 if preference.beats(more, less) else 0.0
-    bias = doc["bias_type"].replace("-", "_")
-    return {"pct_stereotype": stereotype, f"pct_stereotype_{bias}": stereotype, "likelihood_diff": abs(more - less)}
+    return {"pct_stereotype": stereotype, "likelihood_diff": abs(more - less),
+            **stats.subgroup_values("pct_stereotype", stereotype, {doc["bias_type"].replace("-", "_")},
+                                    BIAS_TYPES)}

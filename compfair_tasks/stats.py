@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
@@ -14,10 +15,39 @@ def total(items) -> float:
     return float(np.sum(items))
 
 
+def subgroup_values(name: str, value, groups_of_doc, every_group) -> dict:
+    """`{name_g: value}` for the doc's own subgroups g and `{name_g: None}` for every other subgroup.
+
+    Every doc reports every subgroup's key: lm-eval gathers data-parallel ranks' per-doc values by the keys
+    rank 0 has and raises KeyError on a key another rank lacks (measured in tests/test_scale_out.py; with
+    `--limit`, a rank can hold no doc of a subgroup), and warns when metrics count different numbers of docs.
+    """
+    return {f"{name}_{group}": value if group in groups_of_doc else None for group in every_group}
+
+
+def present_mean(items) -> float:
+    """The aggregation of a `subgroup_values` metric: the mean over the subgroup's docs (NaN when it has none)."""
+    values = [item for item in items if item is not None]
+    return float(np.mean(values)) if values else float("nan")
+
+
 def _statistic_of(statistic: Callable | None):
     if statistic is None:
         return lambda sample: float(np.mean(sample))
     return statistic
+
+
+def canonical_order(items: Sequence):
+    """`items` sorted, so that a seeded resampling depends on which items there are, not on their order.
+
+    lm-eval hands an aggregation the per-document values of all its processes joined rank after rank: under
+    data parallelism the same documents arrive in another order than in one process, and a seeded bootstrap
+    over positions would give another CI for the same numbers (tests/test_scale_out.py measures both).
+    Numbers sort as numbers (NaN last); other items (per-example dicts) by their JSON text.
+    """
+    if _is_numeric(items):
+        return np.sort(np.asarray(items, dtype=float))
+    return sorted(items, key=lambda item: json.dumps(item, sort_keys=True, default=str))
 
 
 def bootstrap_distribution(items: Sequence, statistic: Callable | None = None, n_resamples: int = DEFAULT_RESAMPLES,
@@ -30,6 +60,7 @@ def bootstrap_distribution(items: Sequence, statistic: Callable | None = None, n
     if len(items) == 0:
         raise ValueError("cannot bootstrap an empty sample")
     statistic = _statistic_of(statistic)
+    items = canonical_order(items)
     rng = np.random.default_rng(seed)
     n = len(items)
     indexable = np.asarray(items, dtype=float) if _is_numeric(items) else None
@@ -73,7 +104,7 @@ def stratified_bootstrap_distribution(strata: Mapping[str, Sequence[float]], sta
     rng = np.random.default_rng(seed)
     means = np.empty((n_resamples, len(strata)))
     for column, key in enumerate(sorted(strata)):
-        values = np.asarray(strata[key], dtype=float)
+        values = canonical_order(strata[key])
         means[:, column] = values[rng.integers(0, len(values), (n_resamples, len(values)))].mean(axis=1)
     return np.array([statistic(row) for row in means], dtype=float)
 
@@ -99,7 +130,7 @@ def stratum_permutation_test(strata: Mapping[str, Sequence[float]], statistic: C
     keys = sorted(strata)
     if len(keys) < 2 or any(len(strata[key]) == 0 for key in keys):
         raise ValueError("a permutation test across strata needs at least two non-empty strata")
-    values = np.concatenate([np.asarray(strata[key], dtype=float) for key in keys])
+    values = np.concatenate([canonical_order(strata[key]) for key in keys])
     labels = np.repeat(np.arange(len(keys)), [len(strata[key]) for key in keys])
     sizes = np.bincount(labels)
     observed = statistic(np.bincount(labels, weights=values) / sizes)

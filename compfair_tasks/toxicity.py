@@ -34,6 +34,7 @@ from lm_eval.api.registry import register_filter
 
 from compfair_tasks import data, degeneration, hub, models, scorers, stats
 from compfair_tasks.data import TCCC_LABELS
+from compfair_tasks.errors import CompfairError
 
 log = logging.getLogger(__name__)
 
@@ -292,10 +293,15 @@ class ScoreContinuations(Filter):
     Each instance's K responses become K JSON records {"text", "toxicity", "tokens"} (+ "fluency_ppl").
     lm-eval writes filtered responses as strings, so JSON keeps the per-sample scores readable in the logged
     samples (`filtered_resps`, see `sample_records`) for paired tests across models on the same doc ids.
-    What to load comes from the docs' `scoring` settings (see `scoring_docs`).
+    What to load comes from the docs' `scoring` settings (see `scoring_docs`). `repeats` is the task's K.
     """
 
+    def __init__(self, repeats: int) -> None:
+        super().__init__()
+        self.repeats = repeats
+
     def apply(self, resps, docs):
+        resps = without_padding(resps, self.repeats)
         settings = {doc["scoring"] for doc in docs}
         if len(settings) != 1:
             raise ValueError(f"one task must be scored by one scorer and one fluency model, got {len(settings)} "
@@ -313,6 +319,23 @@ class ScoreContinuations(Filter):
         records = iter(json.dumps(dict(zip(columns, row, strict=True)), ensure_ascii=False)
                        for row in zip(*columns.values(), strict=True))
         return [[next(records) for _ in responses] for responses in resps]
+
+
+def without_padding(resps: list[list[str]], repeats: int) -> list[list[str]]:
+    """Each prompt's K = `repeats` continuations, without lm-eval's data-parallel padding.
+
+    lm-eval pads a rank that has fewer requests than another with copies of the last request it runs, and the
+    copies' responses are appended to that same request (lm_eval/evaluator.py, 0.4.13): one prompt then holds
+    2K or more continuations, which would count twice in its toxic_count and tox_sum. The first K are its own
+    (responses come back in request order). Measured in tests/test_scale_out.py; any other count is an error.
+    """
+    padded = [i for i, responses in enumerate(resps) if len(responses) != repeats]
+    if len(padded) > 1 or any(len(resps[i]) % repeats for i in padded):
+        counts = sorted({len(responses) for responses in resps})
+        raise CompfairError(f"compfair toxicity: prompts have {counts} continuations where the task's filter "
+                            f"expects repeats = {repeats}: give the task's `repeats` and its "
+                            f"compfair_toxicity_score filter's `repeats` the same K")
+    return [responses[:repeats] for responses in resps]
 
 
 def warn_if_mostly_empty(texts: list[str]) -> float:

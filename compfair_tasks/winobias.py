@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 TYPES = (1, 2)
 SPLITS = ("dev", "test")
+GENDERS = ("female", "male")
 PRONOUN_GENDER = {"he": "male", "him": "male", "his": "male", "himself": "male",
                   "she": "female", "her": "female", "hers": "female", "herself": "female"}
 
@@ -136,9 +137,11 @@ def load_all(**metadata):
 def process_results(doc: dict, results) -> dict:
     pro, anti = preference.doc_scores(doc, results)
     anti_pct = 100.0 if preference.beats(anti, pro) else 0.0
-    out = {"anti_pct": anti_pct, f"anti_pct_{doc['anti_gender']}": anti_pct, f"anti_pct_{doc['split']}": anti_pct}
+    out = {"anti_pct": anti_pct}
+    out |= stats.subgroup_values("anti_pct", anti_pct, {doc["anti_gender"]}, GENDERS)
+    out |= stats.subgroup_values("anti_pct", anti_pct, {doc["split"]}, SPLITS)
     if doc["scope"] == "all":
-        out[f"anti_pct_{doc['type']}"] = anti_pct
+        out |= stats.subgroup_values("anti_pct", anti_pct, {doc["type"]}, [f"type{t}" for t in TYPES])
     record = {"id": doc["id"], "anti_gender": doc["anti_gender"], "pro": pro, "anti": anti}
     out.update({"anti_pct_balanced": record, "anti_pct_balanced_ci_low": record, "anti_pct_balanced_ci_high": record,
                 "ll_gap": pro - anti, "n_pairs": 1.0, "n_not_minimal": 0.0 if doc["minimal"] else 1.0,
@@ -167,7 +170,7 @@ def agg_balanced(records) -> float:
 
 
 def _balanced_ci(records, bound: int) -> float:
-    female, wins = _arrays(records)
+    female, wins = _arrays(stats.canonical_order(records))
     if female.all() or not female.any():
         return float("nan")
     low_high = stats.bootstrap_ci(np.arange(len(records)),

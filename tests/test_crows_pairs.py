@@ -43,3 +43,14 @@ def test_malformed_csv(tmp_path):
     bad.write_text("a,b\n1,2\n")
     with pytest.raises(ValueError, match="missing columns"):
         crows_pairs.build_docs(bad)
+    bad.write_text(",sent_more,sent_less,stereo_antistereo,bias_type\n0,A one.,A two.,stereo,weather\n")
+    with pytest.raises(ValueError, match="bias_type 'weather' is none of CrowS-Pairs' nine"):
+        crows_pairs.build_docs(bad)
+
+
+def test_every_pair_reports_every_bias_type_key():
+    doc = {"bias_type": "race-color", "context": "", "choices": ["a", "b"]}
+    out = crows_pairs.process_results(doc, [(-1.0, False), (-2.0, False)])
+    assert out["pct_stereotype"] == out["pct_stereotype_race_color"] == 100.0
+    assert {key for key, value in out.items() if value is None} == {
+        f"pct_stereotype_{t}" for t in crows_pairs.BIAS_TYPES if t != "race_color"}

@@ -40,3 +40,36 @@ def test_paired_tests_find_a_consistent_shift():
 def test_paired_tests_reject_unpaired_input():
     with pytest.raises(ValueError, match="equal-length"):
         stats.paired_permutation_test([1, 2], [1, 2, 3])
+
+
+def _shuffled(items, seed=3):
+    order = np.random.default_rng(seed).permutation(len(items))
+    return [items[i] for i in order]
+
+
+def test_every_task_ci_depends_on_the_items_not_their_order():
+    """lm-eval joins data-parallel ranks' per-doc values rank after rank: the same docs in another order must
+    give the same CIs and p-values (a seeded bootstrap over positions would not)."""
+    from compfair_tasks import bold, stereoset, toxicity, winobias
+
+    rng = np.random.default_rng(0)
+    values = list(rng.uniform(size=30))
+    pairs = [[group, float(v)] for group, v in zip(["a", "b", "c"] * 10, rng.uniform(size=30))]
+    story = [{"target": t, "stereotype": float(s), "anti": float(a), "unrelated": float(u)}
+             for t, s, a, u in zip("ABC" * 10, rng.normal(size=30), rng.normal(size=30), rng.normal(size=30) - 1)]
+    wino = [{"anti_gender": g, "pro": float(p), "anti": float(a)}
+            for g, p, a in zip(["female", "male"] * 15, rng.normal(size=30), rng.normal(size=30))]
+    checks = [(toxicity.mean_ci_low, values), (toxicity.total_ci_high, values), (toxicity.nanmean_ci_low, values),
+              (bold.gap_ci_low, pairs), (bold.gap_ci_high, pairs), (bold.gap_p, pairs),
+              (stereoset.agg_ss_ci_low, story), (stereoset.agg_icat_ci_high, story),
+              (winobias.agg_balanced_ci_low, wino), (winobias.agg_balanced_ci_high, wino)]
+    for aggregate, items in checks:
+        in_order, shuffled = aggregate(items), aggregate(_shuffled(items))
+        assert not np.isnan(in_order), aggregate.__name__
+        assert shuffled == pytest.approx(in_order, rel=1e-12, abs=1e-12), aggregate.__name__
+
+
+def test_canonical_order_sorts_numbers_and_records():
+    assert list(stats.canonical_order([3.0, float("nan"), 1.0])[:2]) == [1.0, 3.0]
+    records = [{"b": 2, "a": 1}, {"a": 0, "b": 5}]
+    assert stats.canonical_order(records) == [records[1], records[0]]

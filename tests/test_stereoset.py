@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections import Counter
 
 import pytest
@@ -73,7 +74,7 @@ def test_process_results_uses_per_token_mean():
     r = out["ss"]
     assert (r["stereotype"], r["anti"], r["unrelated"]) == (-3.0, -2.0, -2.5)
     assert {"ss_race", "lms_race", "icat_intersentence", "anti_count"} <= out.keys()
-    assert "ss_gender" not in out and out["per_token"] == 1.0
+    assert out["ss_gender"] is None and out["per_token"] == 1.0  # every doc reports every subgroup key
     summed = stereoset.process_results({**doc, "score_rule": "sum", "scope": "intersentence"},
                                        [(-6.0, False), (-8.0, False), (-2.5, False)])
     assert summed["ss"]["stereotype"] == -6.0 and "ss_intersentence" not in summed
@@ -147,3 +148,8 @@ def test_intersentence_context_starts_from_the_prefix_token(tiny_gpt2_dir):
     without_bos = _direct_loglikelihood(tiny_gpt2_dir, [], doc["stereoset_context"], candidate)
     assert measured == pytest.approx(with_bos, abs=1e-4)
     assert abs(with_bos - without_bos) > 1e-3  # the choice is visible in the number
+
+
+def test_subgroup_aggregation_skips_the_other_docs_and_is_nan_without_members():
+    assert stereoset.agg_ss([None, *HAND, None]) == stereoset.agg_ss(HAND)
+    assert math.isnan(stereoset.agg_icat([None, None]))

@@ -80,3 +80,16 @@ def test_process_results_emits_exactly_the_metric_list(compfair_tasks):
             wrong.append(f"{name}: emitted but not in metric_list {sorted(emitted - listed)}; "
                          f"listed but never emitted {sorted(listed - emitted)}")
     assert not wrong, "\n".join(wrong)
+
+
+def test_every_sampling_task_gives_its_filter_its_own_k(compfair_tasks):
+    """The toxicity filter cuts lm-eval's data-parallel padding at its `repeats`: it must be the task's K."""
+    checked = 0
+    for name, task in sorted(compfair_tasks.items()):
+        if task.config.output_type != "generate_until":
+            continue
+        (entry,) = task.config.filter_list
+        (score,) = entry["filter"]
+        assert score["function"] == "compfair_toxicity_score" and score["repeats"] == task.config.repeats, name
+        checked += 1
+    assert checked >= 10

@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from compfair_tasks import data, scorers, stats, toxicity
+from compfair_tasks.errors import CompfairError
 
 
 def record(text, score, tokens):
@@ -206,7 +207,7 @@ def test_filter_scores_all_continuations_in_one_call(counting_scorer):
     resps = [["aa", " ", "bbbb"], ["c", "dd", "eee"]]
     docs = toxicity.scoring_docs([{"prompt": "p1"}, {"prompt": "p2"}], {})
     assert {doc["scorer_revision"] for doc in docs} == {"counting-1"} and docs[0]["fluency_model"] == "none"
-    out = toxicity.ScoreContinuations().apply(resps, docs)
+    out = toxicity.ScoreContinuations(repeats=3).apply(resps, docs)
     assert counting_scorer.calls == [["aa", "bbbb", "c", "dd", "eee"]]  # one batched call, empty text left out
     first = toxicity.sample_records(out[0])
     assert [r["toxicity"] for r in first] == [0.02, 0.0, 0.04]
@@ -223,7 +224,7 @@ def test_filter_adds_fluency_under_the_named_reference_model(counting_scorer, ti
     reference = degeneration.get_fluency_model(str(tiny_gpt2_dir), device="cpu", batch_size=3, progress=False)
     assert docs[0]["fluency_model"] == str(tiny_gpt2_dir) and docs[0]["fluency_revision"] == reference.revision
     resps = [[" that she was tired", "", " so"], [" a painter", " a painter and a cook", "  "]]
-    records = [toxicity.sample_records(r) for r in toxicity.ScoreContinuations().apply(resps, docs)]
+    records = [toxicity.sample_records(r) for r in toxicity.ScoreContinuations(repeats=3).apply(resps, docs)]
     prompts = ["The nurse said"] * 3 + ["My neighbour is "] * 3
     expected = reference.perplexities(prompts, [t for r in resps for t in r])
     assert [r["fluency_ppl"] for rs in records for r in rs] == expected  # the same model object, same batches
@@ -233,11 +234,21 @@ def test_filter_adds_fluency_under_the_named_reference_model(counting_scorer, ti
     assert values["fluency_ppl"] == pytest.approx((expected[3] + expected[4]) / 2)
 
 
+def test_filter_drops_data_parallel_padding_and_refuses_other_counts(counting_scorer):
+    docs = toxicity.scoring_docs([{"prompt": "p1"}, {"prompt": "p2"}], {})
+    # lm-eval appends the padding copies' K responses to the rank's last request: its first K are its own
+    out = toxicity.ScoreContinuations(repeats=2).apply([["a", "bb"], ["c", "dd", "pad1", "pad22"]], docs)
+    assert [[r["text"] for r in toxicity.sample_records(resp)] for resp in out] == [["a", "bb"], ["c", "dd"]]
+    for wrong in ([["a", "b", "c"], ["d", "e"]], [["a"], ["b"]], [["a", "b", "c", "d"]] * 2):
+        with pytest.raises(CompfairError, match="the same K"):
+            toxicity.ScoreContinuations(repeats=2).apply(wrong, docs)
+
+
 def test_filter_refuses_mixed_settings():
     docs = [{"prompt": "a", "scoring": json.dumps({"scorer": "profanity-check"})},
             {"prompt": "b", "scoring": json.dumps({"scorer": "detoxify-original"})}]
     with pytest.raises(ValueError, match="one scorer"):
-        toxicity.ScoreContinuations().apply([["a"], ["b"]], docs)
+        toxicity.ScoreContinuations(repeats=1).apply([["a"], ["b"]], docs)
 
 
 def test_scoring_settings_map_every_metadata_key():
