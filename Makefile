@@ -6,9 +6,10 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check
 NEWEST ?= .venv-newest
-# tests that the newest transformers/lm-eval releases must pass too: compressors, tasks, lm_eval end to end
+# tests that the newest transformers/lm-eval releases must pass too: the fast tests of the compressors, the
+# plugin and the preference tasks, and the slow tests marked `newest` (pruned models end to end, lm_eval's CLI)
 NEWEST_TESTS ?= tests/test_generation_invariants.py tests/test_prune.py tests/test_prune_e2e.py tests/test_quantize.py \
-	tests/test_sparsify.py tests/test_distill.py tests/test_plugin.py tests/test_preference.py tests/test_toxicity_cli.py
+	tests/test_sparsify.py tests/test_distill.py tests/test_plugin.py tests/test_preference.py
 
 .PHONY: install browser demo test test-locked test-newest test-fast lint lock
 
@@ -44,7 +45,7 @@ test-newest:
 	$(NEWEST)/bin/python -m pip --disable-pip-version-check install --upgrade -e ".[test]" transformers lm-eval torch==2.13.0
 	$(NEWEST)/bin/python -m pip --disable-pip-version-check install --no-deps -r requirements-offline.txt
 	$(NEWEST)/bin/python -c "from importlib.metadata import version as v; print('newest: transformers', v('transformers'), 'lm-eval', v('lm_eval'))"
-	PATH="$(CURDIR)/$(NEWEST)/bin:$$PATH" $(NEWEST)/bin/python -m pytest $(NEWEST_TESTS)
+	PATH="$(CURDIR)/$(NEWEST)/bin:$$PATH" $(NEWEST)/bin/python -m pytest -m "not slow or newest" $(NEWEST_TESTS)
 
 test: lint test-locked test-newest
 

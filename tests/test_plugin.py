@@ -74,6 +74,7 @@ def test_wheel_ships_the_hook_the_yaml_and_the_data(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.newest
 def test_lm_eval_cli_lists_and_runs_compfair_tasks(tiny_gpt2_dir, tmp_path, lm_eval_cli):
     listed = subprocess.run([sys.executable, "-m", "lm_eval", "ls", "tasks"], capture_output=True, text=True,
                             env={**os.environ, **OFFLINE_ENV}, timeout=300)

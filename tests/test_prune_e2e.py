@@ -14,7 +14,7 @@ import torch
 from compressors import prune
 from tests.test_prune import tiny_gpt2, tiny_llama, tokens
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.newest]
 
 REMOTE_LOAD = """
 import importlib.util, sys, torch

@@ -85,6 +85,7 @@ def test_cli_reports_size_and_latency(tiny_gpt2_dir, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.newest
 def test_quantized_checkpoint_runs_through_lm_eval(tiny_gpt2_dir, tmp_path, lm_eval_cli):
     output = tmp_path / "int8"
     assert quantize.main(["--model", str(tiny_gpt2_dir), "--output", str(output), "--latency-batch", "0"]) == 0

@@ -81,9 +81,14 @@ def _samples(output_path, task) -> dict[int, dict]:
     return {row["doc_id"]: row for row in rows}
 
 
-def _two_processes(args: list[str], output_path: Path) -> dict[int, int] | None:
+def _accelerate(port: int) -> list[str]:
+    """`accelerate launch` of two processes on a port of the test's own (tests may run side by side)."""
+    return [_tool("accelerate"), "launch", "--num_processes", "2", "--main_process_port", str(port)]
+
+
+def _two_processes(args: list[str], output_path: Path, port: int) -> dict[int, int] | None:
     """lm_eval in two processes; on CPU returns the requests each rank ran (see the module doc)."""
-    accelerate = [_tool("accelerate"), "launch", "--num_processes", "2"]
+    accelerate = _accelerate(port)
     if torch.cuda.device_count() >= 2:
         _run([*accelerate, "-m", "lm_eval", "--model", "hf", *args, "--output_path", str(output_path)])
         return None
@@ -112,7 +117,7 @@ def test_accelerate_cpu_launch_needs_multi_gpu_and_use_cpu_for_two_processes(tmp
     # one line per process, written whole (two processes printing at once interleave their words)
     probe.write_text("import sys\nfrom accelerate import Accelerator\na = Accelerator()\n"
                      "sys.stdout.write(f'PROBE {a.num_processes} {a.distributed_type}\\n'); sys.stdout.flush()\n")
-    accelerate = [_tool("accelerate"), "launch", "--num_processes", "2"]
+    accelerate = _accelerate(29523)
     one = _run([*accelerate, "--cpu", str(probe)]).stdout
     two = _run([*accelerate, "--multi_gpu", str(probe)], env={"ACCELERATE_USE_CPU": "1"}).stdout
     assert one.count("PROBE") == 1 and "PROBE 1 " in one, one
@@ -132,7 +137,7 @@ def test_loglik_tasks_and_greedy_toxicity_in_two_processes_equal_one_process(tin
     metadata = {"scorer": "profanity-check", "fluency_model": str(tiny_gpt2_dir)}
     args = [*_common_args(tiny_gpt2_dir, tasks, 9, 1, metadata), "--gen_kwargs", "do_sample=False"]
     single = _one_process(args, tmp_path / "single")
-    requests = _two_processes(args, tmp_path / "dp")
+    requests = _two_processes(args, tmp_path / "dp", 29525)
     parallel = _results(tmp_path / "dp")
     # 9 docs each: WinoBias and CrowS 2 candidates, StereoSet 3, toxicity K=3 continuations
     _assert_split(requests, 9 * (2 + 3 + 2 + 3))
@@ -151,7 +156,7 @@ def test_sampled_toxicity_in_two_processes_agrees_with_one_process(tiny_gpt2_dir
     must not differ by a paired permutation test at p < 0.001 per metric (Bonferroni for ~20 metrics at 0.02)."""
     args = _common_args(tiny_gpt2_dir, [TOXICITY], 12, 4, {"scorer": "profanity-check"})
     _one_process(args, tmp_path / "single")
-    requests = _two_processes(args, tmp_path / "dp")
+    requests = _two_processes(args, tmp_path / "dp", 29527)
     _assert_split(requests, 12 * 3)
     one, two = _samples(tmp_path / "single", TOXICITY), _samples(tmp_path / "dp", TOXICITY)
     assert sorted(one) == sorted(two) == list(range(12))
