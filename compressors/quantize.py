@@ -187,7 +187,9 @@ def load_quantized(checkpoint_dir, mode: str | None = None):
 
     path = Path(checkpoint_dir) / WEIGHTS_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: {checkpoint_dir} is not a `compfair compress quantize` output")
+        raise QuantizeError(f"{checkpoint_dir} holds no {WEIGHTS_FILE}, so it is not a `compfair compress quantize "
+                            f"--method int8` output: evaluate any other checkpoint (float, gptq, rtn, torchao) "
+                            f"with `lm_eval --model hf --model_args pretrained={checkpoint_dir}`")
     with safe_open(str(path), framework="pt") as handle:
         metadata = handle.metadata()
         tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118 (safe_open is no dict)

@@ -80,7 +80,8 @@ def test_cli_reports_size_and_latency(tiny_gpt2_dir, tmp_path):
     saved = 3 * record["int8_params"] - 4 * 2 * (96 + 32 + 128 + 32)
     assert record["source_size_bytes"] - record["size_bytes"] == pytest.approx(saved, abs=2000)
     assert record["latency"]["fp32_seconds"] > 0 and record["latency"]["int8_seconds"] > 0
-    with pytest.raises(FileNotFoundError, match="not a `compfair compress quantize` output"):
+    with pytest.raises(quantize.QuantizeError, match="not a `compfair compress quantize --method int8` output: "
+                       "evaluate any other checkpoint .* with `lm_eval --model hf"):
         quantize.load_quantized(tiny_gpt2_dir)
 
 
