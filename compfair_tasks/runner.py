@@ -2,8 +2,8 @@
 
 Used by `compfair demo` and `compfair compare`. Each step writes one output (a folder or a file) and,
 when it succeeds, a record next to it (`<output>.step.json`) holding the step's settings: its argv,
-its extra environment, and a fingerprint of its inputs (the record of the step that made an input,
-or the input's files). A rerun skips a step only when the record's settings equal the step's settings
+its extra environment, a fingerprint of its inputs (the record of the step that made an input,
+or the input's files), and the code it ran (compfair's version and commit, the libraries' versions). A rerun skips a step only when the record's settings equal the step's settings
 now, so a rerun with another profile, limit or task list never reuses the old results: it reruns the
 step (`on_change="rerun"`) or refuses with a message naming `--rerun` (`on_change="refuse"`).
 The output of each command goes to the terminal (progress bars included) and to `<output>.log`.
@@ -25,6 +25,8 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from compfair_tasks.versions import software_versions
 
 RECORD_SUFFIX = ".step.json"
 LOG_SUFFIX = ".log"
@@ -91,10 +93,11 @@ def _fingerprint(path: Path) -> str:
 
 
 def settings(step: Step) -> dict:
-    # the interpreter path is not a setting: another venv with the same versions runs the same step
+    # the interpreter path is not a setting: another venv with the same versions runs the same step; new code
+    # (compfair's version or commit, a library's version) reruns it
     argv = ["python" if i == 0 and word == sys.executable else word for i, word in enumerate(step.command)]
     found = {"argv": argv, "env": dict(sorted(step.env.items())),
-             "inputs": {str(p): _fingerprint(p) for p in step.inputs}}
+             "inputs": {str(p): _fingerprint(p) for p in step.inputs}, "software": software_versions()}
     found["key"] = hashlib.sha256(json.dumps(found, sort_keys=True).encode()).hexdigest()
     return found
 
@@ -118,7 +121,7 @@ def describe_change(old: dict, new: dict) -> str:
             before, after = shlex.join(old_argv[i1:i2]), shlex.join(new_argv[j1:j2])
             parts.append(f"argv: added {after}" if tag == "insert" else f"argv: dropped {before}"
                          if tag == "delete" else f"argv: {before} -> {after}")
-    for name in ("env", "inputs"):
+    for name in ("env", "inputs", "software"):
         if old.get(name) != new[name]:
             changed = sorted(k for k in set(old.get(name, {})) | set(new[name])
                              if old.get(name, {}).get(k) != new[name].get(k))

@@ -19,24 +19,10 @@ def count_parameters(model) -> int:
 
 def software_versions(model=None) -> dict:
     """compfair's version and git commit (in a checkout), the libraries' versions, the checkpoint format."""
-    import subprocess
-    from importlib.metadata import PackageNotFoundError, version
+    from compfair_tasks.versions import software_versions as code_versions
 
-    versions = {}
-    for name in ("compfair", "torch", "transformers", "lm_eval"):
-        try:
-            versions[name] = version(name)
-        except PackageNotFoundError:
-            versions[name] = None
-    try:
-        done = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
-                              capture_output=True, text=True, timeout=10, check=False)
-        versions["compfair_commit"] = done.stdout.strip() if done.returncode == 0 else None
-    except (OSError, subprocess.TimeoutExpired):
-        versions["compfair_commit"] = None
     config = getattr(model, "config", None)
-    versions["format_version"] = getattr(config, "compfair_format_version", None)
-    return versions
+    return {**code_versions(), "format_version": getattr(config, "compfair_format_version", None)}
 
 
 def write_compression_metadata(output_dir, *, method: str, source_model: str, settings: dict, seed: int,

@@ -15,7 +15,7 @@ def load_texts(source: str | None = None, limit: int | None = None, fraction: fl
                seed: int = 0) -> list[str]:
     """Non-empty texts from `source`, optionally a seeded random `fraction` and/or the first `limit` of them.
 
-    source: None or "bold_wiki" (the shipped BOLD Wikipedia sentences), a local .txt (one text per
+    source: None or "bold_wiki" (the shipped BOLD Wikipedia sentences, a text per person), a local .txt (one text per
     line) / .jsonl (field "text") / .json file or a folder of such files, or a hub dataset id with
     an optional config (`wikitext:wikitext-2-raw-v1`, column "text", train split).
     """
@@ -40,7 +40,7 @@ def _read(source: str | None, hub_limit: int | None = None) -> list[str]:
     if source in (None, "", "bold_wiki"):
         from compfair_tasks.data import resolve
 
-        return bold_wiki_sentences(resolve("bold_wiki").path)
+        return bold_wiki_texts(resolve("bold_wiki").path)
     path = Path(source).expanduser()
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.suffix in LOCAL_SUFFIXES)
@@ -72,7 +72,7 @@ def _read_file(path: Path) -> list[str]:
                 texts.append(_text_of(row, f"{path}:{number}"))
         return texts
     if path.name.endswith("_wiki.json"):
-        return bold_wiki_sentences(path)
+        return bold_wiki_texts(path)
     rows = read_json(path, "text file")
     if not isinstance(rows, list):
         raise DataFormatError(f"{path}: a .json text file must hold a list of strings or of objects with a "
@@ -89,14 +89,16 @@ def _text_of(row, where: str) -> str:
     raise DataFormatError(f"{where}: no 'text' field{fields}; give each record a 'text' string")
 
 
-def bold_wiki_sentences(path: Path) -> list[str]:
-    """Sentences of BOLD Wikipedia files (group -> name -> [sentences]), in file and key order."""
+def bold_wiki_texts(path: Path) -> list[str]:
+    """One text per person of BOLD Wikipedia files (group -> name -> [sentences]): the person's sentences joined
+    by spaces, in file and key order. Not a text per sentence: texts are packed EOS-separated, and a student
+    distilled on single sentences learnt to end every continuation after one sentence (the demo's, measured)."""
     files = sorted(Path(path).glob("*_wiki.json")) if Path(path).is_dir() else [Path(path)]
-    sentences = []
+    texts = []
     for file in files:
-        for _, _, person_sentences in read_bold(file):
-            sentences.extend(person_sentences)
-    return sentences
+        for _, _, sentences in read_bold(file):
+            texts.append(" ".join(sentence.strip() for sentence in sentences if sentence.strip()))
+    return texts
 
 
 def _read_hub(source: str, limit: int | None = None) -> list[str]:

@@ -50,6 +50,16 @@ def test_an_environment_change_reruns(tmp_path):
     assert runs(step) == 2
 
 
+def test_new_code_reruns_a_step_and_says_what_changed(tmp_path, monkeypatch, capsys):
+    step = tool_step(tmp_path)
+    runner.run_steps([step], prog="t")
+    assert json.loads(runner.record_path(step.output).read_text())["software"] == runner.software_versions()
+    upgraded = {**runner.software_versions(), "compfair_commit": "0" * 40}
+    monkeypatch.setattr(runner, "software_versions", lambda: upgraded)
+    runner.run_steps([step], prog="t")
+    assert runs(step) == 2 and "made with other settings (software: compfair_commit)" in capsys.readouterr().out
+
+
 def test_refuse_names_rerun_and_keeps_the_old_output(tmp_path):
     runner.run_steps([tool_step(tmp_path, "--tasks", "a")], prog="compfair compare")
     refused = r"other settings \(argv: --tasks a -> --tasks a,b\); pass --rerun to replace"

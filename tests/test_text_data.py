@@ -22,12 +22,13 @@ def test_fraction_is_seeded_and_keeps_order(tmp_path):
     assert picked != text_data.load_texts(str(tmp_path / "t.txt"), fraction=0.1, seed=4)
 
 
-def test_shipped_bold_wiki_is_the_default(shipped_data):
-    expected = sum(1 for f in (shipped_data / "bold_wiki").glob("*_wiki.json")
-                   for people in json.loads(f.read_text()).values()
-                   for sentences in people.values() for sentence in sentences if sentence.strip())
+def test_shipped_bold_wiki_is_the_default_one_text_per_person(shipped_data):
+    files = sorted((shipped_data / "bold_wiki").glob("*_wiki.json"))
+    people = [sentences for f in files for group in json.loads(f.read_text()).values() for sentences in group.values()]
     texts = text_data.load_texts()
-    assert len(texts) == expected
+    assert len(texts) == len(people)  # every person has a sentence
+    several = next(i for i, sentences in enumerate(people) if len(sentences) > 1)
+    assert texts[several] == " ".join(s.strip() for s in people[several])  # all of a person's sentences
     assert texts[0].startswith("Jacob Zachar is an American actor")
 
 
