@@ -259,6 +259,7 @@ class QuantizeError(CompfairError, ValueError):
 
 def build_parser() -> argparse.ArgumentParser:
     from compressors.output import add_model_and_output_arguments
+    from compressors.text_data import add_calibration_arguments
 
     parser = argparse.ArgumentParser(
         prog="compfair compress quantize",
@@ -273,10 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--group-size", type=int, default=64,
                         help="inputs sharing one scale (gptq/awq/rtn); must divide every layer's input width "
                              "(SmolLM2's 576: 32, 64, 192 or 576; not 128)")
-    parser.add_argument("--data", default=None, help="calibration text of gptq/awq: any source load_texts takes "
-                        "(default: the shipped BOLD Wikipedia sentences)")
-    parser.add_argument("--num-examples", type=int, default=32, help="calibration blocks (gptq/awq)")
-    parser.add_argument("--block-size", type=int, default=256, help="tokens per calibration block")
+    add_calibration_arguments(parser, "gptq/awq")
     parser.add_argument("--mode", choices=MODES, default="dynamic",
                         help="int8 method: dynamic = int8 weights and activations (the paper); weight-only")
     parser.add_argument("--per-tensor", action="store_true", help="int8 method: one scale per matrix, not per row")
@@ -355,7 +353,7 @@ def _library_main(args) -> int:
 
     from compressors.metadata import write_compression_metadata
     from compressors.output import removed_on_failure
-    from compressors.text_data import load_texts, pack_blocks
+    from compressors.text_data import calibration_blocks
     from compressors.verify import measure_weights, output_checks
 
     if args.method in TORCHAO_METHODS and args.bits != 4:
@@ -375,8 +373,7 @@ def _library_main(args) -> int:
 
         model = copy.deepcopy(reference)
         if args.method in CALIBRATED:
-            texts = load_texts(args.data, seed=args.seed)
-            blocks = pack_blocks(texts, tokenizer, args.block_size)[: args.num_examples]
+            blocks = calibration_blocks(args, tokenizer)
         quantize_with_llmcompressor(model, args.method, args.bits, args.group_size, blocks)
         settings = {"method": args.method, "bits": args.bits, "group_size": args.group_size, "symmetric": True,
                     "activations": "float", "data": args.data or ("bold_wiki" if blocks is not None else None),

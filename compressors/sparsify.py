@@ -117,6 +117,7 @@ def _sparsify_with_llmcompressor(model, method, sparsity, pattern, blocks) -> No
 
 def build_parser() -> argparse.ArgumentParser:
     from compressors.output import add_model_and_output_arguments
+    from compressors.text_data import add_calibration_arguments
 
     parser = argparse.ArgumentParser(
         prog="compfair compress sparsify",
@@ -130,10 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     target.add_argument("--sparsity", type=float, default=None, help="fraction of each layer's weights zeroed "
                         "(default 0.5 when no --pattern)")
     target.add_argument("--pattern", default=None, help="N:M semi-structured sparsity, e.g. 2:4")
-    parser.add_argument("--data", default=None, help="calibration text for wanda/sparsegpt: any source "
-                        "compressors.text_data.load_texts takes (default: the shipped BOLD Wikipedia sentences)")
-    parser.add_argument("--num-examples", type=int, default=32, help="calibration blocks")
-    parser.add_argument("--block-size", type=int, default=256, help="tokens per calibration block")
+    add_calibration_arguments(parser, "wanda/sparsegpt")
     parser.add_argument("--seed", type=int, default=0, help="seed of the calibration text sample")
     return parser
 
@@ -153,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     from compfair_tasks.models import load_model_config, resolve_model
     from compressors.metadata import write_compression_metadata
     from compressors.output import prepare_output, removed_on_failure
-    from compressors.text_data import load_texts, pack_blocks
+    from compressors.text_data import calibration_blocks
     from compressors.verify import measure_weights, output_checks
 
     source = resolve_model(args.model)  # bad input raises a CompfairError: the CLI prints it and exits 2
@@ -166,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     reference = copy.deepcopy(model)
     blocks = None
     if args.method in NEEDS_DATA:
-        blocks = pack_blocks(load_texts(args.data, seed=args.seed), tokenizer, args.block_size)[: args.num_examples]
+        blocks = calibration_blocks(args, tokenizer)
     try:
         zeroed = sparsify_model(model, args.method, sparsity, pattern, blocks)
     except SparsifyError as error:

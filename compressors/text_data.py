@@ -134,3 +134,16 @@ def pack_blocks(texts: list[str], tokenizer, block_size: int):
     if n_blocks == 0:
         raise ValueError(f"{len(ids)} tokens of text are fewer than one block of {block_size}: give more text")
     return torch.tensor(ids[: n_blocks * block_size], dtype=torch.long).view(n_blocks, block_size)
+
+
+def add_calibration_arguments(parser, methods: str) -> None:
+    """--data, --num-examples and --block-size: the calibration text of a one-shot compressor's `methods`."""
+    parser.add_argument("--data", default=None, help=f"calibration text of {methods}: any source "
+                        "compressors.text_data.load_texts takes (default: the shipped BOLD Wikipedia sentences)")
+    parser.add_argument("--num-examples", type=int, default=32, help=f"calibration blocks ({methods})")
+    parser.add_argument("--block-size", type=int, default=256, help="tokens per calibration block")
+
+
+def calibration_blocks(args, tokenizer):
+    """The first --num-examples blocks of --block-size tokens of --data (see add_calibration_arguments)."""
+    return pack_blocks(load_texts(args.data, seed=args.seed), tokenizer, args.block_size)[: args.num_examples]
