@@ -3,8 +3,8 @@
 Used by `compfair demo` and `compfair compare`. Each step writes one output (a folder or a file) and,
 when it succeeds, a record next to it (`<output>.step.json`) holding the step's settings: its argv,
 its extra environment, a fingerprint of its inputs (the record of the step that made an input,
-or the input's files), and the code it ran (compfair's version and commit, the libraries' versions). A rerun skips a step only when the record's settings equal the step's settings
-now, so a rerun with another profile, limit or task list never reuses the old results: it reruns the
+or the input's files), and the code it ran (compfair's version and commit, the libraries' versions).
+A rerun skips a step only when the record's settings equal the step's settings now, so a rerun with another profile, limit or task list never reuses the old results: it reruns the
 step (`on_change="rerun"`) or refuses with a message naming `--rerun` (`on_change="refuse"`).
 The output of each command goes to the terminal (progress bars included) and to `<output>.log`.
 

@@ -24,7 +24,6 @@ from compfair_tasks.measure import LATENCY_FILE, checkpoint_size_bytes
 from compressors.metadata import FILE_NAME as COMPRESSION_FILE
 
 RESULTS_GLOB = "results_*.json"
-WEIGHT_GLOBS = ("*.safetensors", "*.bin", "*.pt", "*.gguf")
 INFO_COLUMNS = ["model", "method", "recipe", "teacher", "params", "size_bytes", "bits", "sparsity",
                 "weights_equal_source", "latency_ms", "scorer", "limit", "pretrained"]
 
