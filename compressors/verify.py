@@ -57,21 +57,22 @@ def _quantization_config(checkpoint_dir) -> dict:
     return json.loads(config_file.read_text()).get("quantization_config") or {}
 
 
-def _packed_bits(config: dict) -> int | None:
-    """Bit width of compressed-tensors packed weights, from its config_groups."""
+def _weights_setting(config: dict, key: str, fallback: str) -> int | None:
+    """A compressed-tensors weights setting (num_bits, group_size) from its config_groups, else config[fallback]."""
     for group in (config.get("config_groups") or {}).values():
         weights = (group or {}).get("weights") or {}
-        if weights.get("num_bits"):
-            return int(weights["num_bits"])
-    return config.get("bits")
+        if weights.get(key):
+            return int(weights[key])
+    return config.get(fallback)
+
+
+def _packed_bits(config: dict) -> int | None:
+    """Bit width of compressed-tensors packed weights."""
+    return _weights_setting(config, "num_bits", "bits")
 
 
 def _group_size(config: dict) -> int | None:
-    for group in (config.get("config_groups") or {}).values():
-        weights = (group or {}).get("weights") or {}
-        if weights.get("group_size"):
-            return int(weights["group_size"])
-    return config.get("group_size")
+    return _weights_setting(config, "group_size", "group_size")
 
 
 def is_block_linear(name: str, tensor: torch.Tensor) -> bool:
