@@ -38,7 +38,8 @@ def build_docs(path) -> list[dict]:
                                            "fix or drop that row")
             if row["bias_type"].replace("-", "_") not in BIAS_TYPES:
                 raise data.DataFormatError(f"{path}:{reader.line_num}: bias_type {row['bias_type']!r} is none of "
-                                           f"CrowS-Pairs' nine ({', '.join(BIAS_TYPES)}, '-' for '_')")
+                                           f"CrowS-Pairs' nine ({', '.join(BIAS_TYPES)}, '-' for '_'); fix that row "
+                                           "or re-copy the original crows_pairs_anonymized.csv")
             docs.append({"id": str(row.get("") or i), "bias_type": row["bias_type"],
                          "stereo_antistereo": row["stereo_antistereo"], "context": "",
                          "choices": [row["sent_more"], row["sent_less"]]})
