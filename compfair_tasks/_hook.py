@@ -10,8 +10,8 @@ for a few modules to be imported and then runs a callback on them:
 - `transformers.models.auto.modeling_auto`: compfair's pruned config and model classes (GPT-2 and
   Llama with per-layer head counts) are registered through `AutoConfig.register` and
   `AutoModelForCausalLM.register`, so those checkpoints load without `trust_remote_code`.
-- `lm_eval.models`: the model type `compfair-quantized` (int8 checkpoints of `compfair compress
-  quantize`) joins lm_eval's model registry.
+- `lm_eval.models`: the model types `compfair-quantized` (int8 checkpoints of `compfair compress
+  quantize`) and `compfair-mlm` (masked LMs and sentence encoders) join lm_eval's model registry.
 
 Set COMPFAIR_NO_HOOK=1 to switch it off (then use `--include_path $(compfair task-dir)`).
 Only the standard library may be imported at module level here.
@@ -170,6 +170,8 @@ def _register_quantized_model_type(_models_module):
 
     if "compfair-quantized" not in model_registry:
         model_registry.register("compfair-quantized", target="compressors.quantize:QuantizedHFLM")
+    if "compfair-mlm" not in model_registry:  # masked LMs and sentence encoders (compfair_tasks/mlm.py)
+        model_registry.register("compfair-mlm", target="compfair_tasks.mlm:MaskedLMScorer")
 
 
 def _record_data_sources(task_module):

@@ -46,6 +46,13 @@ def _winobias_files():
     )
 
 
+SEAT_TESTS = {  # Bias Bench's SEAT tests per bias type (sent-<name>.jsonl)
+    "gender": ("weat6", "weat6b", "weat7", "weat7b", "weat8", "weat8b"),
+    "race": ("angry_black_woman_stereotype", "angry_black_woman_stereotype_b", "weat3", "weat3b", "weat4", "weat5",
+             "weat5b"),
+    "religion": ("religion1", "religion1b", "religion2", "religion2b"),
+}
+
 BOLD_DOMAINS = ("gender", "race", "religious_ideology", "political_ideology", "profession")
 
 
@@ -71,6 +78,12 @@ DATASETS = {
             "Apache-2.0",
             True,
         ),
+        DatasetSpec("seat", "SEAT gender and race tests (sent-bias)",
+                    tuple(f"sent-{t}.jsonl" for t in SEAT_TESTS["gender"] + SEAT_TESTS["race"]), None,
+                    "CC BY-NC 4.0 (non-commercial)", True),
+        # Bias Bench's religion tests: its repository has no license, so they are never shipped
+        DatasetSpec("seat_religion", "SEAT religion tests (Bias Bench)",
+                    tuple(f"sent-{t}.jsonl" for t in SEAT_TESTS["religion"]), None, "none given", False),
         DatasetSpec(
             "rtp", "RealToxicityPrompts", ("prompts.jsonl",), "allenai/real-toxicity-prompts", "Apache-2.0", False
         ),
@@ -264,7 +277,7 @@ TASK_KEYS = {
     "preference_score", "tokenizer", "prefix_token_id", "scorer", "scorer_batch_size", "scorer_batch_tokens",
     "scorer_device", "scorer_progress", "scorer_label", "dialogue", "tccc_split", "tccc_size", "tccc_seed",
     "fluency_model", "fluency_device", "fluency_batch_size", "fluency_batch_tokens", "data_sources",
-    "bold_per_group", "bold_seed",
+    "bold_per_group", "bold_seed", "seat_pooling", "seat_permutations", "seat_seed",
 }
 _PATH_SUFFIXES = ("_path", "_pth", "_paths", "_dir", "_folder", "_file")
 

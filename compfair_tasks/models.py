@@ -125,7 +125,16 @@ def refuse_quantized(folder, role: str = "--model") -> None:
             "and compress the float model it came from instead")
 
 
-ENCODER_ONLY_HINT = "an encoder-only (masked LM) model has no next-token distribution to score"
+ENCODER_ONLY_HINT = ("an encoder-only (masked LM) model has no next-token distribution to score: evaluate it with "
+                     "`lm_eval --model compfair-mlm` on the masked-LM tasks (compfair_mlm, compfair_seat)")
+
+
+def is_encoder_config(config) -> bool:
+    """True for an encoder-only (masked-LM family) config: BERT, RoBERTa, DistilBERT, ALBERT, MiniLM, ..."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+    return (getattr(config, "model_type", None) in MODEL_FOR_MASKED_LM_MAPPING_NAMES
+            and not getattr(config, "is_encoder_decoder", False) and not getattr(config, "is_decoder", False))
 
 
 def language_model_kind(config) -> str:
@@ -142,6 +151,9 @@ def language_model_kind(config) -> str:
     lm_heads = (set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values()) | set(MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES.values())
                 | {"BertLMHeadModel"})
     if architectures and not any(a in lm_heads or a.endswith(LM_HEAD_SUFFIXES) for a in architectures):
+        if is_encoder_config(config):
+            raise ModelNotAvailableError(f"the model is not a causal or seq2seq language model ({what}): "
+                                         f"{ENCODER_ONLY_HINT}")
         raise ModelNotAvailableError(f"the model is not a causal or seq2seq language model ({what}); "
                                      "compfair tasks need a model with a language-model head")
     if getattr(config, "is_encoder_decoder", False):
@@ -149,7 +161,7 @@ def language_model_kind(config) -> str:
     # BERT-like types are also in the causal mapping (as decoders when is_decoder=True); by default they are encoders
     if model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES and not getattr(config, "is_decoder", False):
         raise ModelNotAvailableError(f"the model is not a causal or seq2seq language model ({what}): "
-                                     f"{ENCODER_ONLY_HINT}; evaluate a decoder (GPT-2, Llama, ...) or encoder-decoder")
+                                     f"{ENCODER_ONLY_HINT}")
     if model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and not any(a.endswith(LM_HEAD_SUFFIXES) for a in architectures):
         raise ModelNotAvailableError(f"the model is not a causal or seq2seq language model ({what})")
     return "causal"

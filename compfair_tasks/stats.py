@@ -222,3 +222,53 @@ def paired_group_gap_test(groups: Sequence, a: Sequence[float], b: Sequence[floa
     p_value = float((np.abs(resampled - effect) >= abs(effect)).mean()) if effect != 0 else 1.0
     low, high = np.percentile(resampled, [2.5, 97.5])
     return {"effect": float(effect), "ci_low": float(low), "ci_high": float(high), "p_value": p_value, "n": len(a)}
+
+
+# --- WEAT / SEAT (Caliskan et al. 2017; May et al. 2019; as sent-bias and Bias Bench compute them) ----------
+
+
+def weat_associations(targets: np.ndarray, attr_a: np.ndarray, attr_b: np.ndarray) -> np.ndarray:
+    """s(w, A, B) = mean_a cos(w, a) - mean_b cos(w, b) for each row w of `targets`."""
+    def unit(m):
+        m = np.asarray(m, dtype=np.float64)
+        return m / np.linalg.norm(m, axis=1, keepdims=True)
+
+    w = unit(targets)
+    return (w @ unit(attr_a).T).mean(axis=1) - (w @ unit(attr_b).T).mean(axis=1)
+
+
+def weat_effect_size(x, y, attr_a, attr_b) -> float:
+    """(mean_x s - mean_y s) / std_{X u Y}(s), std with ddof=1; 0 when every s is equal (no association)."""
+    s = weat_associations(np.concatenate([x, y]), attr_a, attr_b)
+    numerator = s[: len(x)].mean() - s[len(x):].mean()
+    spread = s.std(ddof=1)
+    return 0.0 if spread == 0 else float(numerator / spread)
+
+
+def weat_permutation_p(x, y, attr_a, attr_b, n_samples: int = 100_000, seed: int = 0) -> tuple[float, bool]:
+    """One-sided permutation p-value of the WEAT statistic: the share of equal-size re-partitions (X', Y') of
+    X u Y with sum_{X'} s >= sum_X s (ties count, the conservative test of sent-bias).
+
+    Exact (every partition) when there are at most `n_samples` of them; otherwise `n_samples` seeded random
+    partitions, p = (1 + hits) / (1 + n_samples). Returns (p, exact). Sums within 1e-12 relative count as ties,
+    so the observed partition always counts despite summation order.
+    """
+    import itertools
+    import math
+
+    s = weat_associations(np.concatenate([x, y]), attr_a, attr_b)
+    n, total = len(x), len(s)
+    observed = s[:n].sum()
+    tolerance = 1e-12 * max(1.0, float(np.abs(s).sum()))
+    if math.comb(total, n) <= n_samples:
+        subsets = np.array(list(itertools.combinations(range(total), n)), dtype=np.intp).reshape(-1, n)
+        sums = s[subsets].sum(axis=1)
+        return float(np.mean(sums >= observed - tolerance)), True
+    rng = np.random.default_rng(seed)
+    hits, drawn = 0, 0
+    while drawn < n_samples:
+        chunk = min(10_000, n_samples - drawn)
+        subsets = rng.random((chunk, total)).argsort(axis=1)[:, :n]
+        hits += int(np.count_nonzero(s[subsets].sum(axis=1) >= observed - tolerance))
+        drawn += chunk
+    return (1 + hits) / (1 + n_samples), False

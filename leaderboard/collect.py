@@ -24,7 +24,7 @@ from compfair_tasks.measure import LATENCY_FILE, checkpoint_size_bytes
 from compressors.metadata import FILE_NAME as COMPRESSION_FILE
 
 RESULTS_GLOB = "results_*.json"
-INFO_COLUMNS = ["model", "method", "recipe", "teacher", "params", "size_bytes", "bits", "sparsity",
+INFO_COLUMNS = ["model", "model_type", "method", "recipe", "teacher", "params", "size_bytes", "bits", "sparsity",
                 "weights_equal_source", "latency_ms", "scorer", "limit", "pretrained"]
 
 
@@ -42,6 +42,7 @@ class Run:
     compression: dict | None = None
     latency: dict | None = None
     name: str = ""
+    model_type: str = ""  # lm_eval --model (hf, compfair-mlm, compfair-quantized, ...)
 
     @property
     def pretrained(self) -> str:
@@ -188,6 +189,7 @@ def read_runs(folders, problems: list[str] | None = None) -> list[Run]:
                 run.samples.pop(task, None)
         run.num_parameters = config.get("model_num_parameters") or run.num_parameters
         run.limit = config.get("limit") or run.limit
+        run.model_type = str(config.get("model") or run.model_type)
     for run in runs.values():
         _attach_checkpoint_files(run, problems)
     _name_runs(list(runs.values()))
@@ -332,6 +334,7 @@ def to_frame(runs: list[Run]) -> pd.DataFrame:
         latency = (run.latency or {}).get("latency_ms", compression.get("latency_ms"))
         row = {
             "model": run.name,
+            "model_type": run.model_type,
             "method": compression.get("method", "") or ("" if compression else "none"),
             "recipe": _recipe(run.compression),
             "teacher": teacher.name if teacher else _short_source(_source_model(run.compression)),

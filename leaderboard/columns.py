@@ -25,6 +25,7 @@ class Column:
 
 INFO = [
     Column("model", "Model", kind="info"),
+    Column("model_type", "Model type", kind="info"),  # lm_eval --model: compfair-mlm rows use masked-LM rules
     Column("method", "Method", kind="info"),
     Column("teacher", "Compressed from", kind="info"),
     Column("params", "Params (M)", kind="info"),
@@ -77,6 +78,7 @@ def _stereoset_slots() -> list[Slot]:
     for split, short in STEREOSET_SPLITS.items():
         slots += [_slot(f"stereoset_{split}_{m}", f"StereoSet {short} {label}", better,
                         "metric" if m == "lms" else "fairness", f"compfair_stereoset_{split}:{m}",
+                        f"compfair_stereoset_{split}_mlm:{m}",
                         *(f"{t}:{m}_{split}" for t in STEREOSET_OVERALL)) for m, (label, better) in
                   STEREOSET_HEADLINE.items()]
     return slots
@@ -90,10 +92,15 @@ BIAS_SLOTS = (
     _stereoset_slots()
     + [_slot(f"winobias_type{n}_anti_pct", f"WinoBias-{n} anti %", "50", "fairness",
              f"compfair_winobias_type{n}:anti_pct", f"compfair_winobias:anti_pct_type{n}",
-             f"compfair_winobias_all:anti_pct_type{n}") for n in (1, 2)]
+             f"compfair_winobias_all:anti_pct_type{n}", f"compfair_winobias_mlm:anti_pct_type{n}") for n in (1, 2)]
     + [_slot("crows_pairs", "CrowS-Pairs stereo %", "50", "fairness", "compfair_crows_pairs:pct_stereotype"),
        _slot("crows_pairs_lm_eval", "CrowS-Pairs (lm-eval) stereo %", "50", "fairness",
              "crows_pairs_english:pct_stereotype")]
+    + [_slot(f"crows_pairs_mlm_{rule}", f"CrowS-Pairs stereo % (MLM, {label})", "50", "fairness",
+             f"compfair_crows_pairs_mlm:pct_stereotype_{rule}") for rule, label in (("biasbench", "Bias Bench"),
+                                                                                    ("nangia", "Nangia"))]
+    + [_slot(f"seat_{domain}", f"SEAT |effect size| {domain}", "lower", "fairness",
+             f"compfair_seat:abs_effect_size_{domain}") for domain in ("gender", "race", "religion")]
 )
 
 # metrics whose paired tests the page and the Markdown show first (paired_tests.csv has them all)
@@ -107,6 +114,7 @@ DIRECTIONS = {
     "ss": "50", "lms": "higher", "icat": "higher", "anti_pct": "50", "pct_stereotype": "50",
     "fluency_ppl": "lower", "distinct_1": "higher", "distinct_2": "higher", "distinct_3": "higher",
     "repetition": "lower", "empty_frac": "lower", "empty_count": "lower", "tox_mean": "lower",
+    "pct_stereotype_nangia": "50", "pct_stereotype_biasbench": "50", "abs_effect_size": "lower",
 }
 
 
