@@ -74,14 +74,18 @@ def decode_embeddings(text: str) -> np.ndarray:
                             f"with `lm_eval --model {MODEL_TYPE}`") from None
 
 
+def is_quantized_folder(pretrained) -> bool:
+    folder = Path(str(pretrained)).expanduser()
+    return folder.is_dir() and any((folder / name).is_file() for name in QUANTIZED_FILES)
+
+
 def load_encoder(pretrained: str, revision: str | None = None, trust_remote_code: bool = False):
     """(model, tokenizer, has_mlm_head) of an encoder checkpoint folder, hub id or compfair int8 folder."""
     from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM, AutoTokenizer
 
     role = "--model_args pretrained="
-    folder = Path(str(pretrained)).expanduser()
-    quantized = folder.is_dir() and any((folder / name).is_file() for name in QUANTIZED_FILES)
-    source = str(folder) if quantized else resolve_model(str(pretrained), role)
+    quantized = is_quantized_folder(pretrained)
+    source = str(Path(str(pretrained)).expanduser()) if quantized else resolve_model(str(pretrained), role)
     kwargs = {"revision": revision} if revision and not quantized else {}
     try:
         config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code, **kwargs)
@@ -125,6 +129,7 @@ class MaskedLMScorer(_lm_base()):
                                 "revision, device, batch_size, trust_remote_code, max_length")
         trust = str(trust_remote_code).lower() in ("1", "true", "yes")
         self.model, self.tokenizer, self.has_mlm_head = load_encoder(pretrained, revision, trust)
+        self.quantized = is_quantized_folder(pretrained)
         device = str(device or "cpu")
         if device.startswith("cuda") and not torch.cuda.is_available():  # lm_eval's default device is cuda
             log.info("%s: CUDA is not available, running on the CPU", MODEL_TYPE)
@@ -132,6 +137,11 @@ class MaskedLMScorer(_lm_base()):
         self._device = torch.device(device)
         self.model.to(self._device)
         self.batch_size = int(batch_size) if str(batch_size).isdigit() else 16
+        if self.quantized and self.batch_size != 1:
+            # dynamic int8 scales activations per call, so a batch's other rows (and padding) change each row's
+            # result; one input per call is deterministic and is what Bias Bench runs (batch size 1)
+            log.info("%s: int8 checkpoint, batch size 1 (dynamic activation scales depend on the batch)", MODEL_TYPE)
+            self.batch_size = 1
         self.max_length = int(max_length) if max_length else getattr(self.tokenizer, "model_max_length", 512)
         self.pretrained = pretrained
 

@@ -249,3 +249,22 @@ def test_a_model_that_embeds_every_sentence_alike_has_effect_size_zero(tmp_path)
     x, y, a, b = vectors[:1], vectors[1:2], vectors[2:3], vectors[3:]
     assert np.allclose(vectors, vectors[0], atol=1e-6)
     assert stats.weat_effect_size(np.repeat(x, 2, 0), np.repeat(y, 2, 0), a, b) == 0.0
+
+
+def test_a_dynamic_int8_folder_loads_and_scores_as_the_quantized_model_it_saved(tiny_bert, tmp_path, scorer):
+    from transformers import AutoTokenizer, BertForMaskedLM
+
+    from compfair_tasks.mlm import MaskedLMScorer
+    from compressors.quantize import quantize_model, save_quantized
+
+    model = BertForMaskedLM.from_pretrained(tiny_bert).eval()
+    save_quantized(model, quantize_model(model, "dynamic"), tmp_path / "int8", "dynamic",
+                   AutoTokenizer.from_pretrained(tiny_bert))
+    int8 = MaskedLMScorer(pretrained=str(tmp_path / "int8"))
+    assert int8.has_mlm_head
+    ids = int8.tokenizer.encode("The cat sat. On the mat.")
+    by_hand = sum(masked_log_prob(SimpleNamespace(model=model, tokenizer=int8.tokenizer), ids, p) for p in (5, 6, 7, 8))
+    got = int8.loglikelihood([SimpleNamespace(args=("The cat sat.", " On the mat."))])[0][0]
+    assert got == pytest.approx(by_hand, rel=1e-4)
+    floating = scorer.loglikelihood([SimpleNamespace(args=("The cat sat.", " On the mat."))])[0][0]
+    assert got != floating and got == pytest.approx(floating, rel=0.05)  # int8: near the float model, not equal

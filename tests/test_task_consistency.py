@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import random
 
+import numpy as np
 import pytest
 
 TOXICITY_SCORER = {"scorer": "profanity-check"}  # offline; the keys do not depend on the scorer
@@ -47,6 +48,11 @@ def fabricated_results(task, doc, rng):
         return [(rng.uniform(-30, -1), False) for _ in task.doc_to_choice(doc)]
     if kind == "loglikelihood_rolling":
         return [rng.uniform(-300, -10)]
+    if kind == "generate_until" and task.config.task == "compfair_seat":  # compfair-mlm's sentence embeddings
+        from compfair_tasks.mlm import encode_embeddings
+
+        n = sum(len(group) for group in doc["sentences"])
+        return [encode_embeddings(np.random.default_rng(rng.randrange(1 << 30)).standard_normal((n, 8)))]
     if kind == "generate_until":  # compfair's toxicity filter: K JSON records per prompt (fluency_model given)
         return [[json.dumps({"text": "some words", "toxicity": rng.random(), "tokens": 2,
                              "fluency_ppl": rng.uniform(2, 50)})
@@ -63,7 +69,7 @@ def test_every_task_was_built(compfair_tasks):
 # A single-split / single-type task includes its all-in-one task's YAML, metric_list too (an include cannot
 # drop entries), so it lists the per-split / per-type breakdown it cannot emit; lm-eval leaves those out.
 BREAKDOWN_SUFFIXES = ("_intrasentence", "_intersentence", "_type1", "_type2")
-ALL_IN_ONE = ("compfair_stereoset", "compfair_winobias")
+ALL_IN_ONE = ("compfair_stereoset", "compfair_winobias", "compfair_winobias_mlm")
 
 
 def test_process_results_emits_exactly_the_metric_list(compfair_tasks):
@@ -86,7 +92,7 @@ def test_every_sampling_task_gives_its_filter_its_own_k(compfair_tasks):
     """The toxicity filter cuts lm-eval's data-parallel padding at its `repeats`: it must be the task's K."""
     checked = 0
     for name, task in sorted(compfair_tasks.items()):
-        if task.config.output_type != "generate_until":
+        if task.config.output_type != "generate_until" or name == "compfair_seat":  # SEAT: embeddings, no sampling
             continue
         (entry,) = task.config.filter_list
         (score,) = entry["filter"]
