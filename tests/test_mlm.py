@@ -268,3 +268,54 @@ def test_a_dynamic_int8_folder_loads_and_scores_as_the_quantized_model_it_saved(
     assert got == pytest.approx(by_hand, rel=1e-4)
     floating = scorer.loglikelihood([SimpleNamespace(args=("The cat sat.", " On the mat."))])[0][0]
     assert got != floating and got == pytest.approx(floating, rel=0.05)  # int8: near the float model, not equal
+
+
+# --- end to end --------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_seat_on_minilm_equals_bias_benchs_one_sentence_at_a_time_computation(shipped_data):
+    """all-MiniLM-L6-v2 (no MLM head) on sent-weat6: the model type's batched embeddings and vectorised statistics
+    against each sentence encoded alone (Bias Bench's _encode) and the effect size by explicit loops."""
+    import json
+
+    from transformers import AutoModel, AutoTokenizer
+
+    from compfair_tasks import seat
+    from compfair_tasks.mlm import MaskedLMScorer
+
+    test = json.loads((shipped_data / "seat" / "sent-weat6.jsonl").read_text())
+    groups = [test[k]["examples"] for k in seat.SETS]
+    encoder = MaskedLMScorer(pretrained=str(minilm_dir()), batch_size=32)
+    effect, p, exact = seat.scores(encoder.embed([s for g in groups for s in g]), [len(g) for g in groups],
+                                   permutations=100_000, seed=0)
+    model, tokenizer = AutoModel.from_pretrained(minilm_dir()).eval(), AutoTokenizer.from_pretrained(minilm_dir())
+    with torch.no_grad():
+        x, y, a, b = ([model(**tokenizer(s, return_tensors="pt")).last_hidden_state[0].mean(0).numpy() for s in g]
+                      for g in groups)
+    s_xy = [_s(w, a, b) for w in x + y]
+    mean = sum(s_xy) / len(s_xy)
+    std = math.sqrt(sum((v - mean) ** 2 for v in s_xy) / (len(s_xy) - 1))
+    expected = (sum(s_xy[:len(x)]) / len(x) - sum(s_xy[len(x):]) / len(y)) / std
+    assert effect == pytest.approx(expected, abs=1e-4)
+    assert effect == pytest.approx(1.294, abs=1e-3)  # MiniLM's weat6 (README)
+    assert not exact and p == 1 / 100_001  # no random partition reached the observed statistic
+
+
+@pytest.mark.slow
+def test_lm_eval_runs_the_masked_lm_tasks_on_a_tiny_bert_and_the_leaderboard_shows_it(tiny_bert, tmp_path, lm_eval_cli):
+    from leaderboard.collect import collect
+    from leaderboard.columns import headline, with_headline
+
+    tasks = "compfair_stereoset_intrasentence_mlm,compfair_crows_pairs_mlm,compfair_seat"
+    results = lm_eval_cli(["--model", "compfair-mlm", "--model_args", f"pretrained={tiny_bert}", "--tasks", tasks,
+                           "--limit", "3", "--metadata", '{"seat_permutations": 2000}'], tmp_path / "out")
+    crows = results["results"]["compfair_crows_pairs_mlm"]
+    assert {"pct_stereotype_nangia,none", "pct_stereotype_biasbench,none"} <= set(crows)
+    assert results["results"]["compfair_seat"]["n_tests,none"] == 3.0
+    assert 0 <= results["results"]["compfair_stereoset_intrasentence_mlm"]["ss,none"] <= 100
+    collection = collect([tmp_path / "out"])
+    frame = with_headline(collection.frame)
+    assert list(frame["model_type"]) == ["compfair-mlm"]
+    labels = [column.label for column in headline(frame)]
+    assert {"Model type", "CrowS-Pairs stereo % (MLM, Bias Bench)", "SEAT |effect size| gender"} <= set(labels)
