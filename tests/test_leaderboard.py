@@ -203,7 +203,7 @@ def test_site_cells_tooltips_and_no_network(two_models):
     csv = pd.read_csv(site / "leaderboard.csv").set_index("model")
     assert csv.at["student", "compfair_stereoset:ss"] == 57.25 and csv.at["teacher", "params"] == 124_000_000
     markdown = (site / "leaderboard.md").read_text()
-    assert re.search(r"\| student +\| distill +\| teacher +\| +60\.0 \|", markdown)
+    assert re.search(r"\| student +\| +hf +\| distill +\| teacher +\| +60\.0 \|", markdown)  # model type: lm_eval --model
     assert "57.25 [55.25, 59.25]" in markdown and "0.300 ± 0.010" in markdown
     assert "some/file.json: not readable JSON" in markdown
     html = (site / "index.html").read_text()
