@@ -79,7 +79,7 @@ def is_quantized_folder(pretrained) -> bool:
     return folder.is_dir() and any((folder / name).is_file() for name in QUANTIZED_FILES)
 
 
-def load_encoder(pretrained: str, revision: str | None = None, trust_remote_code: bool = False):
+def load_encoder(pretrained: str, revision: str | None = None, trust_remote_code: bool = False, tokenizer=None):
     """(model, tokenizer, has_mlm_head) of an encoder checkpoint folder, hub id or compfair int8 folder."""
     from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM, AutoTokenizer
 
@@ -96,7 +96,8 @@ def load_encoder(pretrained: str, revision: str | None = None, trust_remote_code
         raise MaskedLMError(f"{role}{pretrained} is not an encoder-only masked LM (model_type "
                             f"{getattr(config, 'model_type', None)!r}): evaluate causal and seq2seq models with "
                             "`lm_eval --model hf`")
-    tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code, **kwargs)
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer or source, trust_remote_code=trust_remote_code,
+                                              **({} if tokenizer else kwargs))
     if quantized:
         model = importlib.import_module("compressors.quantize").load_quantized(source)
         return model.eval(), tokenizer, model.get_output_embeddings() is not None
@@ -123,12 +124,14 @@ class MaskedLMScorer(_lm_base()):
     def __init__(self, pretrained: str, revision: str | None = None, device: str = "cpu", batch_size=16,
                  max_batch_size=None, trust_remote_code=False, max_length: int | None = None, **kwargs):
         super().__init__()
-        unknown = sorted(set(kwargs) - {"dtype", "tokenizer", "seat_pooling"})
+        unknown = sorted(set(kwargs) - {"dtype", "tokenizer", "seat_pooling"})  # seat_pooling: read by compfair_seat
         if unknown:
             raise MaskedLMError(f"{MODEL_TYPE} does not take --model_args {', '.join(unknown)}; it takes pretrained, "
-                                "revision, device, batch_size, trust_remote_code, max_length")
+                                "revision, tokenizer, device, batch_size, trust_remote_code, max_length")
+        if str(kwargs.get("dtype", "float32")) not in ("float32", "auto", "torch.float32"):
+            raise MaskedLMError(f"{MODEL_TYPE} runs in float32 (dtype={kwargs['dtype']} is not supported); drop dtype")
         trust = str(trust_remote_code).lower() in ("1", "true", "yes")
-        self.model, self.tokenizer, self.has_mlm_head = load_encoder(pretrained, revision, trust)
+        self.model, self.tokenizer, self.has_mlm_head = load_encoder(pretrained, revision, trust, kwargs.get("tokenizer"))
         self.quantized = is_quantized_folder(pretrained)
         device = str(device or "cpu")
         if device.startswith("cuda") and not torch.cuda.is_available():  # lm_eval's default device is cuda

@@ -319,3 +319,12 @@ def test_lm_eval_runs_the_masked_lm_tasks_on_a_tiny_bert_and_the_leaderboard_sho
     assert list(frame["model_type"]) == ["compfair-mlm"]
     labels = [column.label for column in headline(frame)]
     assert {"Model type", "CrowS-Pairs stereo % (MLM, Bias Bench)", "SEAT |effect size| gender"} <= set(labels)
+
+
+def test_byte_level_bpe_words_get_the_leading_space_bias_bench_gives_roberta():
+    from transformers import BertTokenizerFast
+
+    from conftest import build_gpt2_tokenizer
+
+    assert mlm_rules.leading_space(build_gpt2_tokenizer()) == " "
+    assert mlm_rules.leading_space(BertTokenizerFast.from_pretrained(minilm_dir())) == ""
