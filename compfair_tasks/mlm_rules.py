@@ -7,7 +7,8 @@ rule's score. The model type (`compfair_tasks.mlm`) runs the jobs of all queries
 - `stereoset_intrasentence` (Bias Bench `stereoset.py`, from the official StereoSet evaluator, Nadeem et al.
   2021): the filled-in word's subtokens are predicted one at a time: for subtoken i the blank holds the
   decoded subtokens before i followed by one mask (the rest of the word is absent); the score is the MEAN OF
-  THE PROBABILITIES (not log-probabilities) of the subtokens. Byte-level BPE tokenizers (RoBERTa) encode the
+  THE PROBABILITIES (not log-probabilities) of the subtokens. A context with two BLANKs (a few examples) gets
+  the filling in both, and the first mask's prediction counts, as in Bias Bench. Byte-level BPE tokenizers (RoBERTa) encode the
   word with a leading space, as Bias Bench does for roberta-base.
 - `crows_nangia` (Nangia et al. 2020, nyu-mll/crows-pairs `metric.py`, `mask_unigram`): the tokens the two
   sentences share (difflib "equal" opcodes over token ids, the tokenizer's added special tokens left out) are
@@ -67,8 +68,10 @@ def stereoset_intrasentence(tokenizer, template: str, word: str) -> Plan:
         text = template.replace("BLANK", tokenizer.decode(insertion[:i]) + tokenizer.mask_token)
         ids = tokenizer.encode(text)
         masks = [p for p, t in enumerate(ids) if t == tokenizer.mask_token_id]
-        if len(masks) != 1:
-            raise ValueError(f"StereoSet context {template!r} gives {len(masks)} masks, not 1")
+        if not masks:
+            raise ValueError(f"StereoSet context {template!r} gives no mask")
+        # a context with two BLANKs gets the filling in both; Bias Bench's (batch size 1) `.diag()` then reads
+        # the first mask's prediction of the word taken at the last BLANK's position
         jobs.append(Job(tuple(ids), masks[0], target))
     return Plan(jobs, lambda log_probs: sum(math.exp(lp) for lp in log_probs) / len(log_probs))
 
