@@ -176,10 +176,12 @@ class MaskedLMScorer(_lm_base()):
         for start in tqdm(range(0, len(inputs), self.batch_size), desc=f"{MODEL_TYPE} masked inputs",
                           disable=len(inputs) <= self.batch_size):
             batch = inputs[start:start + self.batch_size]
-            log_probs = torch.log_softmax(self._forward(batch).float(), dim=-1)
-            for row, ids in enumerate(batch):
-                for position, target in by_input[ids]:
-                    out[(ids, position, target)] = float(log_probs[row, position, target])
+            wanted = [(row, position, target) for row, ids in enumerate(batch) for position, target in by_input[ids]]
+            rows, positions, targets = (torch.tensor(column) for column in zip(*wanted))
+            logits = self._forward(batch)[rows, positions].float()  # the masked positions only
+            log_probs = torch.log_softmax(logits, dim=-1)[torch.arange(len(wanted)), targets].tolist()
+            for (row, position, target), log_prob in zip(wanted, log_probs):
+                out[(batch[row], position, target)] = log_prob
         return {job: out[(job.ids, job.position, job.target)] for job in jobs}
 
     def _scores(self, plans: list[mlm_rules.Plan]) -> list[float]:
