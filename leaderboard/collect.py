@@ -24,8 +24,11 @@ from compfair_tasks.measure import LATENCY_FILE, checkpoint_size_bytes
 from compressors.metadata import FILE_NAME as COMPRESSION_FILE
 
 RESULTS_GLOB = "results_*.json"
-INFO_COLUMNS = ["model", "method", "recipe", "teacher", "params", "size_bytes", "bits", "sparsity",
-                "weights_equal_source", "latency_ms", "scorer", "limit", "pretrained"]
+INFO_COLUMNS = ["model", "method", "recipe", "teacher", "teacher_evaluated", "params", "size_bytes", "bits",
+                "sparsity", "weights_equal_source", "latency_ms", "scorer", "limit", "pretrained"]
+# files of a checkpoint folder: a relative path is taken for one only where the folder holds one of them
+CHECKPOINT_MARKERS = ("config.json", COMPRESSION_FILE, "compfair_quantized.safetensors")
+UNKNOWN_METHOD = "unknown: checkpoint not found"
 
 
 @dataclass
@@ -42,6 +45,7 @@ class Run:
     compression: dict | None = None
     latency: dict | None = None
     name: str = ""
+    checkpoint: Path | None = None  # the checkpoint folder `pretrained` names, found by `local_folder`
 
     @property
     def pretrained(self) -> str:
@@ -49,8 +53,9 @@ class Run:
 
     @property
     def checkpoint_dir(self) -> Path | None:
-        path = Path(self.pretrained).expanduser() if self.pretrained else None
-        return path if path is not None and path.is_dir() else None
+        if self.checkpoint is None and self.pretrained:
+            self.checkpoint = local_folder(self.pretrained, [p.parent for p in self.results_files])
+        return self.checkpoint
 
 
 @dataclass
@@ -64,6 +69,39 @@ class Collection:
             if model in (run.name, run.pretrained):
                 return run
         raise KeyError(f"no model named {model!r}; models: {', '.join(r.name for r in self.runs)}")
+
+
+def local_folder(name: str, anchors=()) -> Path | None:
+    """The folder a recorded model path names, or None (a hub id, or a folder that is not here).
+
+    lm_eval records `pretrained=` as typed, and a relative path is relative to the folder lm_eval ran in, which
+    it does not record. That folder is usually an ancestor of its --output_path, so a relative path is looked up
+    under each anchor (the results files' folders) and its parents, nearest first, then under the current
+    folder; only a folder holding a checkpoint file (CHECKPOINT_MARKERS) counts there, so that lm_eval's own
+    results folder (`out/gpt2` for the hub id gpt2) is never taken for a checkpoint.
+    """
+    if not name:
+        return None
+    path = Path(name).expanduser()
+    if path.is_absolute():
+        return path if path.is_dir() else None
+    seen = []
+    for anchor in anchors:
+        anchor = Path(anchor).absolute()
+        for folder in (anchor, *anchor.parents):
+            if folder not in seen:
+                seen.append(folder)
+    seen.append(Path.cwd())
+    for folder in seen:
+        candidate = folder / path
+        if any((candidate / marker).is_file() for marker in CHECKPOINT_MARKERS):
+            return candidate
+    return path.absolute() if path.is_dir() else None
+
+
+def looks_like_path(name: str) -> bool:
+    """A model name that can only be a folder, never a hub id (`owner/name` or `name`)."""
+    return name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name
 
 
 def parse_model_args(model_args) -> dict:
@@ -189,6 +227,10 @@ def read_runs(folders, problems: list[str] | None = None) -> list[Run]:
         run.num_parameters = config.get("model_num_parameters") or run.num_parameters
         run.limit = config.get("limit") or run.limit
     for run in runs.values():
+        if run.checkpoint_dir is None and looks_like_path(run.pretrained):
+            problems.append(f"{run.pretrained} (pretrained= of {run.results_files[-1]}): checkpoint folder not found "
+                            "under the results' folders or the current folder, so its compression is unknown; "
+                            "run the leaderboard where lm_eval ran, or evaluate with an absolute path")
         _attach_checkpoint_files(run, problems)
     _name_runs(list(runs.values()))
     return list(runs.values())
@@ -279,9 +321,17 @@ def _source_model(compression: dict | None) -> str:
     return str(compression.get("source_model") or compression.get("teacher") or "")
 
 
-def _short_source(source: str) -> str:
+def source_folder(run: Run) -> Path | None:
+    """The local folder of the model `run` was compressed from (a relative `source_model` is relative to where
+    the compressor ran: looked up from the student's checkpoint folder upward, as `local_folder` does)."""
+    anchors = [run.checkpoint_dir] if run.checkpoint_dir else []
+    return local_folder(_source_model(run.compression), anchors + [p.parent for p in run.results_files])
+
+
+def _short_source(run: Run) -> str:
     """A local teacher folder by its name (a hub id stays whole)."""
-    return Path(source).name if source and Path(source).expanduser().is_dir() else source
+    source = _source_model(run.compression)
+    return Path(source).name if source and source_folder(run) else source
 
 
 def teacher_of(run: Run, runs: list[Run]) -> Run | None:
@@ -289,16 +339,24 @@ def teacher_of(run: Run, runs: list[Run]) -> Run | None:
     source = _source_model(run.compression)
     if not source:
         return None
-    wanted = {source, str(Path(source).expanduser().resolve())}
-    for other in runs:
-        if other is run:
-            continue
-        candidates = {other.pretrained, other.name}
-        if other.checkpoint_dir:
-            candidates.add(str(other.checkpoint_dir.resolve()))
-        if wanted & candidates:
+    folder = source_folder(run)
+    others = [other for other in runs if other is not run]
+    if folder is not None:  # the same folder, however its path was written
+        for other in others:
+            if other.checkpoint_dir and other.checkpoint_dir.resolve() == folder.resolve():
+                return other
+    for other in others:  # a hub id, or an embedded model's name
+        if source in (other.pretrained, other.name):
             return other
     return None
+
+
+def missing_teachers(runs: list[Run]) -> list[str]:
+    """One line per compressed model whose teacher is not among the results (nothing to test it against)."""
+    return [f"{run.name}: its teacher {_source_model(run.compression)} (source_model in compfair_compression.json) "
+            "is not among the results, so it has no paired test and no degeneration flag; evaluate the teacher "
+            "and pass its results folder too" for run in runs
+            if _source_model(run.compression) and teacher_of(run, runs) is None]
 
 
 def measured_weights(run: Run) -> dict:
@@ -313,9 +371,8 @@ def measured_weights(run: Run) -> dict:
         return unknown
     measured = run.compression.get("measured")
     if not isinstance(measured, dict):
-        source = Path(_source_model(run.compression)).expanduser()
         try:
-            measured = measure_weights(run.checkpoint_dir, source if source.is_dir() else None)
+            measured = measure_weights(run.checkpoint_dir, source_folder(run))
         except (OSError, ValueError, RuntimeError, SafetensorError):  # unreadable weights: a blank cell, no crash
             return unknown
     equal = measured.get("equal_to_source")
@@ -330,11 +387,14 @@ def to_frame(runs: list[Run]) -> pd.DataFrame:
         compression = run.compression or {}
         params = compression.get("params") or run.num_parameters
         latency = (run.latency or {}).get("latency_ms", compression.get("latency_ms"))
+        uncompressed = "none" if run.checkpoint_dir or not looks_like_path(run.pretrained) else UNKNOWN_METHOD
         row = {
             "model": run.name,
-            "method": compression.get("method", "") or ("" if compression else "none"),
+            "method": compression.get("method", "") or ("" if compression else uncompressed),
             "recipe": _recipe(run.compression),
-            "teacher": teacher.name if teacher else _short_source(_source_model(run.compression)),
+            "teacher": teacher.name if teacher else _short_source(run),
+            "teacher_evaluated": ("" if not _source_model(run.compression) else "yes" if teacher else
+                                  "NO: not among the results (no paired test, no degeneration flag)"),
             "params": _number(params) if params is not None else math.nan,
             "size_bytes": _checkpoint_size(run),
             **measured_weights(run),
@@ -356,4 +416,5 @@ def collect(folders) -> Collection:
     """Read every lm_eval results file under `folders` into a Collection (frame, runs, problems)."""
     problems: list[str] = []
     runs = read_runs(folders, problems)
+    problems += missing_teachers(runs)
     return Collection(frame=to_frame(runs), runs=runs, problems=problems)

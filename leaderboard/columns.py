@@ -27,6 +27,7 @@ INFO = [
     Column("model", "Model", kind="info"),
     Column("method", "Method", kind="info"),
     Column("teacher", "Compressed from", kind="info"),
+    Column("teacher_evaluated", "Teacher evaluated", kind="info"),
     Column("params", "Params (M)", kind="info"),
     Column("size_bytes", "Size (MB)", kind="info"),
     Column("bits", "Bits (measured)", kind="info"),
