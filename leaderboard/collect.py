@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import json
 import math
+import pickle
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
+from compfair_tasks.errors import CompfairError
 from compfair_tasks.measure import LATENCY_FILE, checkpoint_size_bytes
 from compressors.metadata import FILE_NAME as COMPRESSION_FILE
 
@@ -29,6 +31,10 @@ INFO_COLUMNS = ["model", "method", "recipe", "teacher", "teacher_evaluated", "pa
 # files of a checkpoint folder: a relative path is taken for one only where the folder holds one of them
 CHECKPOINT_MARKERS = ("config.json", COMPRESSION_FILE, "compfair_quantized.safetensors")
 UNKNOWN_METHOD = "unknown: checkpoint not found"
+
+
+class NoResultsError(CompfairError, FileNotFoundError):
+    """No lm_eval results file could be read under the folders given."""
 
 
 @dataclass
@@ -190,6 +196,8 @@ def _find_results_files(folders, problems: list[str]) -> list[Path]:
             if not found:
                 problems.append(f"{folder}: no {RESULTS_GLOB} found (is this an lm_eval --output_path folder?)")
             files += found
+        elif folder.is_file():
+            problems.append(f"{folder}: not a results_*.json file nor a folder; skipped")
         else:
             problems.append(f"{folder}: no such file or folder")
     return files
@@ -208,6 +216,10 @@ def read_runs(folders, problems: list[str] | None = None) -> list[Run]:
             problems.append(f"{path}: no 'results' section (partial or not an lm_eval results file); skipped")
             continue
         config = data.get("config") if isinstance(data.get("config"), dict) else {}
+        configs = data.get("configs") if isinstance(data.get("configs"), dict) else {}
+        if data.get("configs") is not None and not isinstance(data.get("configs"), dict):
+            problems.append(f"{path}: 'configs' is a {type(data['configs']).__name__}, not an object; task settings "
+                            "(scorer, data sources) not read")
         model_args = parse_model_args(config.get("model_args"))
         if not model_args:
             model_args = {"pretrained": data.get("model_name") or path.parent.name}
@@ -219,7 +231,7 @@ def read_runs(folders, problems: list[str] | None = None) -> list[Run]:
                 problems.append(f"{path}: results[{task!r}] is not an object; skipped")
                 continue
             run.results[task] = task_results
-            run.configs[task] = (data.get("configs") or {}).get(task, {})
+            run.configs[task] = configs.get(task) if isinstance(configs.get(task), dict) else {}
             if task in samples:
                 run.samples[task] = samples[task]
             else:
@@ -359,7 +371,7 @@ def missing_teachers(runs: list[Run]) -> list[str]:
             if _source_model(run.compression) and teacher_of(run, runs) is None]
 
 
-def measured_weights(run: Run) -> dict:
+def measured_weights(run: Run, problems: list[str] | None = None) -> dict:
     """bits / sparsity / equal-to-source of a compressed checkpoint, measured from its saved weight files
     (compressors.verify): as the compressor measured them on save, else measured now."""
     from safetensors import SafetensorError
@@ -371,16 +383,20 @@ def measured_weights(run: Run) -> dict:
         return unknown
     measured = run.compression.get("measured")
     if not isinstance(measured, dict):
-        try:
+        try:  # weights_only / safetensors: nothing in a crafted file runs
             measured = measure_weights(run.checkpoint_dir, source_folder(run))
-        except (OSError, ValueError, RuntimeError, SafetensorError):  # unreadable weights: a blank cell, no crash
+        except (OSError, ValueError, RuntimeError, SafetensorError, pickle.UnpicklingError, EOFError) as error:
+            if problems is not None:  # unreadable weights: blank cells and a line on the page, never a crash
+                first = (str(error).splitlines() or [""])[0][:200]
+                problems.append(f"{run.checkpoint_dir}: weight files not readable as plain tensors, bits and "
+                                f"sparsity not measured ({type(error).__name__}: {first})")
             return unknown
     equal = measured.get("equal_to_source")
     return {"bits": _number(measured.get("bits")), "sparsity": _number(measured.get("sparsity")),
             "weights_equal_source": "" if equal is None else ("YES: not compressed" if equal else "no")}
 
 
-def to_frame(runs: list[Run]) -> pd.DataFrame:
+def to_frame(runs: list[Run], problems: list[str] | None = None) -> pd.DataFrame:
     rows = []
     for run in runs:
         teacher = teacher_of(run, runs)
@@ -397,7 +413,7 @@ def to_frame(runs: list[Run]) -> pd.DataFrame:
                                   "NO: not among the results (no paired test, no degeneration flag)"),
             "params": _number(params) if params is not None else math.nan,
             "size_bytes": _checkpoint_size(run),
-            **measured_weights(run),
+            **measured_weights(run, problems),
             "latency_ms": _number(latency) if latency is not None else math.nan,
             "scorer": _scorer(run),
             "limit": _number(run.limit) if run.limit else math.nan,
@@ -417,4 +433,4 @@ def collect(folders) -> Collection:
     problems: list[str] = []
     runs = read_runs(folders, problems)
     problems += missing_teachers(runs)
-    return Collection(frame=to_frame(runs), runs=runs, problems=problems)
+    return Collection(frame=to_frame(runs, problems), runs=runs, problems=problems)

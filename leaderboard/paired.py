@@ -34,6 +34,8 @@ from .collect import Collection, Run, teacher_of
 
 TESTS = {"bootstrap": paired_bootstrap_test, "permutation": paired_permutation_test}
 MAX_RESAMPLED_VALUES = 8_000_000  # resamples x docs held in memory at once by stats' vectorised tests
+MIN_RESAMPLES, MAX_RESAMPLES = 100, 1_000_000  # what --resamples accepts
+FLOOR_RESAMPLES = 200  # the memory cap never takes a test below this many resamples
 COLUMNS = ["baseline", "model", "relation", "task", "metric", "per_doc", "n", "baseline_mean", "model_mean", "effect",
            "ci_low", "ci_high", "p_value", "test", "resamples", "note"]
 GROUP_GAP = "group gap"  # per_doc kind of a BOLD gap test (see `group_gap_rows`)
@@ -159,7 +161,7 @@ def group_gap_rows(base_samples: dict, model_samples: dict, task: str, n_resampl
         labels = [groups[k] for k in keys]
         if len(set(labels)) < 2:
             continue
-        resamples = max(200, min(n_resamples, MAX_RESAMPLED_VALUES // len(keys)))
+        resamples = resamples_for(n_resamples, len(keys))
         base_scores, model_scores = [a[k][1] for k in keys], [b[k][1] for k in keys]
         result = paired_group_gap_test(labels, base_scores, model_scores, n_resamples=resamples, seed=seed)
         rows.append({"task": task, "metric": f"{metric}_gap", "per_doc": GROUP_GAP, "n": len(keys),
@@ -167,6 +169,12 @@ def group_gap_rows(base_samples: dict, model_samples: dict, task: str, n_resampl
                      **result,
                      "test": "group-gap bootstrap", "resamples": resamples})
     return rows
+
+
+def resamples_for(asked: int, n_docs: int) -> int:
+    """`asked` resamples, fewer where resamples x docs would pass MAX_RESAMPLED_VALUES (never fewer than
+    FLOOR_RESAMPLES, never more than asked)."""
+    return min(asked, max(FLOOR_RESAMPLES, MAX_RESAMPLED_VALUES // n_docs))
 
 
 def samples_of(run: Run, task: str, cache: dict, problems: list[str]) -> dict:
@@ -196,7 +204,7 @@ def compare_runs(baseline: Run, model: Run, relation: str = "given", test: str =
                 continue
             base_scores = [a[k][1] for k in keys]
             model_scores = [b[k][1] for k in keys]
-            resamples = max(200, min(n_resamples, MAX_RESAMPLED_VALUES // len(keys)))
+            resamples = resamples_for(n_resamples, len(keys))
             result = TESTS[test](base_scores, model_scores, n_resamples=resamples, seed=seed)
             rows.append({
                 "task": task, "metric": metric, "per_doc": model_samples["kinds"][metric], "n": len(keys),
