@@ -25,6 +25,7 @@ domain's examples.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from collections.abc import Sequence
@@ -52,6 +53,15 @@ def _examples_from_json(path) -> dict[str, list[dict]]:
                                    "use the official dev.json") from None
     if not all(isinstance(rows, list) for rows in examples.values()):
         raise data.DataFormatError(f"{path}: data.intrasentence and data.intersentence must be lists of examples")
+    ids = [ex.get("id") if isinstance(ex, dict) else None for split in SPLITS for ex in examples[split]]
+    if len(set(ids)) < len(ids):
+        text, count = data.read_text(path, "StereoSet file"), {}
+
+        def where(example_id):  # the example's n-th "id": "<id>" line for its n-th copy
+            count[example_id] = count.get(example_id, -1) + 1
+            return f"{path}:{data.line_of(text, f'{json.dumps(example_id)}', count[example_id]) or '?'}"
+
+        data.refuse_duplicates(((i, where(i)) for i in ids), "StereoSet example id")
     return examples
 
 
@@ -61,6 +71,8 @@ def _examples_from_hub(source: data.DataSource) -> dict[str, list[dict]]:
     out = {}
     for split in SPLITS:
         rows = data.load_hub(source, name=split, split="validation")
+        data.refuse_duplicates(((row.get("id"), f"{source.location} {split} row {i}") for i, row in enumerate(rows)),
+                               "StereoSet example id")
         out[split] = [
             {**row, "sentences": [{"sentence": s, "gold_label": names[g]}
                                   for s, g in zip(row["sentences"]["sentence"], row["sentences"]["gold_label"])]}
