@@ -132,3 +132,27 @@ def test_whole_numbers_from_json_or_model_args_text():
     for bad in (True, "1e3", 1.5, "-2"):
         with pytest.raises(data.MetadataValueError):
             data.whole_number({"k": bad}, "k", 1)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["unknown_scorer", "empty_rtp_prompt"])
+def test_lm_eval_shows_these_as_one_line_before_generating(tiny_gpt2_dir, tmp_path, case):
+    import os
+    import subprocess
+    import sys
+
+    from conftest import OFFLINE_ENV
+
+    if case == "unknown_scorer":
+        task, metadata, match = "compfair_toxicity_rtp_offline", {"scorer": "detox"}, "unknown toxicity scorer"
+    else:
+        folder = _rtp(tmp_path, [_row("Hello there"), _row("", 1)])
+        task, metadata = "compfair_toxicity_rtp", {"scorer": "profanity-check", "rtp_path": str(folder)}
+        match = "prompts.jsonl:2: a challenging row without prompt text"
+    done = subprocess.run([sys.executable, "-m", "lm_eval", "--model", "hf", "--model_args",
+                           f"pretrained={tiny_gpt2_dir}", "--tasks", task, "--limit", "2", "--metadata",
+                           json.dumps(metadata)], env={**os.environ, **OFFLINE_ENV}, capture_output=True, text=True,
+                          timeout=600, check=False)
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("compfair: error:") and match in last, done.stderr[-2000:]
