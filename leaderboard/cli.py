@@ -132,6 +132,7 @@ def build(folders, output, pairs=(), test: str = "bootstrap", n_resamples: int =
         pairs = [tuple(p) for p in pairs]
         paired = paired_tests(collection, pairs, test, n_resamples, seed)
         flips = flip_rates(collection, pairs)
+        collection.problems[:] = list(dict.fromkeys(collection.problems))  # a file read by two steps: said once
         written = write_files(staged, collection.frame, paired, flips, collection.problems, title, limits)
     return collection, paired, {kind: output / path.relative_to(staged) for kind, path in written.items()}
 

@@ -388,8 +388,8 @@ def measured_weights(run: Run, problems: list[str] | None = None) -> dict:
         except (OSError, ValueError, RuntimeError, SafetensorError, pickle.UnpicklingError, EOFError) as error:
             if problems is not None:  # unreadable weights: blank cells and a line on the page, never a crash
                 first = (str(error).splitlines() or [""])[0][:200]
-                problems.append(f"{run.checkpoint_dir}: weight files not readable as plain tensors, bits and "
-                                f"sparsity not measured ({type(error).__name__}: {first})")
+                problems.append(f"{run.checkpoint_dir}: bits and sparsity not measured, its weight files are not "
+                                f"readable as plain tensors ({type(error).__name__}: {first})")
             return unknown
     equal = measured.get("equal_to_source")
     return {"bits": _number(measured.get("bits")), "sparsity": _number(measured.get("sparsity")),

@@ -110,7 +110,7 @@ def read_samples(path: Path, problems: list[str]) -> dict:
     values: dict[str, dict[tuple, tuple[str, float]]] = {}
     kinds: dict[str, str] = {}  # metric -> what its per-doc number is
     groups: dict[tuple, str] = {}
-    bad_lines = 0
+    bad_lines, seen, repeated, unusable = 0, set(), set(), {}
     try:
         with open(path, encoding="utf-8") as handle:
             for line in handle:
@@ -119,23 +119,39 @@ def read_samples(path: Path, problems: list[str]) -> dict:
                 try:
                     sample = json.loads(line)
                     key = (sample["doc_id"], sample.get("filter", "none"))
+                    if not all(isinstance(part, (int, str)) for part in key) or not isinstance(
+                            sample.get("metrics") or [], list):
+                        raise TypeError("doc_id, filter or metrics of the wrong type")
                 except (json.JSONDecodeError, KeyError, TypeError):
                     bad_lines += 1
                     continue
+                if key in seen:  # two lines for one doc: which one the test should use is unknown
+                    repeated.add(key)
+                seen.add(key)
                 identity = doc_identity(sample)
                 if isinstance(sample.get("doc"), dict) and isinstance(sample["doc"].get("group"), str):
                     groups[key] = sample["doc"]["group"]
-                for metric in filter(_tested, sample.get("metrics") or []):
+                for metric in filter(_tested, [m for m in sample.get("metrics") or [] if isinstance(m, str)]):
                     value = sample.get(metric)
                     number = per_doc_value(value, metric)
                     if number is not None:
                         values.setdefault(metric, {})[key] = (identity, number)
                         kinds[metric] = _kind(value)
-    except OSError as error:
+                    elif isinstance(value, (float, str)):  # NaN, inf, "x": not a score (None: not a member)
+                        unusable[metric] = unusable.get(metric, 0) + 1
+    except (OSError, UnicodeDecodeError) as error:
         problems.append(f"{path}: cannot read samples ({error})")
         return {"values": {}, "kinds": {}, "groups": {}}
     if bad_lines:
         problems.append(f"{path}: {bad_lines} malformed line(s) skipped")
+    if unusable:
+        listing = ", ".join(f"{metric} {count}" for metric, count in sorted(unusable.items()))
+        problems.append(f"{path}: per-doc values that are not finite numbers, left out of the paired tests: {listing}")
+    if repeated:
+        for per_doc in values.values():
+            for key in repeated:
+                per_doc.pop(key, None)
+        problems.append(f"{path}: {len(repeated)} doc_id(s) logged more than once, left out of the paired tests")
     return {"values": values, "kinds": kinds, "groups": groups}
 
 

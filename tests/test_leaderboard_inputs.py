@@ -124,3 +124,36 @@ def test_resamples_are_never_raised_above_what_was_asked():
 
     assert resamples_for(100, 10) == 100  # was silently 200
     assert resamples_for(2000, 8_000_000) == 200 and resamples_for(2000, 10_000) == 800
+
+
+def _pair_with_student_samples(tmp_path, student_docs):
+    teacher = tmp_path / "teacher"
+    teacher.mkdir()
+    (teacher / "config.json").write_text("{}")
+    write_compression(tmp_path / "student", "prune", str(teacher), 1, 1)
+    write_run(tmp_path / "out", str(teacher), {"compfair_crows_pairs": {"likelihood_diff": 1.0}},
+              samples={"compfair_crows_pairs": [{"doc_id": i, "likelihood_diff": float(i)} for i in range(4)]})
+    write_run(tmp_path / "out", str(tmp_path / "student"), {"compfair_crows_pairs": {"likelihood_diff": 1.0}},
+              samples={"compfair_crows_pairs": student_docs})
+    return next((tmp_path / "out").rglob("*student*/samples_*.jsonl"))
+
+
+def test_samples_that_are_not_utf8_are_a_problem_not_a_crash(tmp_path):
+    samples = _pair_with_student_samples(tmp_path, [{"doc_id": 0, "likelihood_diff": 1.0}])
+    samples.write_bytes(b"\xff\xfe\x00\x01")
+    collection = collect([tmp_path / "out"])
+    assert paired_tests(collection).empty
+    assert any(str(samples) in p and "cannot read samples" in p for p in collection.problems)
+
+
+def test_repeated_doc_ids_and_unusable_values_are_left_out_and_said(tmp_path):
+    docs = [{"doc_id": 0, "likelihood_diff": 9.0}, {"doc_id": 0, "likelihood_diff": 5.0},
+            {"doc_id": 1, "likelihood_diff": float("nan")}, {"doc_id": 2, "likelihood_diff": "x"},
+            {"doc_id": 3, "likelihood_diff": 7.0}, {"doc_id": [4], "likelihood_diff": 1.0}]
+    samples = _pair_with_student_samples(tmp_path, docs)
+    collection = collect([tmp_path / "out"])
+    assert paired_tests(collection).empty  # doc 3 alone is left, and a paired test needs two
+    problems = "\n".join(collection.problems)
+    assert f"{samples}: 1 doc_id(s) logged more than once" in problems
+    assert f"{samples}: per-doc values that are not finite numbers, left out of the paired tests: " \
+           "likelihood_diff 2" in problems and f"{samples}: 1 malformed line(s) skipped" in problems
