@@ -191,6 +191,9 @@ def resolve(name: str, explicit_path: str | os.PathLike | None = None, allow_hub
         folder = Path(explicit_path).expanduser()
         if folder.is_file():
             folder = folder.parent
+        if not folder.exists():
+            raise DataNotFoundError(f"{s.title}: the path given as {s.name}_path ({explicit_path}) does not exist, "
+                                    f"so it lacks {', '.join(s.files)}; give a folder that holds them")
         missing = _missing_files(folder, s.files)
         if missing:
             raise DataNotFoundError(
@@ -409,7 +412,7 @@ def read_bold(file) -> list[tuple[str, str, list[str]]]:
 def path_from_metadata(name: str, metadata: dict | None) -> str | None:
     """The explicit path for `name` in task metadata (`<name>_path`), if any; misspelt keys are refused."""
     check_metadata(metadata)
-    return (metadata or {}).get(f"{name}_path")
+    return text_value(metadata or {}, f"{name}_path")
 
 
 def metadata_json(text: str) -> str:

@@ -156,3 +156,14 @@ def test_lm_eval_shows_these_as_one_line_before_generating(tiny_gpt2_dir, tmp_pa
     assert done.returncode != 0 and "Traceback" not in done.stderr
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("compfair: error:") and match in last, done.stderr[-2000:]
+
+
+@pytest.mark.parametrize("metadata, match", [({"prefix_token_id": "x"}, "prefix_token_id"),
+                                             ({"tokenizer": 5}, "tokenizer must be a string"),
+                                             ({"winobias_path": 5}, "winobias_path must be a string"),
+                                             ({"winobias_path": "/no/such/folder"}, "does not exist")])
+def test_preference_metadata_of_the_wrong_type_names_the_key(metadata, match):
+    from compfair_tasks import winobias
+
+    with pytest.raises(CompfairError, match=match):
+        winobias.load_type1(**metadata)
