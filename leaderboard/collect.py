@@ -52,6 +52,7 @@ class Run:
     latency: dict | None = None
     name: str = ""
     checkpoint: Path | None = None  # the checkpoint folder `pretrained` names, found by `local_folder`
+    looked_up: int = -1  # how many results files the lookup of `checkpoint` saw (-1: not looked up yet)
 
     @property
     def pretrained(self) -> str:
@@ -59,7 +60,8 @@ class Run:
 
     @property
     def checkpoint_dir(self) -> Path | None:
-        if self.checkpoint is None and self.pretrained:
+        if self.checkpoint is None and self.looked_up != len(self.results_files):
+            self.looked_up = len(self.results_files)
             self.checkpoint = local_folder(self.pretrained, [p.parent for p in self.results_files])
         return self.checkpoint
 
