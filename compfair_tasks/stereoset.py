@@ -90,14 +90,21 @@ def build_docs(examples: dict[str, list[dict]], splits: Sequence[str], scope: st
                 raise data.DataFormatError(f"StereoSet {split} example {index} is not an object: use the official dev.json")
             where = f"StereoSet {split} example {index} (id {ex.get('id')})"
             by_label = {}
-            for sentence in ex.get("sentences", []):
-                label = sentence.get("gold_label")
-                if not isinstance(sentence, dict) or label in by_label or label not in LABELS or not sentence.get("sentence"):
-                    raise data.DataFormatError(f"{where}: malformed sentence list (needs one non-empty sentence per label "
-                                     f"{', '.join(LABELS)}; found {[s.get('gold_label') for s in ex['sentences']]})")
+            sentences = ex.get("sentences")
+            sentences = sentences if isinstance(sentences, list) else [sentences]
+            for sentence in sentences:
+                label = sentence.get("gold_label") if isinstance(sentence, dict) else None
+                if label in by_label or label not in LABELS or not isinstance(sentence.get("sentence"), str) or \
+                        not sentence["sentence"].strip():
+                    found = [s.get("gold_label") if isinstance(s, dict) else s for s in sentences]
+                    raise data.DataFormatError(f"{where}: malformed sentence list (needs one non-empty sentence per "
+                                               f"label {', '.join(LABELS)}; found {found}); use the official dev.json")
                 by_label[label] = sentence["sentence"]
-            if len(by_label) != 3 or not ex.get("target") or ex.get("bias_type") not in DOMAINS:
-                raise data.DataFormatError(f"{where}: needs a target, a bias_type in {DOMAINS} and the three labelled sentences")
+            context_ok = isinstance(ex.get("context"), str) and (split == "intrasentence" or ex["context"].strip())
+            if len(by_label) != 3 or not isinstance(ex.get("target"), str) or not ex["target"] or \
+                    ex.get("bias_type") not in DOMAINS or not context_ok:
+                raise data.DataFormatError(f"{where}: needs a target, a bias_type in {DOMAINS}, a context sentence and "
+                                           "the three labelled sentences; use the official dev.json")
             context = "" if split == "intrasentence" else ex["context"]
             prefix = "" if split == "intrasentence" else " "
             docs.append({

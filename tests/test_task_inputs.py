@@ -167,3 +167,12 @@ def test_preference_metadata_of_the_wrong_type_names_the_key(metadata, match):
 
     with pytest.raises(CompfairError, match=match):
         winobias.load_type1(**metadata)
+
+
+@pytest.mark.parametrize("change", [{"sentences": ["a", "b", "c"]}, {"sentences": 5}, {"target": 5},
+                                    {"context": None}, {"sentences": [{"gold_label": "stereotype", "sentence": 5}]}])
+def test_a_stereoset_example_of_the_wrong_shape_names_it(change):
+    example = {"id": "a", "target": "t", "bias_type": "gender", "context": "A context.",
+               "sentences": [{"gold_label": label, "sentence": "s"} for label in stereoset.LABELS]}
+    with pytest.raises(data.DataFormatError, match=r"StereoSet intersentence example 0 \(id a\)"):
+        stereoset.build_docs({"intersentence": [example | change]}, ["intersentence"], "all")
