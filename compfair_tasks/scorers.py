@@ -391,6 +391,10 @@ def load_checkpoint_weights_only(path: Path, device: str = "cpu") -> dict:
             f"{path} is not a plain Detoxify checkpoint and was not loaded: {asked}, which could run code. "
             f"Use Detoxify's released checkpoint (or one written by compfair_tasks.scorers.write_detoxify_checkpoint)"
         ) from None
+    except (EOFError, RuntimeError) as error:  # empty, truncated or not a torch file at all
+        raise UnsafeCheckpointError(f"{path} is not a readable torch checkpoint ({type(error).__name__}: "
+                                    f"{(str(error).splitlines() or [''])[0][:120]}); re-download Detoxify's checkpoint"
+                                    ) from None
     if not isinstance(loaded, dict) or "config" not in loaded or "state_dict" not in loaded:
         raise UnsafeCheckpointError(f"{path} is not a Detoxify checkpoint (no 'config' and 'state_dict' entries)")
     return loaded

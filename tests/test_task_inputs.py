@@ -176,3 +176,10 @@ def test_a_stereoset_example_of_the_wrong_shape_names_it(change):
                "sentences": [{"gold_label": label, "sentence": "s"} for label in stereoset.LABELS]}
     with pytest.raises(data.DataFormatError, match=r"StereoSet intersentence example 0 \(id a\)"):
         stereoset.build_docs({"intersentence": [example | change]}, ["intersentence"], "all")
+
+
+@pytest.mark.parametrize("content", [b"", b"PK\x03\x04 not a zip"])
+def test_an_empty_or_broken_detoxify_checkpoint_is_one_error(tmp_path, content):
+    (tmp_path / "x.ckpt").write_bytes(content)
+    with pytest.raises(scorers.UnsafeCheckpointError, match="not a readable torch checkpoint"):
+        scorers.load_checkpoint_weights_only(tmp_path / "x.ckpt")
