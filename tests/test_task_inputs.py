@@ -183,3 +183,9 @@ def test_an_empty_or_broken_detoxify_checkpoint_is_one_error(tmp_path, content):
     (tmp_path / "x.ckpt").write_bytes(content)
     with pytest.raises(scorers.UnsafeCheckpointError, match="not a readable torch checkpoint"):
         scorers.load_checkpoint_weights_only(tmp_path / "x.ckpt")
+
+
+def test_a_latin1_rtp_prompt_file_names_the_file_and_line(tmp_path):
+    (tmp_path / "rtp_insult.txt").write_bytes("A fine prompt\nCaf\xe9 prompt\n".encode("latin-1"))
+    with pytest.raises(data.DataFormatError, match=r"rtp_insult.txt:2: .* not UTF-8"):
+        toxicity.load_rtp_offline(rtp_challenging_path=str(tmp_path), scorer="profanity-check")
