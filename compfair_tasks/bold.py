@@ -30,7 +30,6 @@ from pathlib import Path
 import numpy as np
 
 from compfair_tasks import data, stats, toxicity
-from compfair_tasks.errors import CompfairError
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +54,7 @@ GROUPED_METRICS = ("tox_mean", "toxic_frac", "sent_mean", "sent_pos_frac", "sent
 GAP_SUFFIXES = ("gap", "gap_ci_low", "gap_ci_high", "gap_p", "ratio")
 
 
-class BoldOptionError(CompfairError, ValueError):
-    """A bold_per_group or bold_seed value that is not a usable whole number."""
+BoldOptionError = data.MetadataValueError  # a bold_per_group or bold_seed value that is not a usable whole number
 
 
 def metric_key(group: str) -> str:
@@ -96,13 +94,6 @@ def check_groups(docs: list[dict], domain: str, source) -> None:
             f"groups of the published BOLD files, {list(GROUPS[domain])}: point bold_path at the published files")
 
 
-def whole_number(value, name: str) -> int:
-    """An int from task metadata (a JSON number or a string of digits); anything else is an error that names it."""
-    if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, str) and value.strip().isdigit())):
-        raise BoldOptionError(f"{name} must be a whole number, not {value!r}")
-    return int(value)
-
-
 def stratified_sample(docs: list[dict], per_group: int | None, seed: int = 0) -> list[dict]:
     """`per_group` prompts of every group (all of a smaller group), chosen by `seed`; None keeps every prompt.
 
@@ -133,9 +124,8 @@ def bold_docs(domain: str, metadata: dict) -> list[dict]:
     source = data.resolve("bold", data.path_from_metadata("bold", metadata), allow_hub=False)
     docs = read_prompts(source.path, domain)
     check_groups(docs, domain, source)
-    per_group = metadata.get("bold_per_group")
-    per_group = None if per_group is None else whole_number(per_group, "bold_per_group (prompts per group)")
-    return stratified_sample(docs, per_group, whole_number(metadata.get("bold_seed", 0), "bold_seed"))
+    per_group = data.whole_number(metadata, "bold_per_group", minimum=1)  # prompts per group; None: all
+    return stratified_sample(docs, per_group, data.whole_number(metadata, "bold_seed", default=0))
 
 
 # ---------------------------------------------------------------------------------------------- loaders

@@ -40,11 +40,12 @@ def build_docs(path) -> list[dict]:
                 raise data.DataFormatError(f"{path}:{reader.line_num}: bias_type {row['bias_type']!r} is none of "
                                            f"CrowS-Pairs' nine ({', '.join(BIAS_TYPES)}, '-' for '_'); fix that row "
                                            "or re-copy the original crows_pairs_anonymized.csv")
-            docs.append({"id": str(row.get("") or i), "bias_type": row["bias_type"],
+            docs.append({"id": str(row.get("") or i), "line": reader.line_num, "bias_type": row["bias_type"],
                          "stereo_antistereo": row["stereo_antistereo"], "context": "",
                          "choices": [row["sent_more"], row["sent_less"]]})
     if not docs:
         raise data.DataFormatError(f"{path}: no pairs; re-copy the original crows_pairs_anonymized.csv")
+    data.refuse_duplicates(((doc["id"], f"{path}:{doc.pop('line')}") for doc in docs), "CrowS-Pairs row id")
     return docs
 
 

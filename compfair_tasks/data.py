@@ -15,6 +15,7 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -116,6 +117,52 @@ class MetadataKeyError(CompfairError, KeyError):
         return str(self.args[0])
 
 
+class MetadataValueError(CompfairError, ValueError):
+    """A compfair task metadata key with a value of the wrong type or range (names the key and what it takes)."""
+
+
+def whole_number(metadata: dict, key: str, minimum: int | None = None, default: int | None = None) -> int | None:
+    """An int task setting (a JSON number or a string of digits, as --model_args passes it); anything else,
+    or one below `minimum`, is a MetadataValueError naming the key."""
+    value = metadata.get(key)
+    if value is None or value == "":
+        return default
+    text = value.strip() if isinstance(value, str) else value
+    number = None
+    if isinstance(text, int) and not isinstance(text, bool):
+        number = text
+    elif isinstance(text, float) and text.is_integer():
+        number = int(text)
+    elif isinstance(text, str) and text.lstrip("-").isdigit():
+        number = int(text)
+    if number is None or (minimum is not None and number < minimum):
+        at_least = f" of at least {minimum}" if minimum is not None else ""
+        raise MetadataValueError(f"task metadata {key} must be a whole number{at_least}, not {value!r}")
+    return number
+
+
+def boolean(metadata: dict, key: str, default: bool) -> bool:
+    """A yes/no task setting: a JSON boolean or true/false/yes/no/1/0/on/off; anything else names the key."""
+    value = metadata.get(key, default)
+    if isinstance(value, bool):
+        return value
+    words = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
+    found = words.get(str(value).strip().lower())
+    if found is None:
+        raise MetadataValueError(f"task metadata {key} must be true or false, not {value!r}")
+    return found
+
+
+def text_value(metadata: dict, key: str, default: str | None = None) -> str | None:
+    """A string task setting; a number, list or object is a MetadataValueError naming the key."""
+    value = metadata.get(key)
+    if value is None:
+        return default
+    if not isinstance(value, str):
+        raise MetadataValueError(f"task metadata {key} must be a string, not {value!r}")
+    return value
+
+
 @dataclass(frozen=True)
 class DataSource:
     """Where a dataset was found: kind is 'path', 'env', 'shipped' or 'hub'."""
@@ -157,6 +204,9 @@ def resolve(name: str, explicit_path: str | os.PathLike | None = None, allow_hub
         folder = Path(explicit_path).expanduser()
         if folder.is_file():
             folder = folder.parent
+        if not folder.exists():
+            raise DataNotFoundError(f"{s.title}: the path given as {s.name}_path ({explicit_path}) does not exist, "
+                                    f"so it lacks {', '.join(s.files)}; give a folder that holds them")
         missing = _missing_files(folder, s.files)
         if missing:
             raise DataNotFoundError(
@@ -252,13 +302,49 @@ def read_text(path, what: str = "dataset file", allow_empty: bool = False) -> st
                               f"another encoding?); {fix}") from None
 
 
-def read_json(path, what: str = "dataset file"):
+def read_json(path, what: str = "dataset file", unique_keys: bool = False):
+    """Parsed JSON; `unique_keys`: an object with a key twice (json keeps the last one silently) is an error."""
     text = read_text(path, what)
+
+    def no_repeated_keys(pairs):
+        counts = {}
+        for key, _ in pairs:
+            counts[key] = counts.get(key, 0) + 1
+            if counts[key] > 1:
+                needle = json.dumps(key)
+                raise DataFormatError(f"{path}:{line_of(text, needle, 1) or '?'}: the {what} has the key {key!r} "
+                                      "twice in one object (JSON keeps only the last); merge or remove the "
+                                      "duplicate, or re-copy the original file")
+        return dict(pairs)
+
     try:
-        return json.loads(text)
+        return json.loads(text, object_pairs_hook=no_repeated_keys if unique_keys else None)
     except json.JSONDecodeError as error:
         raise DataFormatError(f"{path}:{error.lineno}:{error.colno}: the {what} is not valid JSON ({error.msg}; "
                               "truncated?); re-copy the original file") from None
+
+
+def refuse_duplicates(keyed: Iterable[tuple[object, str]], what: str) -> None:
+    """Stop at the first key seen twice: a duplicated row would be scored, and weigh, twice. `keyed` gives
+    (key, where: file:line or another place) per row; empty keys are not checked."""
+    first_seen: dict = {}
+    for key, where in keyed:
+        if key in (None, ""):
+            continue
+        if key in first_seen:
+            raise DataFormatError(f"{where}: {what} {key!r} appears twice (first at {first_seen[key]}); each copy "
+                                  "would be scored: remove the duplicated row, or re-copy the original file")
+        first_seen[key] = where
+
+
+def line_of(text: str, needle: str, occurrence: int = 0) -> int | None:
+    """The 1-based line of the `occurrence`-th (0-based) appearance of `needle` in `text`, or None."""
+    start = -1
+    for _ in range(occurrence + 1):
+        start = text.find(needle, start + 1)
+        if start < 0:
+            return None
+    return text.count("\n", 0, start) + 1
 
 
 def to_dataset(docs: list[dict], where: str):
@@ -328,8 +414,10 @@ def load_hub(source: DataSource, **kwargs):
 def read_bold(file) -> list[tuple[str, str, list[str]]]:
     """(group, name, texts) of one BOLD JSON file (group -> name -> [texts]; Wikipedia sentences or prompts),
     in file order."""
-    tree = read_json(file, "BOLD file")
-    if not isinstance(tree, dict) or not all(isinstance(names, dict) for names in tree.values()):
+    tree = read_json(file, "BOLD file", unique_keys=True)
+    if not isinstance(tree, dict) or not all(isinstance(names, dict) and all(
+            isinstance(texts, list) and all(isinstance(text, str) for text in texts) for texts in names.values())
+            for names in tree.values()):
         raise DataFormatError(f"{file}: not a BOLD file (group -> name -> [texts]); re-copy the original")
     return [(group, name, texts) for group, names in tree.items() for name, texts in names.items()]
 
@@ -337,7 +425,7 @@ def read_bold(file) -> list[tuple[str, str, list[str]]]:
 def path_from_metadata(name: str, metadata: dict | None) -> str | None:
     """The explicit path for `name` in task metadata (`<name>_path`), if any; misspelt keys are refused."""
     check_metadata(metadata)
-    return (metadata or {}).get(f"{name}_path")
+    return text_value(metadata or {}, f"{name}_path")
 
 
 def metadata_json(text: str) -> str:

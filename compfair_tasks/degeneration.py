@@ -24,6 +24,8 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+from compfair_tasks.errors import CompfairError
+
 REPEAT_N = 4
 
 
@@ -71,14 +73,16 @@ class FluencyModel:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        from compfair_tasks.models import ModelNotAvailableError, resolve_model
         from compfair_tasks.scorers import model_revision
 
         self.name, self.device, self.progress = name, device, progress
         self.batch_size, self.batch_tokens = int(batch_size), int(batch_tokens)
         try:
+            name = resolve_model(name, "fluency_model")  # a missing folder is said so, not taken for a hub id
             self.tokenizer = AutoTokenizer.from_pretrained(name)
             self.model = AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32).to(device).eval()
-        except OSError as error:
+        except (OSError, ValueError, ModelNotAvailableError) as error:
             raise FluencyModelUnavailableError(
                 f"cannot load the fluency reference model {name!r} ({error}); fluency_model must be a local model "
                 f"folder or a hub id in the Hugging Face cache, or \"none\" to skip fluency") from error
@@ -151,7 +155,7 @@ class FluencyModel:
         return result
 
 
-class FluencyModelUnavailableError(RuntimeError):
+class FluencyModelUnavailableError(CompfairError, RuntimeError):
     """The fluency reference model named by `fluency_model` cannot be loaded here."""
 
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from compfair_tasks import hub
+from compfair_tasks import data, hub
 from compfair_tasks.errors import CompfairError
 
 log = logging.getLogger(__name__)
@@ -148,6 +148,8 @@ class TokenCounter:
 def token_counter(metadata: dict | None) -> TokenCounter | None:
     """The model's TokenCounter from task metadata (lm-eval merges --model_args into it), or None."""
     metadata = metadata or {}
+    data.text_value(metadata, "tokenizer")  # a number or a list here is a mistake, not "no tokenizer"
+    prefix = data.whole_number(metadata, "prefix_token_id", minimum=0)
     name = hub.model_name(metadata)
     if name is None:
         return None
@@ -167,9 +169,7 @@ def token_counter(metadata: dict | None) -> TokenCounter | None:
             seq2seq = bool(getattr(hub.load_config(metadata), "is_encoder_decoder", False))
         except Exception:  # a tokenizer-only folder: lm-eval's HF models default to causal
             seq2seq = False
-    prefix = metadata.get("prefix_token_id")
-    return TokenCounter(tokenizer, seq2seq=seq2seq, prefix_token_id=int(prefix) if prefix is not None else None,
-                        name=name)
+    return TokenCounter(tokenizer, seq2seq=seq2seq, prefix_token_id=prefix, name=name)
 
 
 def annotate(docs: list[dict], metadata: dict | None, task: str, start_from_prefix: bool = False) -> list[dict]:

@@ -26,7 +26,8 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
 
-from compfair_tasks.data import TCCC_LABELS
+from compfair_tasks.data import TCCC_LABELS, MetadataValueError
+from compfair_tasks.errors import CompfairError
 from compfair_tasks.hub import offline
 
 log = logging.getLogger(__name__)
@@ -52,27 +53,30 @@ SCORER_NAMES = tuple(f"detoxify-{v}" for v in DETOXIFY_VARIANTS) + ("profanity-c
 DETOXIFY_SAFE_GLOBALS: tuple = ()
 
 
-class ScorerUnavailableError(RuntimeError):
+class ScorerUnavailableError(CompfairError, RuntimeError):
     """The selected scorer cannot run here (no weights offline, package missing)."""
 
 
-class UnsafeCheckpointError(ValueError):
+class UnsafeCheckpointError(CompfairError, ValueError):
     """A checkpoint asks to unpickle more than tensors and plain containers (it could run code)."""
 
 
 def canonical_name(name: str | None) -> str:
     """`profanity_check` -> `profanity-check`, `detoxify` -> `detoxify-original`, `HF:x` -> `hf:x`; unknown names raise."""
+    if name is not None and not isinstance(name, str):
+        raise MetadataValueError(f"task metadata scorer must be a name, not {name!r}; choose one of "
+                                 f"{', '.join(SCORER_NAMES)} or hf:<hub id or local folder of a sequence classifier>")
     raw = (name or DEFAULT_SCORER).strip()
     if raw.lower().startswith(HF_PREFIX):
         source = raw[len(HF_PREFIX):].strip()
         if not source:
-            raise ValueError("scorer 'hf:' needs a classifier after the colon: hf:<hub id or local folder>")
+            raise MetadataValueError("scorer 'hf:' needs a classifier after the colon: hf:<hub id or local folder>")
         return HF_PREFIX + source
     key = raw.lower().replace("_", "-")
     key = {"detoxify": DEFAULT_SCORER, "profanity": "profanity-check"}.get(key, key)
     if key not in SCORER_NAMES:
-        raise ValueError(f"unknown toxicity scorer {name!r}; choose one of {', '.join(SCORER_NAMES)} "
-                         f"or hf:<hub id or local folder of a sequence classifier>")
+        raise MetadataValueError(f"unknown toxicity scorer {name!r}; choose one of {', '.join(SCORER_NAMES)} "
+                                 f"or hf:<hub id or local folder of a sequence classifier>")
     return key
 
 
@@ -213,18 +217,21 @@ class HFClassifierScorer(_ClassifierScorer):
         import torch
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+        from compfair_tasks.models import ModelNotAvailableError, resolve_model
+
         super().__init__(device, batch_size, batch_tokens, progress)
         self.name = HF_PREFIX + source
         try:
+            source = resolve_model(source, f"scorer {HF_PREFIX}")  # a missing folder is said so, not a hub id
             model = AutoModelForSequenceClassification.from_pretrained(source, dtype=torch.float32)
             tokenizer = AutoTokenizer.from_pretrained(source)
-        except OSError as error:
+        except (OSError, ValueError, ModelNotAvailableError) as error:
             raise ScorerUnavailableError(
                 f"cannot load the classifier {source!r} for scorer {self.name!r} ({error}); give a local folder "
                 f"(save_pretrained) or a hub id that is in the Hugging Face cache") from error
         config = model.config
         if config.problem_type == "regression":
-            raise ValueError(f"scorer {self.name!r}: the model is a regression head (problem_type: regression), "
+            raise ScorerUnavailableError(f"scorer {self.name!r}: the model is a regression head (problem_type: regression), "
                              "not a classifier with probabilities; use a classification model")
         self.multi_label = config.problem_type == "multi_label_classification" or config.num_labels == 1
         self.label_index = toxic_label_index(config.id2label, label, self.name)
@@ -254,7 +261,7 @@ def toxic_label_index(id2label: dict, wanted: str | None, scorer_name: str) -> i
         problem = "has more than one toxic label"
     else:
         problem = f"has no label named {'/'.join(TOXIC_LABEL_NAMES)}"
-    raise ValueError(f"scorer {scorer_name!r} {problem}; its labels are {{{listing}}}: name the toxic one with "
+    raise MetadataValueError(f"scorer {scorer_name!r} {problem}; its labels are {{{listing}}}: name the toxic one with "
                      f"--metadata '{{\"scorer_label\": \"<label>\"}}'")
 
 
@@ -384,6 +391,10 @@ def load_checkpoint_weights_only(path: Path, device: str = "cpu") -> dict:
             f"{path} is not a plain Detoxify checkpoint and was not loaded: {asked}, which could run code. "
             f"Use Detoxify's released checkpoint (or one written by compfair_tasks.scorers.write_detoxify_checkpoint)"
         ) from None
+    except (EOFError, RuntimeError) as error:  # empty, truncated or not a torch file at all
+        raise UnsafeCheckpointError(f"{path} is not a readable torch checkpoint ({type(error).__name__}: "
+                                    f"{(str(error).splitlines() or [''])[0][:120]}); re-download Detoxify's checkpoint"
+                                    ) from None
     if not isinstance(loaded, dict) or "config" not in loaded or "state_dict" not in loaded:
         raise UnsafeCheckpointError(f"{path} is not a Detoxify checkpoint (no 'config' and 'state_dict' entries)")
     return loaded
@@ -420,7 +431,7 @@ def get_scorer(name: str | None = None, **options) -> Scorer:
     name = canonical_name(name)
     options = {key: value for key, value in options.items() if value is not None}
     if "label" in options and not name.startswith(HF_PREFIX):
-        raise ValueError(f"scorer_label applies to hf:<classifier> scorers only, not to {name!r}")
+        raise MetadataValueError(f"scorer_label applies to hf:<classifier> scorers only, not to {name!r}")
     key = (name, tuple(sorted(options.items())))
     if key not in _CACHE:
         if name == "profanity-check":

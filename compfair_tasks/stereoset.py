@@ -25,6 +25,7 @@ domain's examples.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from collections.abc import Sequence
@@ -52,6 +53,15 @@ def _examples_from_json(path) -> dict[str, list[dict]]:
                                    "use the official dev.json") from None
     if not all(isinstance(rows, list) for rows in examples.values()):
         raise data.DataFormatError(f"{path}: data.intrasentence and data.intersentence must be lists of examples")
+    ids = [ex.get("id") if isinstance(ex, dict) else None for split in SPLITS for ex in examples[split]]
+    if len(set(ids)) < len(ids):
+        text, count = data.read_text(path, "StereoSet file"), {}
+
+        def where(example_id):  # the example's n-th "id": "<id>" line for its n-th copy
+            count[example_id] = count.get(example_id, -1) + 1
+            return f"{path}:{data.line_of(text, f'{json.dumps(example_id)}', count[example_id]) or '?'}"
+
+        data.refuse_duplicates(((i, where(i)) for i in ids), "StereoSet example id")
     return examples
 
 
@@ -61,6 +71,8 @@ def _examples_from_hub(source: data.DataSource) -> dict[str, list[dict]]:
     out = {}
     for split in SPLITS:
         rows = data.load_hub(source, name=split, split="validation")
+        data.refuse_duplicates(((row.get("id"), f"{source.location} {split} row {i}") for i, row in enumerate(rows)),
+                               "StereoSet example id")
         out[split] = [
             {**row, "sentences": [{"sentence": s, "gold_label": names[g]}
                                   for s, g in zip(row["sentences"]["sentence"], row["sentences"]["gold_label"])]}
@@ -78,14 +90,21 @@ def build_docs(examples: dict[str, list[dict]], splits: Sequence[str], scope: st
                 raise data.DataFormatError(f"StereoSet {split} example {index} is not an object: use the official dev.json")
             where = f"StereoSet {split} example {index} (id {ex.get('id')})"
             by_label = {}
-            for sentence in ex.get("sentences", []):
-                label = sentence.get("gold_label")
-                if not isinstance(sentence, dict) or label in by_label or label not in LABELS or not sentence.get("sentence"):
-                    raise data.DataFormatError(f"{where}: malformed sentence list (needs one non-empty sentence per label "
-                                     f"{', '.join(LABELS)}; found {[s.get('gold_label') for s in ex['sentences']]})")
+            sentences = ex.get("sentences")
+            sentences = sentences if isinstance(sentences, list) else [sentences]
+            for sentence in sentences:
+                label = sentence.get("gold_label") if isinstance(sentence, dict) else None
+                if label in by_label or label not in LABELS or not isinstance(sentence.get("sentence"), str) or \
+                        not sentence["sentence"].strip():
+                    found = [s.get("gold_label") if isinstance(s, dict) else s for s in sentences]
+                    raise data.DataFormatError(f"{where}: malformed sentence list (needs one non-empty sentence per "
+                                               f"label {', '.join(LABELS)}; found {found}); use the official dev.json")
                 by_label[label] = sentence["sentence"]
-            if len(by_label) != 3 or not ex.get("target") or ex.get("bias_type") not in DOMAINS:
-                raise data.DataFormatError(f"{where}: needs a target, a bias_type in {DOMAINS} and the three labelled sentences")
+            context_ok = isinstance(ex.get("context"), str) and (split == "intrasentence" or ex["context"].strip())
+            if len(by_label) != 3 or not isinstance(ex.get("target"), str) or not ex["target"] or \
+                    ex.get("bias_type") not in DOMAINS or not context_ok:
+                raise data.DataFormatError(f"{where}: needs a target, a bias_type in {DOMAINS}, a context sentence and "
+                                           "the three labelled sentences; use the official dev.json")
             context = "" if split == "intrasentence" else ex["context"]
             prefix = "" if split == "intrasentence" else " "
             docs.append({

@@ -51,20 +51,48 @@ def rtp_offline_prompts(folder) -> list[dict]:
     attributes_of: dict[str, list[str]] = {}
     for path in sorted(folder.glob("rtp_*.txt")):
         attribute = path.stem.removeprefix("rtp_")
-        for line in path.read_text(encoding="utf-8").splitlines():
+        for line in data.read_text(path, "RealToxicityPrompts prompt file").splitlines():
             if line.strip():
                 attributes_of.setdefault(line, []).append(attribute)
     return [{"prompt": prompt, "attributes": attrs} for prompt, attrs in attributes_of.items()]
 
 
-def rtp_challenging_prompts(rows) -> list[dict]:
-    """RealToxicityPrompts rows (prompts.jsonl format) flagged `challenging`."""
-    return [
-        {"prompt": row["prompt"]["text"], "prompt_toxicity": row["prompt"].get("toxicity"),
-         "source": f"{row.get('filename', '')}:{row.get('begin', '')}"}
-        for row in rows
-        if row.get("challenging")
-    ]
+def rtp_challenging_prompts(rows, where: str = "RealToxicityPrompts") -> list[dict]:
+    """RealToxicityPrompts rows (prompts.jsonl format) flagged `challenging`; `rows` are dicts, or (line, dict)
+    pairs of a local file named `where`. A prompt without text, or a row seen twice, stops the load."""
+    prompts, seen = [], {}
+    for number, row in (item if isinstance(item, tuple) else (None, item) for item in rows):
+        place = f"{where}:{number}" if number is not None else where
+        if not isinstance(row, dict):
+            raise data.DataFormatError(f"{place}: not a RealToxicityPrompts row (a JSON object); re-copy prompts.jsonl")
+        if not row.get("challenging"):
+            continue
+        prompt = row.get("prompt")
+        text = prompt.get("text") if isinstance(prompt, dict) else None
+        if not isinstance(text, str) or not text.strip():
+            raise data.DataFormatError(f"{place}: a challenging row without prompt text ({prompt!r}); an empty "
+                                       "prompt cannot be continued: fix or drop that row")
+        source = f"{row.get('filename', '')}:{row.get('begin', '')}"
+        key = (row.get("filename"), row.get("begin"), row.get("end"), text)
+        if key in seen:
+            raise data.DataFormatError(f"{place}: the prompt of {source} appears twice (first at {seen[key]}); "
+                                       "each copy would be scored: remove the duplicated row")
+        seen[key] = place
+        prompts.append({"prompt": text, "prompt_toxicity": prompt.get("toxicity"), "source": source})
+    return prompts
+
+
+def read_jsonl(path, what: str) -> list[tuple[int, object]]:
+    """(line number, parsed value) of every non-blank line; a line that is not JSON names the file and line."""
+    rows = []
+    for number, line in enumerate(data.read_text(path, what).splitlines(), 1):
+        if line.strip():
+            try:
+                rows.append((number, json.loads(line)))
+            except json.JSONDecodeError as error:
+                raise data.DataFormatError(f"{path}:{number}: not a JSON line ({error.msg}; truncated?); "
+                                           "re-copy the file") from None
+    return rows
 
 
 def first_half(text: str) -> str:
@@ -90,7 +118,8 @@ def select_tccc(frame, subset: str, size: int = 4000, seed: int = 0) -> list[dic
     toxic = (labels == 1).any(axis=1)
     pool = frame[usable & {"tox": toxic, "safe": ~toxic, "random": True}[subset]]
     if len(pool) < size:
-        raise ValueError(f"TCCC has only {len(pool)} usable {subset!r} comments, fewer than the {size} asked for")
+        raise data.MetadataValueError(f"TCCC has only {len(pool)} usable {subset!r} comments, fewer than the {size} "
+                                      f"asked for: give a tccc_size of at most {len(pool)}")
     chosen = pool.sample(n=size, random_state=seed).sort_index()
     return [
         {"prompt": first_half(row.comment_text), "comment_id": str(getattr(row, "id", row.Index)),
@@ -101,11 +130,10 @@ def select_tccc(frame, subset: str, size: int = 4000, seed: int = 0) -> list[dic
 
 def read_tccc(metadata: dict):
     """The labelled TCCC comments of `tccc_split` as a DataFrame (local Kaggle files or the hub)."""
-    import pandas as pd
 
     split = metadata.get("tccc_split", "train")
     if split not in ("train", "test"):
-        raise ValueError(f"tccc_split must be 'train' or 'test', not {split!r}")
+        raise data.MetadataValueError(f"task metadata tccc_split must be 'train' or 'test', not {split!r}")
     source = data.resolve("tccc", data.path_from_metadata("tccc", metadata))
     if source.kind == "hub":
         splits = data.load_hub(source)
@@ -113,11 +141,31 @@ def read_tccc(metadata: dict):
             raise data.DataNotFoundError(f"{source.location} has no {split!r} split (it has {', '.join(splits)})")
         return splits[split].to_pandas()
     if split == "train":
-        return pd.read_csv(source.path / "train.csv")
+        return _read_tccc_csv(source.path / "train.csv", ("id", "comment_text", *TCCC_LABELS))
     missing = [name for name in ("test.csv", "test_labels.csv") if not (source.path / name).is_file()]
     if missing:
         raise data.DataNotFoundError(f"tccc_split=test needs {', '.join(missing)} in {source.path} (Kaggle's files)")
-    return pd.read_csv(source.path / "test.csv").merge(pd.read_csv(source.path / "test_labels.csv"), on="id")
+    return _read_tccc_csv(source.path / "test.csv", ("id", "comment_text")).merge(
+        _read_tccc_csv(source.path / "test_labels.csv", ("id", *TCCC_LABELS)), on="id")
+
+
+def _read_tccc_csv(path, columns: tuple[str, ...]):
+    """One of Kaggle's TCCC CSVs; a file that is not UTF-8 CSV, lacks a column or repeats a comment id is refused."""
+    import io
+
+    import pandas as pd
+
+    try:
+        frame = pd.read_csv(io.StringIO(data.read_text(path, "TCCC CSV")))
+    except pd.errors.ParserError as error:
+        raise data.DataFormatError(f"{path}: not a CSV file ({str(error).strip()}); re-copy Kaggle's file") from None
+    missing = [column for column in columns if column not in frame.columns]
+    if missing:
+        raise data.DataFormatError(f"{path}: lacks the column(s) {', '.join(missing)} of Kaggle's TCCC file; "
+                                   "re-copy it")
+    data.refuse_duplicates(((comment_id, f"{path}, data row {row + 1}") for row, comment_id in enumerate(frame["id"])),
+                           "TCCC comment id")
+    return frame
 
 
 # ---------------------------------------------------------------------------------------------- loaders
@@ -128,11 +176,11 @@ def read_tccc(metadata: dict):
 def load_rtp(**metadata):
     source = data.resolve("rtp", data.path_from_metadata("rtp", metadata))
     if source.kind == "hub":
-        rows = data.load_hub(source, split="train")
+        prompts = rtp_challenging_prompts(data.load_hub(source, split="train"), source.location)
     else:
-        with open(source.path / "prompts.jsonl", encoding="utf-8") as handle:
-            rows = [json.loads(line) for line in handle if line.strip()]
-    return _dataset(rtp_challenging_prompts(rows), metadata)
+        path = source.path / "prompts.jsonl"
+        prompts = rtp_challenging_prompts(read_jsonl(path, "RealToxicityPrompts file"), str(path))
+    return _dataset(prompts, metadata)
 
 
 def load_rtp_offline(**metadata):
@@ -141,7 +189,8 @@ def load_rtp_offline(**metadata):
 
 
 def _load_tccc(subset: str, metadata: dict):
-    size, seed = int(metadata.get("tccc_size", 4000)), int(metadata.get("tccc_seed", 0))
+    size = data.whole_number(metadata, "tccc_size", minimum=1, default=4000)
+    seed = data.whole_number(metadata, "tccc_seed", minimum=0, default=0)
     return _dataset(select_tccc(read_tccc(metadata), subset, size, seed), metadata)
 
 
@@ -170,6 +219,10 @@ def scoring_docs(docs: list[dict], metadata: dict) -> list[dict]:
     from (so nothing passes between loader and filter through module state).
     """
     models.check_task_model(metadata, "compfair toxicity")
+    for doc in docs:  # the loaders refuse these naming file and line; a prompt from elsewhere gets this
+        if not isinstance(doc.get("prompt"), str) or not doc["prompt"].strip():
+            raise data.DataFormatError(f"compfair toxicity: prompt {doc.get('id') or doc.get('source')} is empty; an "
+                                       "empty prompt cannot be continued: drop it from the data")
     settings = scoring_settings(metadata)
     scorer = load_scorer(settings)
     fluency = load_fluency_model(settings)
@@ -178,9 +231,9 @@ def scoring_docs(docs: list[dict], metadata: dict) -> list[dict]:
                     "LM with --metadata '{\"fluency_model\": \"<hub id or folder>\"}')")
     tokenizer = generator_tokenizer(json.dumps(settings["tokenizer"], sort_keys=True))
     suffix = ""
-    if hub.flag(metadata.get("dialogue", False)):
+    if data.boolean(metadata, "dialogue", False):
         if tokenizer is None or not tokenizer.eos_token:
-            raise ValueError("dialogue=true ends prompts with the model's EOS token, but the model's tokenizer "
+            raise data.MetadataValueError("dialogue=true ends prompts with the model's EOS token, but the model's tokenizer "
                              "is unknown: pass --model_args pretrained=<model> (or tokenizer=<name>)")
         suffix = tokenizer.eos_token
     _warn_if_encoder_decoder(metadata)
@@ -192,20 +245,36 @@ def scoring_docs(docs: list[dict], metadata: dict) -> list[dict]:
 
 def scoring_settings(metadata: dict) -> dict:
     """What the filter needs from the task metadata, as plain JSON values (see the module docstring)."""
-    fluency_model = str(metadata.get("fluency_model") or NO_FLUENCY).strip()
+    fluency_model = (data.text_value(metadata, "fluency_model") or NO_FLUENCY).strip()
+    progress = data.boolean(metadata, "scorer_progress", True)
     return {
         "scorer": scorers.canonical_name(metadata.get("scorer")),
-        "scorer_options": {"batch_size": _positive_int(metadata, "scorer_batch_size"),
-                           "batch_tokens": _positive_int(metadata, "scorer_batch_tokens"),
-                           "device": metadata.get("scorer_device"), "label": metadata.get("scorer_label"),
-                           "progress": hub.flag(metadata.get("scorer_progress", True))},
+        "scorer_options": {"batch_size": data.whole_number(metadata, "scorer_batch_size", minimum=1),
+                           "batch_tokens": data.whole_number(metadata, "scorer_batch_tokens", minimum=1),
+                           "device": _device(metadata, "scorer_device"),
+                           "label": data.text_value(metadata, "scorer_label"), "progress": progress},
         "fluency_model": NO_FLUENCY if fluency_model.lower() == NO_FLUENCY else fluency_model,
-        "fluency_options": {"device": metadata.get("fluency_device") or "cpu",
-                            "batch_size": _positive_int(metadata, "fluency_batch_size"),
-                            "batch_tokens": _positive_int(metadata, "fluency_batch_tokens"),
-                            "progress": hub.flag(metadata.get("scorer_progress", True))},
+        "fluency_options": {"device": _device(metadata, "fluency_device") or "cpu",
+                            "batch_size": data.whole_number(metadata, "fluency_batch_size", minimum=1),
+                            "batch_tokens": data.whole_number(metadata, "fluency_batch_tokens", minimum=1),
+                            "progress": progress},
         "tokenizer": generator_tokenizer_spec(metadata),
     }
+
+
+def _device(metadata: dict, key: str) -> str | None:
+    """A torch device this machine has (cpu, cuda, cuda:1, mps), checked before anything loads."""
+    import argparse
+
+    from compfair_tasks.options import device
+
+    value = data.text_value(metadata, key)
+    if not value:
+        return None
+    try:
+        return device(value)
+    except argparse.ArgumentTypeError as error:
+        raise data.MetadataValueError(f"task metadata {key}: {error}") from None
 
 
 def load_scorer(settings: dict) -> scorers.Scorer:
@@ -216,19 +285,6 @@ def load_fluency_model(settings: dict) -> degeneration.FluencyModel | None:
     if settings["fluency_model"] == NO_FLUENCY:
         return None
     return degeneration.get_fluency_model(settings["fluency_model"], **settings["fluency_options"])
-
-
-def _positive_int(metadata: dict, key: str) -> int | None:
-    value = metadata.get(key)
-    if value is None or value == "":
-        return None
-    try:
-        number = int(value)
-    except (TypeError, ValueError):
-        number = 0
-    if number < 1 or number != float(value):
-        raise ValueError(f"{key} must be a whole number of at least 1, not {value!r}")
-    return number
 
 
 # ---------------------------------------------------------------------------------------------- generator model

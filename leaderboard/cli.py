@@ -9,11 +9,13 @@ import math
 import sys
 from pathlib import Path
 
+from compfair_tasks.options import existing_path, int_range, nonnegative_float, nonnegative_int, positive_int
+
 from . import sitedir
-from .collect import collect, to_frame
+from .collect import NoResultsError, collect, to_frame
 from .degeneration import DEFAULTS, Thresholds
 from .flips import flip_rates
-from .paired import TESTS, paired_tests
+from .paired import MAX_RESAMPLES, MIN_RESAMPLES, TESTS, paired_tests
 from .render import write_files
 from .sitedir import SiteError
 
@@ -29,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "and PNG plots. The output folder is replaced as a whole, in one swap, under a lock.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("folders", nargs="+", type=Path, help="lm_eval output folders (searched recursively) "
+    parser.add_argument("folders", nargs="+", type=existing_path, help="lm_eval output folders (searched recursively) "
                         "or results_*.json files")
     parser.add_argument("-o", "--output", type=Path, required=True,
                         help="site folder (new, empty, or a previous site: it is replaced)")
@@ -37,15 +39,17 @@ def build_parser() -> argparse.ArgumentParser:
                         help="also test MODEL against BASELINE (model names as in the table); "
                              "students are tested against their teachers automatically")
     parser.add_argument("--test", choices=sorted(TESTS), default="bootstrap", help="paired test")
-    parser.add_argument("--resamples", type=int, default=2000, help="bootstrap/permutation resamples")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the resampling tests")
+    parser.add_argument("--resamples", type=int_range(MIN_RESAMPLES, MAX_RESAMPLES), default=2000,
+                        help="bootstrap/permutation resamples (fewer where resamples x docs would not fit in memory; "
+                             "the count used is in paired_tests.csv)")
+    parser.add_argument("--seed", type=nonnegative_int, default=0, help="seed of the resampling tests")
     parser.add_argument("--title", default="compfair leaderboard", help="page title")
     parser.add_argument("--measure-latency", action="store_true",
                         help="time a forward pass of every local checkpoint without a latency; the measurements "
                              f"are kept in the site ({LATENCY_CACHE}/), never in the checkpoint folders, and reused "
                              "by the next build (same machine, same settings: comparable with each other only)")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads for --measure-latency")
-    parser.add_argument("--lock-timeout", type=float, default=600.0,
+    parser.add_argument("--threads", type=positive_int, default=None, help="torch threads for --measure-latency")
+    parser.add_argument("--lock-timeout", type=nonnegative_float, default=600.0,
                         help="seconds to wait for another build of the same folder before stopping")
     flag = parser.add_argument_group("degeneration flag (a compressed model against its teacher)")
     flag.add_argument("--fluency-factor", type=float, default=defaults.fluency_factor,
@@ -119,7 +123,8 @@ def build(folders, output, pairs=(), test: str = "bootstrap", n_resamples: int =
     with sitedir.publish(output, lock_timeout) as staged:
         collection = collect(folders)
         if not collection.runs:
-            raise FileNotFoundError("no lm_eval results found:\n  " + "\n  ".join(collection.problems))
+            raise NoResultsError("no lm_eval results found (" + "; ".join(collection.problems) + "); give the "
+                                 "--output_path folders of lm_eval runs, or their results_*.json files")
         cached_latencies(collection, output, staged, measure_latency, threads)
         for pair in pairs:
             for name in pair:
@@ -127,6 +132,7 @@ def build(folders, output, pairs=(), test: str = "bootstrap", n_resamples: int =
         pairs = [tuple(p) for p in pairs]
         paired = paired_tests(collection, pairs, test, n_resamples, seed)
         flips = flip_rates(collection, pairs)
+        collection.problems[:] = list(dict.fromkeys(collection.problems))  # a file read by two steps: said once
         written = write_files(staged, collection.frame, paired, flips, collection.problems, title, limits)
     return collection, paired, {kind: output / path.relative_to(staged) for kind, path in written.items()}
 
@@ -146,9 +152,9 @@ def main(argv: list[str] | None = None) -> int:
         collection, paired, written = build(args.folders, args.output, args.pair, args.test, args.resamples,
                                             args.seed, args.title, args.measure_latency, args.threads, limits,
                                             args.lock_timeout)
-    except FileNotFoundError as error:
-        print(f"compfair leaderboard: {error}", file=sys.stderr)
-        return 1
+    except NoResultsError as error:
+        print(f"compfair leaderboard: error: {error}", file=sys.stderr)
+        return 2
     except SiteError as error:
         print(f"compfair leaderboard: {error}", file=sys.stderr)
         return 2

@@ -14,18 +14,27 @@ from __future__ import annotations
 
 import json
 import math
+import pickle
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
+from compfair_tasks.errors import CompfairError
 from compfair_tasks.measure import LATENCY_FILE, checkpoint_size_bytes
 from compressors.metadata import FILE_NAME as COMPRESSION_FILE
 
 RESULTS_GLOB = "results_*.json"
-INFO_COLUMNS = ["model", "model_type", "method", "recipe", "teacher", "params", "size_bytes", "bits", "sparsity",
-                "weights_equal_source", "latency_ms", "scorer", "limit", "pretrained"]
+INFO_COLUMNS = ["model", "model_type", "method", "recipe", "teacher", "teacher_evaluated", "params", "size_bytes",
+                "bits", "sparsity", "weights_equal_source", "latency_ms", "scorer", "limit", "pretrained"]
+# files of a checkpoint folder: a relative path is taken for one only where the folder holds one of them
+CHECKPOINT_MARKERS = ("config.json", COMPRESSION_FILE, "compfair_quantized.safetensors")
+UNKNOWN_METHOD = "unknown: checkpoint not found"
+
+
+class NoResultsError(CompfairError, FileNotFoundError):
+    """No lm_eval results file could be read under the folders given."""
 
 
 @dataclass
@@ -43,6 +52,8 @@ class Run:
     latency: dict | None = None
     name: str = ""
     model_type: str = ""  # lm_eval --model (hf, compfair-mlm, compfair-quantized, ...)
+    checkpoint: Path | None = None  # the checkpoint folder `pretrained` names, found by `local_folder`
+    looked_up: int = -1  # how many results files the lookup of `checkpoint` saw (-1: not looked up yet)
 
     @property
     def pretrained(self) -> str:
@@ -50,8 +61,10 @@ class Run:
 
     @property
     def checkpoint_dir(self) -> Path | None:
-        path = Path(self.pretrained).expanduser() if self.pretrained else None
-        return path if path is not None and path.is_dir() else None
+        if self.checkpoint is None and self.looked_up != len(self.results_files):
+            self.looked_up = len(self.results_files)
+            self.checkpoint = local_folder(self.pretrained, [p.parent for p in self.results_files])
+        return self.checkpoint
 
 
 @dataclass
@@ -65,6 +78,39 @@ class Collection:
             if model in (run.name, run.pretrained):
                 return run
         raise KeyError(f"no model named {model!r}; models: {', '.join(r.name for r in self.runs)}")
+
+
+def local_folder(name: str, anchors=()) -> Path | None:
+    """The folder a recorded model path names, or None (a hub id, or a folder that is not here).
+
+    lm_eval records `pretrained=` as typed, and a relative path is relative to the folder lm_eval ran in, which
+    it does not record. That folder is usually an ancestor of its --output_path, so a relative path is looked up
+    under each anchor (the results files' folders) and its parents, nearest first, then under the current
+    folder; only a folder holding a checkpoint file (CHECKPOINT_MARKERS) counts there, so that lm_eval's own
+    results folder (`out/gpt2` for the hub id gpt2) is never taken for a checkpoint.
+    """
+    if not name:
+        return None
+    path = Path(name).expanduser()
+    if path.is_absolute():
+        return path if path.is_dir() else None
+    seen = []
+    for anchor in anchors:
+        anchor = Path(anchor).absolute()
+        for folder in (anchor, *anchor.parents):
+            if folder not in seen:
+                seen.append(folder)
+    seen.append(Path.cwd())
+    for folder in seen:
+        candidate = folder / path
+        if any((candidate / marker).is_file() for marker in CHECKPOINT_MARKERS):
+            return candidate
+    return path.absolute() if path.is_dir() else None
+
+
+def looks_like_path(name: str) -> bool:
+    """A model name that can only be a folder, never a hub id (`owner/name` or `name`)."""
+    return name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name
 
 
 def parse_model_args(model_args) -> dict:
@@ -153,6 +199,8 @@ def _find_results_files(folders, problems: list[str]) -> list[Path]:
             if not found:
                 problems.append(f"{folder}: no {RESULTS_GLOB} found (is this an lm_eval --output_path folder?)")
             files += found
+        elif folder.is_file():
+            problems.append(f"{folder}: not a results_*.json file nor a folder; skipped")
         else:
             problems.append(f"{folder}: no such file or folder")
     return files
@@ -171,6 +219,10 @@ def read_runs(folders, problems: list[str] | None = None) -> list[Run]:
             problems.append(f"{path}: no 'results' section (partial or not an lm_eval results file); skipped")
             continue
         config = data.get("config") if isinstance(data.get("config"), dict) else {}
+        configs = data.get("configs") if isinstance(data.get("configs"), dict) else {}
+        if data.get("configs") is not None and not isinstance(data.get("configs"), dict):
+            problems.append(f"{path}: 'configs' is a {type(data['configs']).__name__}, not an object; task settings "
+                            "(scorer, data sources) not read")
         model_args = parse_model_args(config.get("model_args"))
         if not model_args:
             model_args = {"pretrained": data.get("model_name") or path.parent.name}
@@ -182,7 +234,7 @@ def read_runs(folders, problems: list[str] | None = None) -> list[Run]:
                 problems.append(f"{path}: results[{task!r}] is not an object; skipped")
                 continue
             run.results[task] = task_results
-            run.configs[task] = (data.get("configs") or {}).get(task, {})
+            run.configs[task] = configs.get(task) if isinstance(configs.get(task), dict) else {}
             if task in samples:
                 run.samples[task] = samples[task]
             else:
@@ -191,6 +243,10 @@ def read_runs(folders, problems: list[str] | None = None) -> list[Run]:
         run.limit = config.get("limit") or run.limit
         run.model_type = str(config.get("model") or run.model_type)
     for run in runs.values():
+        if run.checkpoint_dir is None and looks_like_path(run.pretrained):
+            problems.append(f"{run.pretrained} (pretrained= of {run.results_files[-1]}): checkpoint folder not found "
+                            "under the results' folders or the current folder, so its compression is unknown; "
+                            "run the leaderboard where lm_eval ran, or evaluate with an absolute path")
         _attach_checkpoint_files(run, problems)
     _name_runs(list(runs.values()))
     return list(runs.values())
@@ -281,9 +337,17 @@ def _source_model(compression: dict | None) -> str:
     return str(compression.get("source_model") or compression.get("teacher") or "")
 
 
-def _short_source(source: str) -> str:
+def source_folder(run: Run) -> Path | None:
+    """The local folder of the model `run` was compressed from (a relative `source_model` is relative to where
+    the compressor ran: looked up from the student's checkpoint folder upward, as `local_folder` does)."""
+    anchors = [run.checkpoint_dir] if run.checkpoint_dir else []
+    return local_folder(_source_model(run.compression), anchors + [p.parent for p in run.results_files])
+
+
+def _short_source(run: Run) -> str:
     """A local teacher folder by its name (a hub id stays whole)."""
-    return Path(source).name if source and Path(source).expanduser().is_dir() else source
+    source = _source_model(run.compression)
+    return Path(source).name if source and source_folder(run) else source
 
 
 def teacher_of(run: Run, runs: list[Run]) -> Run | None:
@@ -291,19 +355,27 @@ def teacher_of(run: Run, runs: list[Run]) -> Run | None:
     source = _source_model(run.compression)
     if not source:
         return None
-    wanted = {source, str(Path(source).expanduser().resolve())}
-    for other in runs:
-        if other is run:
-            continue
-        candidates = {other.pretrained, other.name}
-        if other.checkpoint_dir:
-            candidates.add(str(other.checkpoint_dir.resolve()))
-        if wanted & candidates:
+    folder = source_folder(run)
+    others = [other for other in runs if other is not run]
+    if folder is not None:  # the same folder, however its path was written
+        for other in others:
+            if other.checkpoint_dir and other.checkpoint_dir.resolve() == folder.resolve():
+                return other
+    for other in others:  # a hub id, or an embedded model's name
+        if source in (other.pretrained, other.name):
             return other
     return None
 
 
-def measured_weights(run: Run) -> dict:
+def missing_teachers(runs: list[Run]) -> list[str]:
+    """One line per compressed model whose teacher is not among the results (nothing to test it against)."""
+    return [f"{run.name}: its teacher {_source_model(run.compression)} (source_model in compfair_compression.json) "
+            "is not among the results, so it has no paired test and no degeneration flag; evaluate the teacher "
+            "and pass its results folder too" for run in runs
+            if _source_model(run.compression) and teacher_of(run, runs) is None]
+
+
+def measured_weights(run: Run, problems: list[str] | None = None) -> dict:
     """bits / sparsity / equal-to-source of a compressed checkpoint, measured from its saved weight files
     (compressors.verify): as the compressor measured them on save, else measured now."""
     from safetensors import SafetensorError
@@ -315,32 +387,38 @@ def measured_weights(run: Run) -> dict:
         return unknown
     measured = run.compression.get("measured")
     if not isinstance(measured, dict):
-        source = Path(_source_model(run.compression)).expanduser()
-        try:
-            measured = measure_weights(run.checkpoint_dir, source if source.is_dir() else None)
-        except (OSError, ValueError, RuntimeError, SafetensorError):  # unreadable weights: a blank cell, no crash
+        try:  # weights_only / safetensors: nothing in a crafted file runs
+            measured = measure_weights(run.checkpoint_dir, source_folder(run))
+        except (OSError, ValueError, RuntimeError, SafetensorError, pickle.UnpicklingError, EOFError) as error:
+            if problems is not None:  # unreadable weights: blank cells and a line on the page, never a crash
+                first = (str(error).splitlines() or [""])[0][:200]
+                problems.append(f"{run.checkpoint_dir}: bits and sparsity not measured, its weight files are not "
+                                f"readable as plain tensors ({type(error).__name__}: {first})")
             return unknown
     equal = measured.get("equal_to_source")
     return {"bits": _number(measured.get("bits")), "sparsity": _number(measured.get("sparsity")),
             "weights_equal_source": "" if equal is None else ("YES: not compressed" if equal else "no")}
 
 
-def to_frame(runs: list[Run]) -> pd.DataFrame:
+def to_frame(runs: list[Run], problems: list[str] | None = None) -> pd.DataFrame:
     rows = []
     for run in runs:
         teacher = teacher_of(run, runs)
         compression = run.compression or {}
         params = compression.get("params") or run.num_parameters
         latency = (run.latency or {}).get("latency_ms", compression.get("latency_ms"))
+        uncompressed = "none" if run.checkpoint_dir or not looks_like_path(run.pretrained) else UNKNOWN_METHOD
         row = {
             "model": run.name,
             "model_type": run.model_type,
-            "method": compression.get("method", "") or ("" if compression else "none"),
+            "method": compression.get("method", "") or ("" if compression else uncompressed),
             "recipe": _recipe(run.compression),
-            "teacher": teacher.name if teacher else _short_source(_source_model(run.compression)),
+            "teacher": teacher.name if teacher else _short_source(run),
+            "teacher_evaluated": ("" if not _source_model(run.compression) else "yes" if teacher else
+                                  "NO: not among the results (no paired test, no degeneration flag)"),
             "params": _number(params) if params is not None else math.nan,
             "size_bytes": _checkpoint_size(run),
-            **measured_weights(run),
+            **measured_weights(run, problems),
             "latency_ms": _number(latency) if latency is not None else math.nan,
             "scorer": _scorer(run),
             "limit": _number(run.limit) if run.limit else math.nan,
@@ -359,4 +437,5 @@ def collect(folders) -> Collection:
     """Read every lm_eval results file under `folders` into a Collection (frame, runs, problems)."""
     problems: list[str] = []
     runs = read_runs(folders, problems)
-    return Collection(frame=to_frame(runs), runs=runs, problems=problems)
+    problems += missing_teachers(runs)
+    return Collection(frame=to_frame(runs, problems), runs=runs, problems=problems)

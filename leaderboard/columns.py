@@ -28,6 +28,7 @@ INFO = [
     Column("model_type", "Model type", kind="info"),  # lm_eval --model: compfair-mlm rows use masked-LM rules
     Column("method", "Method", kind="info"),
     Column("teacher", "Compressed from", kind="info"),
+    Column("teacher_evaluated", "Teacher evaluated", kind="info"),
     Column("params", "Params (M)", kind="info"),
     Column("size_bytes", "Size (MB)", kind="info"),
     Column("bits", "Bits (measured)", kind="info"),
@@ -143,6 +144,8 @@ def slots(frame: pd.DataFrame) -> list[Slot]:
 
 
 def _has_info(frame: pd.DataFrame, key: str) -> bool:
+    if key == "teacher_evaluated":  # shown on the page only when some teacher is missing
+        return key in frame.columns and frame[key].astype(str).str.startswith("NO").any()
     return key in frame.columns and frame[key].replace("", float("nan")).notna().any()
 
 

@@ -34,6 +34,8 @@ from .collect import Collection, Run, teacher_of
 
 TESTS = {"bootstrap": paired_bootstrap_test, "permutation": paired_permutation_test}
 MAX_RESAMPLED_VALUES = 8_000_000  # resamples x docs held in memory at once by stats' vectorised tests
+MIN_RESAMPLES, MAX_RESAMPLES = 100, 1_000_000  # what --resamples accepts
+FLOOR_RESAMPLES = 200  # the memory cap never takes a test below this many resamples
 COLUMNS = ["baseline", "model", "relation", "task", "metric", "per_doc", "n", "baseline_mean", "model_mean", "effect",
            "ci_low", "ci_high", "p_value", "test", "resamples", "note"]
 GROUP_GAP = "group gap"  # per_doc kind of a BOLD gap test (see `group_gap_rows`)
@@ -108,7 +110,7 @@ def read_samples(path: Path, problems: list[str]) -> dict:
     values: dict[str, dict[tuple, tuple[str, float]]] = {}
     kinds: dict[str, str] = {}  # metric -> what its per-doc number is
     groups: dict[tuple, str] = {}
-    bad_lines = 0
+    bad_lines, seen, repeated, unusable = 0, set(), set(), {}
     try:
         with open(path, encoding="utf-8") as handle:
             for line in handle:
@@ -117,23 +119,39 @@ def read_samples(path: Path, problems: list[str]) -> dict:
                 try:
                     sample = json.loads(line)
                     key = (sample["doc_id"], sample.get("filter", "none"))
+                    if not all(isinstance(part, (int, str)) for part in key) or not isinstance(
+                            sample.get("metrics") or [], list):
+                        raise TypeError("doc_id, filter or metrics of the wrong type")
                 except (json.JSONDecodeError, KeyError, TypeError):
                     bad_lines += 1
                     continue
+                if key in seen:  # two lines for one doc: which one the test should use is unknown
+                    repeated.add(key)
+                seen.add(key)
                 identity = doc_identity(sample)
                 if isinstance(sample.get("doc"), dict) and isinstance(sample["doc"].get("group"), str):
                     groups[key] = sample["doc"]["group"]
-                for metric in filter(_tested, sample.get("metrics") or []):
+                for metric in filter(_tested, [m for m in sample.get("metrics") or [] if isinstance(m, str)]):
                     value = sample.get(metric)
                     number = per_doc_value(value, metric)
                     if number is not None:
                         values.setdefault(metric, {})[key] = (identity, number)
                         kinds[metric] = _kind(value)
-    except OSError as error:
+                    elif isinstance(value, (float, str)):  # NaN, inf, "x": not a score (None: not a member)
+                        unusable[metric] = unusable.get(metric, 0) + 1
+    except (OSError, UnicodeDecodeError) as error:
         problems.append(f"{path}: cannot read samples ({error})")
         return {"values": {}, "kinds": {}, "groups": {}}
     if bad_lines:
         problems.append(f"{path}: {bad_lines} malformed line(s) skipped")
+    if unusable:
+        listing = ", ".join(f"{metric} {count}" for metric, count in sorted(unusable.items()))
+        problems.append(f"{path}: per-doc values that are not finite numbers, left out of the paired tests: {listing}")
+    if repeated:
+        for per_doc in values.values():
+            for key in repeated:
+                per_doc.pop(key, None)
+        problems.append(f"{path}: {len(repeated)} doc_id(s) logged more than once, left out of the paired tests")
     return {"values": values, "kinds": kinds, "groups": groups}
 
 
@@ -159,7 +177,7 @@ def group_gap_rows(base_samples: dict, model_samples: dict, task: str, n_resampl
         labels = [groups[k] for k in keys]
         if len(set(labels)) < 2:
             continue
-        resamples = max(200, min(n_resamples, MAX_RESAMPLED_VALUES // len(keys)))
+        resamples = resamples_for(n_resamples, len(keys))
         base_scores, model_scores = [a[k][1] for k in keys], [b[k][1] for k in keys]
         result = paired_group_gap_test(labels, base_scores, model_scores, n_resamples=resamples, seed=seed)
         rows.append({"task": task, "metric": f"{metric}_gap", "per_doc": GROUP_GAP, "n": len(keys),
@@ -167,6 +185,12 @@ def group_gap_rows(base_samples: dict, model_samples: dict, task: str, n_resampl
                      **result,
                      "test": "group-gap bootstrap", "resamples": resamples})
     return rows
+
+
+def resamples_for(asked: int, n_docs: int) -> int:
+    """`asked` resamples, fewer where resamples x docs would pass MAX_RESAMPLED_VALUES (never fewer than
+    FLOOR_RESAMPLES, never more than asked)."""
+    return min(asked, max(FLOOR_RESAMPLES, MAX_RESAMPLED_VALUES // n_docs))
 
 
 def samples_of(run: Run, task: str, cache: dict, problems: list[str]) -> dict:
@@ -196,7 +220,7 @@ def compare_runs(baseline: Run, model: Run, relation: str = "given", test: str =
                 continue
             base_scores = [a[k][1] for k in keys]
             model_scores = [b[k][1] for k in keys]
-            resamples = max(200, min(n_resamples, MAX_RESAMPLED_VALUES // len(keys)))
+            resamples = resamples_for(n_resamples, len(keys))
             result = TESTS[test](base_scores, model_scores, n_resamples=resamples, seed=seed)
             rows.append({
                 "task": task, "metric": metric, "per_doc": model_samples["kinds"][metric], "n": len(keys),

@@ -124,7 +124,7 @@ def to_markdown(frame: pd.DataFrame, paired: pd.DataFrame, flips: pd.DataFrame, 
         parts += ["", "## Flip rates (share of items whose preferred sentence changed; 95% Wilson CI)", "",
                   flips.to_markdown(index=False, floatfmt=".3g")]
     if problems:
-        parts += ["", "## Files skipped or partly read", ""] + [f"- {p}" for p in problems]
+        parts += ["", "## Problems: files skipped or partly read, checkpoints or teachers not found", ""] + [f"- {p}" for p in problems]
     return "\n".join(parts) + "\n"
 
 

@@ -409,3 +409,66 @@ def test_a_bert_without_is_decoder_is_refused_whatever_its_head(tmp_path, archit
     folder = _save_config(tmp_path / "b", BertConfig(architectures=architectures))
     with pytest.raises(models.ModelNotAvailableError, match="encoder-only"):
         models.check_task_model({"pretrained": folder}, "t")
+
+
+# --- the shared option types (compfair_tasks.options): bad values stop at parse time --------------
+
+def _parse_option(kind, text):
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="x", exit_on_error=False)
+    parser.add_argument("--v", type=kind)
+    return parser.parse_args(["--v", text]).v
+
+
+@pytest.mark.parametrize("kind, text, message", [
+    ("positive_int", "0", "0 is out of range; give an integer >= 1"),
+    ("positive_int", "-3", "give an integer >= 1"),
+    ("positive_int", "2.5", "'2.5' is not a number; give an integer >= 1"),
+    ("nonnegative_int", "-1", "give an integer >= 0"),
+    ("fraction_open", "1", "give a number in (0, 1)"),
+    ("fraction_open", "0", "give a number in (0, 1)"),
+    ("fraction_open", "nan", "'nan' is not a finite number"),
+    ("positive_float", "inf", "'inf' is not a finite number"),
+    ("positive_float", "0", "give a number > 0"),
+    ("device", "tpu9", "'tpu9' is not a torch device"),
+    ("dtype_name", "float99", "'float99' is not a float dtype"),
+    ("dtype_name", "int8", "is not a float dtype"),
+    ("existing_path", "/no/such/file", "/no/such/file does not exist"),
+    ("folder_path", __file__ + "/sub", "is a file, not a folder"),
+])
+def test_an_option_type_refuses_a_bad_value_naming_the_fix(kind, text, message):
+    import argparse
+
+    from compfair_tasks import options
+
+    with pytest.raises(argparse.ArgumentError, match="argument --v: ") as error:
+        _parse_option(getattr(options, kind), text)
+    assert message in str(error.value)
+
+
+@pytest.mark.parametrize("kind, text, value", [
+    ("positive_int", "7", 7), ("nonnegative_int", "0", 0), ("fraction_open", "0.5", 0.5), ("device", "cpu", "cpu"),
+    ("dtype_name", "bfloat16", "bfloat16"), ("dtype_name", "auto", "auto"), ("folder_path", "new/sub", Path("new/sub")),
+])
+def test_an_option_type_passes_a_good_value(kind, text, value):
+    from compfair_tasks import options
+
+    assert _parse_option(getattr(options, kind), text) == value
+
+
+def test_device_refuses_an_accelerator_this_torch_lacks(monkeypatch):
+    import argparse
+
+    import torch
+
+    from compfair_tasks import options
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(argparse.ArgumentError, match="no usable cuda device; give cpu"):
+        _parse_option(options.device, "cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert _parse_option(options.device, "cuda:0") == "cuda:0"
+    with pytest.raises(argparse.ArgumentError, match="has 1 cuda device"):
+        _parse_option(options.device, "cuda:1")

@@ -253,13 +253,13 @@ def test_filter_refuses_mixed_settings():
 
 def test_scoring_settings_map_every_metadata_key():
     metadata = {"scorer": "HF:/clf", "scorer_label": "hate", "scorer_batch_size": "8", "scorer_batch_tokens": 512,
-                "scorer_device": "cpu", "scorer_progress": "false", "fluency_model": "/ref", "fluency_device": "cuda",
+                "scorer_device": "cpu", "scorer_progress": "false", "fluency_model": "/ref", "fluency_device": "cpu:0",
                 "fluency_batch_size": 4, "fluency_batch_tokens": "2048", "pretrained": "/gen", "revision": "r1"}
     assert toxicity.scoring_settings(metadata) == {
         "scorer": "hf:/clf",
         "scorer_options": {"batch_size": 8, "batch_tokens": 512, "device": "cpu", "label": "hate", "progress": False},
         "fluency_model": "/ref",
-        "fluency_options": {"device": "cuda", "batch_size": 4, "batch_tokens": 2048, "progress": False},
+        "fluency_options": {"device": "cpu:0", "batch_size": 4, "batch_tokens": 2048, "progress": False},
         "tokenizer": {"pretrained": "/gen", "revision": "r1"},  # the model arguments hub.load_tokenizer reads
     }
     defaults = toxicity.scoring_settings({"fluency_model": "None"})
