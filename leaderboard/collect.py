@@ -25,7 +25,7 @@ from compressors.metadata import FILE_NAME as COMPRESSION_FILE
 
 RESULTS_GLOB = "results_*.json"
 INFO_COLUMNS = ["model", "method", "recipe", "teacher", "params", "size_bytes", "bits", "sparsity",
-                "weights_equal_source", "latency_ms", "scorer", "limit", "pretrained"]
+                "weights_equal_source", "latency_ms", "scorer", "limit", "eval_batch", "pretrained"]
 
 
 @dataclass
@@ -42,6 +42,7 @@ class Run:
     compression: dict | None = None
     latency: dict | None = None
     name: str = ""
+    eval_batch: str = ""  # lm_eval --batch_size: part of a batch-dependent (dynamic int8) model's identity
 
     @property
     def pretrained(self) -> str:
@@ -173,7 +174,9 @@ def read_runs(folders, problems: list[str] | None = None) -> list[Run]:
         model_args = parse_model_args(config.get("model_args"))
         if not model_args:
             model_args = {"pretrained": data.get("model_name") or path.parent.name}
-        run = runs.setdefault(_model_key(model_args), Run(model_args=model_args))
+        # dynamic int8 scores depend on the evaluation batch: its runs at other batch sizes are other rows
+        batch = str(config.get("batch_size", "")) if config.get("model") == "compfair-quantized" else ""
+        run = runs.setdefault(_model_key(model_args) + batch, Run(model_args=model_args, eval_batch=batch))
         run.results_files.append(path)
         samples = _samples_files(path)
         for task, task_results in results.items():
@@ -341,6 +344,7 @@ def to_frame(runs: list[Run]) -> pd.DataFrame:
             "latency_ms": _number(latency) if latency is not None else math.nan,
             "scorer": _scorer(run),
             "limit": _number(run.limit) if run.limit else math.nan,
+            "eval_batch": run.eval_batch if (compression.get("settings") or {}).get("batch_dependent") else "",
             "pretrained": run.pretrained,
         }
         for task, task_results in run.results.items():

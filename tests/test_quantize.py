@@ -93,6 +93,7 @@ def test_quantized_checkpoint_runs_through_lm_eval(tiny_gpt2_dir, tmp_path, lm_e
     assert quantize.main(["--model", str(tiny_gpt2_dir), "--output", str(output), "--latency-batch", "0"]) == 0
     results = lm_eval_cli(["--model", "compfair-quantized", "--model_args", f"pretrained={output}",
                            "--tasks", "compfair_stereoset", "--limit", "6"], tmp_path / "lm_eval")
+    assert str(results["config"]["batch_size"]) == "1"  # recorded: lm_eval's default, each document scored alone
     metrics = results["results"]["compfair_stereoset"]
     from transformers import AutoTokenizer
 
@@ -346,6 +347,9 @@ def test_int8_per_token_batched_equals_alone_and_stays_near_float(tiny_llama_dir
     assert record["measured"]["bits"] == 8 and record["measured"]["storage"] == "int8"
     assert record["measured"]["linear_layers"] == 14 and record["measured"]["equal_to_source"] is False
     assert record["checks"]["batched_vs_alone"] == 0
+    from compfair_tasks.models import resolve_model
+
+    assert resolve_model(str(output)) == str(output)  # `--model hf` takes it (no compfair-int8 refusal)
     model = AutoModelForCausalLM.from_pretrained(output).eval()  # what `lm_eval --model hf` loads
     assert type(model.lm_head.weight).__name__ == "Int8Tensor"  # the (untied) LM head is int8 too
     source = AutoModelForCausalLM.from_pretrained(tiny_llama_dir).eval()
@@ -363,3 +367,21 @@ def test_int8_per_token_batched_equals_alone_and_stays_near_float(tiny_llama_dir
                               cache_tol=0.05)
     assert 0 < checks["reference_diff"] and checks["cache_diff"] <= 0.05
     assert relative_difference(_outputs(model, x[:1]), _outputs(source, x[:1])) > 0  # and it is quantized
+
+
+def test_leaderboard_keeps_dynamic_int8_runs_at_other_batch_sizes_apart(tmp_path):
+    from leaderboard.collect import read_runs, to_frame
+
+    checkpoint = tmp_path / "int8"
+    checkpoint.mkdir()
+    (checkpoint / "compfair_compression.json").write_text(json.dumps(
+        {"method": "quantize_dynamic_int8", "settings": {"batch_dependent": True}}))
+    for batch, value in ((1, 0.5), (4, 0.6), (1, 0.5)):
+        folder = tmp_path / "results" / f"b{batch}-{value}"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"results_2026-01-0{batch}T00-00-00.json").write_text(json.dumps({
+            "results": {"compfair_ppl_bold_wiki": {"word_perplexity,none": value}},
+            "config": {"model": "compfair-quantized", "model_args": f"pretrained={checkpoint}", "batch_size": batch}}))
+    frame = to_frame(read_runs([tmp_path / "results"]))
+    assert sorted(zip(frame["eval_batch"], frame["compfair_ppl_bold_wiki:word_perplexity"], strict=True)) == [
+        ("1", 0.5), ("4", 0.6)]
