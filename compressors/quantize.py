@@ -1,4 +1,4 @@
-"""`compfair compress quantize`: post-training quantization of a causal LM's linear layers.
+"""`compfair compress quantize`: post-training quantization of the linear layers of a causal LM or encoder.
 
 `--method` picks the algorithm; all but `dynamic-int8` and `int8` write checkpoints that
 `AutoModelForCausalLM.from_pretrained` (so `lm_eval --model hf --model_args pretrained=<dir>`, and vLLM) loads:
