@@ -350,6 +350,8 @@ def test_int8_per_token_batched_equals_alone_and_stays_near_float(tiny_llama_dir
     from compfair_tasks.models import resolve_model
 
     assert resolve_model(str(output)) == str(output)  # `--model hf` takes it (no compfair-int8 refusal)
+    lm = quantize._hflm_class()(pretrained=str(output), batch_size="auto", device="cpu")  # and compfair-quantized
+    assert type(lm.model.lm_head.weight).__name__ == "Int8Tensor"
     model = AutoModelForCausalLM.from_pretrained(output).eval()  # what `lm_eval --model hf` loads
     assert type(model.lm_head.weight).__name__ == "Int8Tensor"  # the (untied) LM head is int8 too
     source = AutoModelForCausalLM.from_pretrained(tiny_llama_dir).eval()
