@@ -11,7 +11,7 @@ COMMANDS = {
     ("demo",): ("compfair_tasks.demo:main", "offline end-to-end run: embedded model, its compressed variants, leaderboard"),
     ("compress", "distill"): ("compressors.distill:main", "distil a GPT-2/Llama-family teacher into a shallower student"),
     ("compress", "prune"): ("compressors.prune:main", "remove attention heads by gradient importance (Michel et al. 2019)"),
-    ("compress", "quantize"): ("compressors.quantize:main", "post-training quantization: GPTQ/RTN 4|8-bit, torchao int8, int8"),
+    ("compress", "quantize"): ("compressors.quantize:main", "post-training quantization: dynamic int8 (the papers'), per-token int8, GPTQ/RTN 4|8-bit, torchao int8"),
     ("compress", "sparsify"): ("compressors.sparsify:main", "one-shot weight sparsity: magnitude, Wanda, SparseGPT (50% or 2:4)"),
     ("leaderboard",): ("leaderboard.cli:main", "lm_eval output folders -> CSV, Markdown, HTML page, plots"),
     ("compare",): ("leaderboard.compare:main", "run the paper's baseline comparisons (teacher, students, DialoGPT, BlenderBot)"),

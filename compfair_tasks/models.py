@@ -62,6 +62,7 @@ class ModelNotAvailableError(CompfairError, RuntimeError):
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")  # "gpt2" or "owner/name"
 QUANTIZED_FILES = ("compfair_quantized.safetensors",)  # `compfair compress quantize` output
+COMPFAIR_INT8_METHODS = ("quantize_dynamic_int8", "quantize_int8_dynamic", "quantize_int8_weight_only")
 
 
 def resolve_model(name_or_path: str, role: str = "--model") -> str:
@@ -111,8 +112,8 @@ def is_quantized_checkpoint(folder) -> bool:
         return True
     record = folder / "compfair_compression.json"
     try:
-        # only compfair's own int8 (quantize_int8_*): gptq/rtn/torchao outputs load with transformers
-        return str(json.loads(record.read_text()).get("method", "")).startswith("quantize_int8")
+        # only compfair's own int8: gptq/rtn/torchao (int8-per-token too) outputs load with transformers
+        return json.loads(record.read_text()).get("method") in COMPFAIR_INT8_METHODS
     except (OSError, ValueError, AttributeError):
         return False
 

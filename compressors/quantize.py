@@ -1,7 +1,7 @@
-"""`compfair compress quantize`: post-training quantization of a causal LM's linear layers.
+"""`compfair compress quantize`: post-training quantization of the linear layers of a causal LM or encoder.
 
-`--method` picks the algorithm; all but `int8` write checkpoints that `AutoModelForCausalLM.from_pretrained`
-(so `lm_eval --model hf --model_args pretrained=<dir>`, and vLLM) loads:
+`--method` picks the algorithm; all but `dynamic-int8` and `int8` write checkpoints that
+`AutoModelForCausalLM.from_pretrained` (so `lm_eval --model hf --model_args pretrained=<dir>`, and vLLM) loads:
 
 - `gptq`, `awq`, `rtn` (`--bits 4|8`, `--group-size`): llm-compressor's GPTQModifier / AWQModifier /
   QuantizationModifier, symmetric int weights per group of input channels, activations in float
@@ -16,28 +16,37 @@
   weights, CPU kernels). `torchao-int4` needs a GPU: torchao 0.18 has no CPU int4 layout (measured:
   plain/preshuffled need the CUDA `mslk` kernels, plain_int32 "does not support device 'cpu'",
   tile_packed_to_4d needs CUDA), so it refuses on CPU before loading the model.
-- `int8` (default, compfair's own, below): kept because its `--mode dynamic` quantizes activations too,
-  the setting of Gonçalves & Strubell (2023), which no library checkpoint here reproduces on CPU.
+- `int8-per-token`: torchao Int8DynamicActivationInt8WeightConfig through TorchAoConfig: int8 weights
+  (one scale per output row) and int8 activations with one scale per token, LM head included (a tied
+  head is untied first). No activation scale is shared between tokens, so a document's scores do not
+  depend on the other documents of its batch through the quantization (batched with padding = one by
+  one, exactly, on short prompts); float kernels on other shapes still differ by ~1e-6 and can flip an
+  int8 rounding (SmolLM2 BOLD-wiki word perplexity 489.9 at batch 1, 483.9 at batch 4; dynamic-int8
+  5,323 and 10,008; fp32 466.5 both).
+- `dynamic-int8` (default): Gonçalves & Strubell (2023) exactly: `torch.ao.quantization.quantize_dynamic(
+  model, {nn.Linear}, dtype=torch.qint8)` on every nn.Linear, the LM head included (one symmetric scale
+  per weight matrix, scale = max|w| / 127.5; activations quantized on the fly with one scale per
+  tensor per call, fbgemm/x86 kernels). Causal LMs and encoders (BERT, RoBERTa, with or without MLM
+  head). GPT-2's Conv1D projections are turned into equivalent nn.Linear first (else only the LM head
+  would be quantized). One activation scale per call makes a token's output depend on everything else
+  in the call: the other sequences of the batch, their padding, a cached vs a full forward. So scores
+  depend on the evaluation batch: the `compfair-quantized` model type refuses `--batch_size auto` for it
+  and the batch size lm_eval records is the one used (default 1: every document scored alone).
+- `int8` (compfair's own, kept for its options): `--mode weight-only` rounds only the weights (per output
+  row, or `--per-tensor`) and computes in float (torch's `_weight_int8pack_mm` kernel), isolating the
+  effect of rounding the weights. `--method int8 --mode dynamic` is the old spelling of dynamic-int8.
 
-After Gonçalves & Strubell (2023), who applied PyTorch's dynamic quantization to the linear layers:
-
-- `--mode dynamic` (default): weights int8, activations quantized to 8 bits on the fly per batch,
-  int8 x int8 matrix products (PyTorch's dynamic quantized Linear, fbgemm/onednn kernels).
-- `--mode weight-only`: weights int8, activations and arithmetic in float (torch's
-  `_weight_int8pack_mm` kernel). Isolates the effect of rounding the weights.
-
-Weights are rounded symmetrically per output channel (scale = max|w| / 127), or per tensor with
-`--per-tensor` (torch.quantization.quantize_dynamic's default, as the paper used). GPT-2's Conv1D
-projections are turned into equivalent nn.Linear first (else dynamic quantization skips them and
-only the LM head would be quantized). Embeddings and norms stay float.
+Embeddings and norms stay float.
 
 Checkpoint: the original `config.json`, the tokenizer, and `compfair_quantized.safetensors` holding
 int8 weights with their scales plus the float tensors. transformers has no loader for it, so
 evaluate it with compfair's lm_eval model type (registered by compfair's startup hook):
 
-    lm_eval --model compfair-quantized --model_args pretrained=<dir> --tasks compfair_stereoset
+    lm_eval --model compfair-quantized --model_args pretrained=<dir> --batch_size 1 --tasks compfair_stereoset
 
-or in Python: `load_quantized(dir)` returns the model, ready for `HFLM(pretrained=model, tokenizer=dir)`.
+or in Python: `load_quantized(dir)` returns the model (AutoModelForCausalLM's class for a causal LM;
+AutoModelForMaskedLM's for an encoder with MLM head, AutoModel's for one without, as the source was
+loaded), ready for `HFLM(pretrained=model, tokenizer=dir)` or the masked-LM model type.
 """
 
 from __future__ import annotations
@@ -59,7 +68,8 @@ MODES = ("dynamic", "weight-only")
 # compressors/checks.py tolerances (max |difference| / max |logit|), measured on SmolLM2-135M:
 # weight-only int8 vs float 0.059, its cache error float32-small (2.6e-6); dynamic int8 quantizes each
 # call's activations with one scale per tensor, so a one-token cached step and a full forward round
-# differently (measured 0.61; int8 vs float 0.65): for dynamic, only NaN or gross breakage fails the check
+# differently (dynamic-int8, per-matrix weight scales: 0.67, int8 vs float 0.80; per-row weight scales
+# 0.61 and 0.65): for dynamic, only NaN or gross breakage fails the check
 REFERENCE_TOL = {"weight-only": 0.2, "dynamic": 1.0}
 CACHE_TOL = {"weight-only": 1e-4, "dynamic": 1.0}
 
@@ -100,8 +110,14 @@ def dynamic_int8_linear(weight_int8: torch.Tensor, scale: torch.Tensor, bias: to
         from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
 
         module = DynamicLinear(weight_int8.shape[1], weight_int8.shape[0], bias_=bias is not None, dtype=torch.qint8)
-        qweight = torch._make_per_channel_quantized_tensor(
-            weight_int8, scale.double(), torch.zeros_like(scale, dtype=torch.long), 0)
+        scale = scale.double()
+        values = weight_int8.float() * (scale if scale.numel() == 1 else scale[:, None]).float()
+        if scale.numel() == 1:  # quantize_dynamic's own layout: one scale per matrix
+            qweight = torch.quantize_per_tensor(values, float(scale), 0, torch.qint8)
+        else:
+            qweight = torch.quantize_per_channel(values, scale, torch.zeros_like(scale, dtype=torch.long), 0, torch.qint8)
+        if not torch.equal(qweight.int_repr(), weight_int8):  # q * s / s must round back to q
+            raise ValueError("int8 weights did not survive re-quantization: a compfair bug")
         module.set_weight_bias(qweight, None if bias is None else bias.float())
     return module
 
@@ -115,6 +131,62 @@ def build_int8_linear(mode: str, weight_int8, scale, bias) -> nn.Module:
 
 
 # --------------------------------------------------------------------------- model surgery
+
+
+def output_head_name(model) -> str | None:
+    """Module name of the model's output projection (lm_head, cls.predictions.decoder, ...), None without one."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    return next((name for name, module in model.named_modules() if module is head), None) if head is not None else None
+
+
+def conv1d_to_linear(model) -> None:
+    """GPT-2's Conv1D projections (weight [in, out]) -> equivalent nn.Linear, in place."""
+    from transformers.pytorch_utils import Conv1D
+
+    for name, module in list(model.named_modules()):
+        if isinstance(module, Conv1D):
+            linear = nn.Linear(module.weight.shape[0], module.weight.shape[1], bias=module.bias is not None)
+            with torch.no_grad():
+                linear.weight.copy_(module.weight.t())
+                if module.bias is not None:
+                    linear.bias.copy_(module.bias)
+            _replace(model, name, linear)
+
+
+def untie_output_head(model) -> None:
+    """Its int8 copy is no longer the embedding matrix: nothing may re-tie them (on save, load or from_config)."""
+    model.config.tie_word_embeddings = False
+    if hasattr(model.config, "get_text_config"):
+        model.config.get_text_config().tie_word_embeddings = False
+    model.all_tied_weights_keys = {}
+
+
+def quantize_dynamic_int8(model, skip_lm_head: bool = False) -> dict[str, tuple]:
+    """Gonçalves & Strubell's int8, in place: torch's quantize_dynamic on every nn.Linear (after Conv1D ->
+    Linear), the output head too unless `skip_lm_head`. Returns {name: (int8 weight, scale [1], bias)}."""
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
+    from torch.ao.quantization import default_dynamic_qconfig, quantize_dynamic
+
+    head = output_head_name(model)
+    conv1d_to_linear(model)
+    spec = {nn.Linear: default_dynamic_qconfig}  # what quantize_dynamic(model, {nn.Linear}, dtype=qint8) expands to
+    if skip_lm_head and head:
+        spec[head] = None  # a module name overrides its type in quantize_dynamic's qconfig_spec
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.ao.quantization's deprecation notice
+        quantize_dynamic(model, spec, dtype=torch.qint8, inplace=True)
+    quantized = {}
+    for name, module in model.named_modules():
+        if isinstance(module, DynamicLinear):
+            weight = module.weight()
+            if weight.qscheme() not in (torch.per_tensor_affine, torch.per_tensor_symmetric) or weight.q_zero_point():
+                raise ValueError(f"{name}: quantize_dynamic gave an unexpected weight layout {weight.qscheme()}")
+            bias = module.bias()
+            quantized[name] = (weight.int_repr(), torch.tensor([weight.q_scale()], dtype=torch.float64),
+                               None if bias is None else bias.detach().float().clone())
+    if head in quantized:
+        untie_output_head(model)
+    return quantized
 
 
 def linear_layers(model, skip_lm_head: bool = False) -> dict[str, nn.Module]:
@@ -147,10 +219,44 @@ def quantize_model(model, mode: str = "dynamic", per_tensor: bool = False, skip_
         bias = None if bias is None else bias.detach().float().clone()
         quantized[name] = (weight_int8, scale, bias)
         _replace(model, name, build_int8_linear(mode, weight_int8, scale, bias))
-    if "lm_head" in quantized:  # its int8 copy is no longer the embedding matrix: nothing may re-tie them
-        model.config.tie_word_embeddings = False
-        model.all_tied_weights_keys = {}
+    if "lm_head" in quantized:
+        untie_output_head(model)
     return quantized
+
+
+def auto_class_name(model) -> str:
+    """The transformers Auto class that rebuilds `model`'s architecture from its config."""
+    from transformers.models.auto import modeling_auto as auto
+
+    architecture = type(model).__name__
+    for auto_name, mapping in (("AutoModelForCausalLM", auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES),
+                               ("AutoModelForMaskedLM", auto.MODEL_FOR_MASKED_LM_MAPPING_NAMES),
+                               ("AutoModel", auto.MODEL_MAPPING_NAMES)):
+        if architecture in set(mapping.values()):
+            return auto_name
+    raise QuantizeError(f"{architecture} is not a causal LM, masked LM or bare encoder transformers can rebuild; "
+                        "quantize a GPT-2/Llama/GPT-NeoX-style causal LM or a BERT/RoBERTa-style encoder")
+
+
+def source_auto_class(config) -> str:
+    """How to load a source checkpoint: its causal or masked LM head if it has one, else the bare model."""
+    from compfair_tasks.models import LM_HEAD_SUFFIXES
+
+    architectures = list(getattr(config, "architectures", None) or [])
+    if any(a.endswith("ForMaskedLM") for a in architectures):
+        return "AutoModelForMaskedLM"
+    if getattr(config, "is_encoder_decoder", False):
+        raise QuantizeError("encoder-decoder models are not supported by the int8 methods; quantize a causal LM "
+                            "or an encoder (BERT, RoBERTa)")
+    if any(a.endswith(LM_HEAD_SUFFIXES) for a in architectures) or getattr(config, "is_decoder", False):
+        return "AutoModelForCausalLM"
+    from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+    return "AutoModel" if config.model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES else "AutoModelForCausalLM"
+
+
+def is_encoder(auto_class: str) -> bool:
+    return auto_class != "AutoModelForCausalLM"
 
 
 def save_quantized(model, quantized: dict, output_dir, mode: str, tokenizer=None) -> None:
@@ -171,7 +277,8 @@ def save_quantized(model, quantized: dict, output_dir, mode: str, tokenizer=None
             continue
         seen.add(tensor.data_ptr())
         tensors[key] = tensor.detach().contiguous()
-    metadata = {"format": "compfair-int8", "mode": mode, "quantized_modules": json.dumps(sorted(quantized))}
+    metadata = {"format": "compfair-int8", "mode": mode, "quantized_modules": json.dumps(sorted(quantized)),
+                "auto_class": auto_class_name(model)}
     save_file(tensors, str(output / WEIGHTS_FILE), metadata=metadata)
     model.config.save_pretrained(output)
     if getattr(model, "generation_config", None) is not None:
@@ -182,8 +289,8 @@ def save_quantized(model, quantized: dict, output_dir, mode: str, tokenizer=None
 
 def load_quantized(checkpoint_dir, mode: str | None = None):
     """The quantized model saved in `checkpoint_dir` (eval mode, CPU)."""
+    import transformers
     from safetensors import safe_open
-    from transformers import AutoConfig, AutoModelForCausalLM
 
     path = Path(checkpoint_dir) / WEIGHTS_FILE
     if not path.is_file():
@@ -197,7 +304,8 @@ def load_quantized(checkpoint_dir, mode: str | None = None):
     names = json.loads(metadata["quantized_modules"])
     int8 = {name: (tensors.pop(f"{name}.weight_int8"), tensors.pop(f"{name}.scale"), tensors.pop(f"{name}.bias", None))
             for name in names}
-    model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(checkpoint_dir), dtype=torch.float32)
+    auto_class = getattr(transformers, metadata.get("auto_class", "AutoModelForCausalLM"))  # older files: causal
+    model = auto_class.from_config(transformers.AutoConfig.from_pretrained(checkpoint_dir), dtype=torch.float32)
     missing, unexpected = model.load_state_dict(tensors, strict=False)  # the float tensors
     expected_missing = {f"{name}.{kind}" for name in names for kind in ("weight", "bias")}
     expected_missing |= set(getattr(model, "all_tied_weights_keys", None) or {})  # re-tied by from_config
@@ -206,8 +314,8 @@ def load_quantized(checkpoint_dir, mode: str | None = None):
         raise ValueError(f"{path} does not match its config: missing {missing[:5]}, unexpected {unexpected[:5]}")
     for name, (weight_int8, scale, bias) in int8.items():
         _replace(model, name, build_int8_linear(mode, weight_int8, scale, bias))
-    if "lm_head" in int8:
-        model.all_tied_weights_keys = {}
+    if output_head_name(model) in int8 or "lm_head" in int8:
+        untie_output_head(model)
     return model.eval()
 
 
@@ -219,14 +327,44 @@ def _hflm_class():
     from lm_eval.models.huggingface import HFLM
 
     class QuantizedHFLM(HFLM):
-        """lm_eval's HF model on a `compfair compress quantize` checkpoint (CPU)."""
+        """lm_eval's HF model on a `compfair compress quantize` checkpoint: compfair's int8 (CPU), or any
+        other method's output, which transformers loads as `--model hf` would."""
 
-        def __init__(self, pretrained: str, mode: str | None = None, **kwargs):
+        def __init__(self, pretrained: str, mode: str | None = None, batch_size=1, **kwargs):
+            if saved_mode(pretrained) is None:  # int8-per-token, gptq, torchao-int8: transformers loads them
+                super().__init__(pretrained=pretrained, batch_size=batch_size, **kwargs)
+                return
             kwargs.setdefault("tokenizer", pretrained)
             kwargs.pop("device", None)  # the int8 kernels are CPU kernels
-            super().__init__(pretrained=load_quantized(pretrained, mode), backend="causal", device="cpu", **kwargs)
+            check_eval_batch_size(pretrained, batch_size, mode)
+            model = load_quantized(pretrained, mode)
+            if is_encoder(auto_class_name(model)):
+                raise QuantizeError(f"{pretrained} is an int8 encoder ({type(model).__name__}): evaluate it with "
+                                    f"`lm_eval --model compfair-mlm --model_args pretrained={pretrained}`")
+            super().__init__(pretrained=model, backend="causal", device="cpu", batch_size=batch_size, **kwargs)
 
     return QuantizedHFLM
+
+
+def saved_mode(checkpoint_dir) -> str | None:
+    """The int8 mode written in a compfair int8 checkpoint (dynamic, weight-only), None if it holds none."""
+    from safetensors import safe_open
+
+    path = Path(checkpoint_dir) / WEIGHTS_FILE
+    if not path.is_file():
+        return None
+    with safe_open(str(path), framework="pt") as handle:
+        return handle.metadata().get("mode")
+
+
+def check_eval_batch_size(checkpoint_dir, batch_size, mode: str | None = None) -> None:
+    """Dynamic int8 scores depend on the batch (one activation scale per call): refuse a batch size that
+    varies with the machine (`auto`), so the batch size lm_eval records is the one every call used."""
+    if (mode or saved_mode(checkpoint_dir)) == "dynamic" and str(batch_size).strip().lower().startswith("auto"):
+        raise QuantizeError(
+            f"--batch_size {batch_size}: {checkpoint_dir} is dynamic int8, whose scores depend on the batch a "
+            "document is scored in (one activation scale per call); give a fixed --batch_size N (1, the default, "
+            "scores every document alone) and compare runs only at the same N")
 
 
 def __getattr__(name):  # `compressors.quantize:QuantizedHFLM` imports lm_eval only when lm_eval asks for it
@@ -239,12 +377,20 @@ def __getattr__(name):  # `compressors.quantize:QuantizedHFLM` imports lm_eval o
 
 
 LLMCOMPRESSOR_METHODS = ("gptq", "awq", "rtn")
-TORCHAO_METHODS = ("torchao-int8", "torchao-int4")
-METHODS = ("int8", *LLMCOMPRESSOR_METHODS, *TORCHAO_METHODS)
+TORCHAO_METHODS = ("torchao-int8", "torchao-int4", "int8-per-token")
+METHODS = ("dynamic-int8", "int8-per-token", "int8", *LLMCOMPRESSOR_METHODS, "torchao-int8", "torchao-int4")
 CALIBRATED = ("gptq", "awq")
 # largest relative logit change vs the float source a working quantization may cause (a sanity bound
 # against broken outputs, not a quality target); measured on SmolLM2: GPTQ 4-bit 0.48, torchao int8 0.057
-LIBRARY_REFERENCE_TOL = {4: 1.0, 8: 0.15}
+LIBRARY_REFERENCE_TOL = {4: 1.0, 8: 0.15, "int8-per-token": 0.5}
+# int8-per-token: a token's activations get their own scale and its integer matmul is exact, so on the
+# short check prompts batched (right-padded) = alone: measured 0.0 on SmolLM2 and a tiny Llama (dynamic-int8
+# 0.89, fp32 3.6e-6). Float kernels on other shapes (a KV-cached step, longer padded batches) still differ
+# by ~1e-6, which flips roundings of int8 activations that the layers amplify: cached vs uncached 0.11 on
+# SmolLM2 (6.5e-3 tiny Llama; dynamic-int8 0.67, fp32 1.8e-6); int8-per-token vs fp32 0.22 (dynamic-int8
+# 0.80). BATCH_TOL only tells per-token scales from per-tensor ones (a torchao change would show here)
+BATCH_TOL = 0.3
+LIBRARY_CACHE_TOL = {"int8-per-token": 0.5}
 NEEDS_GPU = {  # measured on CPU with the locked torch 2.13 (see the module doc)
     "torchao-int4": "torchao 0.18 has no CPU int4 weight layout (its int4 kernels are CUDA-only); "
                     "run it on a CUDA machine, or use --method gptq/rtn --bits 4 on CPU",
@@ -268,18 +414,21 @@ def build_parser() -> argparse.ArgumentParser:
                     "`lm_eval --model compfair-quantized --model_args pretrained=<output>`.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_model_and_output_arguments(parser, "quantized")
-    parser.add_argument("--method", choices=METHODS, default="int8",
-                        help="int8: compfair's int8 (--mode); gptq/awq/rtn: llm-compressor; torchao-*: torchao")
+    parser.add_argument("--method", choices=METHODS, default="dynamic-int8",
+                        help="dynamic-int8: torch quantize_dynamic on every nn.Linear (Gonçalves & Strubell); "
+                             "int8-per-token: torchao int8 weights + per-token int8 activations (batch-independent); "
+                             "int8: compfair's own (--mode weight-only); gptq/awq/rtn: llm-compressor; "
+                             "torchao-*: torchao weight-only")
     parser.add_argument("--bits", type=int, choices=(4, 8), default=4, help="weight bits of gptq/awq/rtn")
     parser.add_argument("--group-size", type=int, default=64,
                         help="inputs sharing one scale (gptq/awq/rtn); must divide every layer's input width "
                              "(SmolLM2's 576: 32, 64, 192 or 576; not 128)")
     add_calibration_arguments(parser, "gptq/awq")
     parser.add_argument("--mode", choices=MODES, default="dynamic",
-                        help="int8 method: dynamic = int8 weights and activations (the paper); weight-only")
+                        help="int8 method: weight-only; dynamic = the old spelling of --method dynamic-int8")
     parser.add_argument("--per-tensor", action="store_true", help="int8 method: one scale per matrix, not per row")
-    parser.add_argument("--skip-lm-head", action="store_true", help="int8 method: keep the LM head in float "
-                        "(the library methods always do)")
+    parser.add_argument("--skip-lm-head", action="store_true", help="dynamic-int8/int8: keep the LM head in "
+                        "float (gptq/rtn/torchao-int8 always do; the paper did not)")
     parser.add_argument("--latency-tokens", type=int, default=128, help="sequence length of the latency check")
     parser.add_argument("--latency-batch", type=int, default=1, help="0 skips the latency check")
     parser.add_argument("--seed", type=int, default=0, help="seed of the latency check's token ids")
@@ -296,7 +445,9 @@ def main(argv: list[str] | None = None) -> int:
     args.source = resolve_model(args.model)  # bad input raises a CompfairError: the CLI prints it and exits 2
     load_model_config(args.model)
     prepare_output(args.output, sources=[args.model, args.source], overwrite=args.overwrite)
-    return _int8_main(args) if args.method == "int8" else _library_main(args)
+    if args.method == "int8" and args.mode == "dynamic":  # the old spelling of the paper's method
+        args.method = "dynamic-int8"
+    return _int8_main(args) if args.method in ("dynamic-int8", "int8") else _library_main(args)
 
 
 # --------------------------------------------------------------------------- library methods
@@ -338,12 +489,58 @@ def quantize_with_llmcompressor(model, method: str, bits: int, group_size: int, 
 
 
 def torchao_config(method: str):
-    from torchao.quantization import Int8WeightOnlyConfig
+    from torchao.quantization import Int8DynamicActivationInt8WeightConfig, Int8WeightOnlyConfig
     from transformers import TorchAoConfig
 
     if method == "torchao-int8":
         return TorchAoConfig(Int8WeightOnlyConfig())
+    if method == "int8-per-token":  # every linear layer, the (untied) LM head too, as dynamic-int8 does
+        return TorchAoConfig(Int8DynamicActivationInt8WeightConfig(), include_input_output_embeddings=True,
+                             modules_to_not_convert=[])
     raise QuantizeError(NEEDS_GPU.get(method, f"unknown torchao method {method!r}"))
+
+
+def load_torchao(source, method: str, float_model):
+    """`source` quantized by torchao at load time (TorchAoConfig). int8-per-token quantizes the LM head too:
+    a head tied to the embeddings is untied first (through a float copy), since torchao skips tied weights."""
+    import copy
+    import tempfile
+
+    from transformers import AutoModelForCausalLM
+
+    head, embeddings = float_model.get_output_embeddings(), float_model.get_input_embeddings()
+    with tempfile.TemporaryDirectory(prefix="compfair-untied-") as untied:
+        if method == "int8-per-token" and head is not None and head.weight is embeddings.weight:
+            copied = copy.deepcopy(float_model)
+            copied.get_output_embeddings().weight = nn.Parameter(head.weight.detach().clone())
+            untie_output_head(copied)
+            copied.save_pretrained(untied)
+            source = untied
+        return AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, device_map="cpu",
+                                                    quantization_config=torchao_config(method)).eval()
+
+
+def model_outputs(model, input_ids, attention_mask=None) -> torch.Tensor:
+    """Logits of an LM (causal or masked), the last hidden state of a bare encoder."""
+    with torch.no_grad():
+        out = model(input_ids=input_ids, attention_mask=attention_mask)
+    return out.logits if getattr(out, "logits", None) is not None else out.last_hidden_state
+
+
+def batched_vs_alone(model, tokenizer=None) -> float:
+    """Max relative difference of the check prompts' outputs scored in one right-padded batch (as lm_eval's
+    log-likelihood batches) from each scored alone: 0 for a batch-independent model."""
+    from compressors.checks import prompt_ids, relative_difference
+
+    ids = prompt_ids(model, tokenizer)
+    lengths = [i.shape[1] for i in ids]
+    batch = torch.zeros(len(ids), max(lengths), dtype=torch.long)
+    mask = torch.zeros_like(batch)
+    for row, (prompt, length) in enumerate(zip(ids, lengths, strict=True)):
+        batch[row, :length], mask[row, :length] = prompt[0], 1
+    together = model_outputs(model, batch, mask)
+    return max(relative_difference(together[row, :length], model_outputs(model, prompt)[0])
+               for row, (prompt, length) in enumerate(zip(ids, lengths, strict=True)))
 
 
 def _library_main(args) -> int:
@@ -365,8 +562,7 @@ def _library_main(args) -> int:
     started = time.perf_counter()
     blocks = None
     if args.method in TORCHAO_METHODS:
-        model = AutoModelForCausalLM.from_pretrained(args.source, dtype=torch.float32, device_map="cpu",
-                                                     quantization_config=torchao_config(args.method))
+        model = load_torchao(args.source, args.method, reference)
         settings = {"method": args.method}
     else:
         import copy
@@ -384,9 +580,13 @@ def _library_main(args) -> int:
         tokenizer.save_pretrained(output)
         del model
         loaded = AutoModelForCausalLM.from_pretrained(output).eval()  # what lm_eval --model hf will evaluate
-        bits = 8 if args.method == "torchao-int8" else args.bits
-        checks = output_checks(loaded, tokenizer, reference, LIBRARY_REFERENCE_TOL[bits],
-                               f"{args.method} vs float source")
+        bits = 8 if args.method in TORCHAO_METHODS else args.bits
+        checks = output_checks(loaded, tokenizer, reference, LIBRARY_REFERENCE_TOL.get(args.method, LIBRARY_REFERENCE_TOL[bits]),
+                               f"{args.method} vs float source", cache_tol=LIBRARY_CACHE_TOL.get(args.method))
+        checks["batched_vs_alone"] = batched_vs_alone(loaded, tokenizer)
+        if args.method == "int8-per-token" and not checks["batched_vs_alone"] <= BATCH_TOL:
+            raise QuantizeError(f"int8-per-token: batched outputs differ from one-by-one outputs by "
+                                f"{checks['batched_vs_alone']:.1e} > {BATCH_TOL:.0e}: a compfair bug, please report it")
         measured = measure_weights(output, args.source if Path(args.source).is_dir() else None)
         if measured["equal_to_source"]:
             raise QuantizeError(f"{output} holds its source's weights unchanged: nothing was quantized")
@@ -396,7 +596,8 @@ def _library_main(args) -> int:
             extra={"measured": measured, "seconds": round(seconds, 1), "checks": checks,
                    "params": sum(p.numel() for p in reference.parameters())})
     print(f"saved {output}: {args.method} in {seconds:.0f} s; measured {measured['bits']} bits "
-          f"({measured['storage']}), {measured['bytes'] / 1e6:.1f} MB on disk")
+          f"({measured['storage']}), {measured['bytes'] / 1e6:.1f} MB on disk; batched vs one-by-one outputs "
+          f"differ by {checks['batched_vs_alone']:.1e} of their scale")
     return 0
 
 
@@ -404,43 +605,79 @@ def _library_main(args) -> int:
 
 
 def _int8_main(args) -> int:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """dynamic-int8 (torch's quantize_dynamic) and compfair's weight-only int8: a compfair int8 checkpoint."""
+    import transformers
 
     from compfair_tasks.measure import measure_latency
-    from compressors.checks import check_compressed, frozen_reference
+    from compressors.checks import check_compressed, frozen_reference, prompt_ids, relative_difference
     from compressors.metadata import checkpoint_size_bytes, write_compression_metadata
 
     def forward_seconds(model):  # fp32 and int8 are timed on the same seeded token ids
         return measure_latency(model, seq_len=args.latency_tokens, batch_size=args.latency_batch, repeats=3,
                                warmup=1, seed=args.seed)["latency_ms"] / 1000
 
-    source = args.source
+    source, paper = args.source, args.method == "dynamic-int8"
+    mode = "dynamic" if paper else args.mode
     torch.manual_seed(args.seed)
-    model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32).eval()
-    tokenizer = AutoTokenizer.from_pretrained(source)
+    auto_class = source_auto_class(transformers.AutoConfig.from_pretrained(source))
+    if is_encoder(auto_class) and not paper:
+        raise QuantizeError(f"--method int8 --mode {args.mode} is for causal LMs; quantize an encoder with "
+                            "--method dynamic-int8")
+    model = getattr(transformers, auto_class).from_pretrained(source, dtype=torch.float32).eval()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(source)
     float_params = sum(p.numel() for p in model.parameters())
     fp32_seconds = forward_seconds(model) if args.latency_batch else None
-    float_logits = frozen_reference(model, tokenizer)
-    quantized = quantize_model(model, args.mode, args.per_tensor, args.skip_lm_head)
-    check_compressed(model, tokenizer, reference=float_logits, reference_tol=REFERENCE_TOL[args.mode],
-                     cache_tol=CACHE_TOL[args.mode], label="int8 vs float")
-    save_quantized(model, quantized, args.output, args.mode, tokenizer)
+    ids = prompt_ids(model, tokenizer)
+    if is_encoder(auto_class):
+        float_outputs = [model_outputs(model, i) for i in ids]
+    else:
+        float_logits = frozen_reference(model, tokenizer)
+    quantized = (quantize_dynamic_int8(model, args.skip_lm_head) if paper
+                 else quantize_model(model, mode, args.per_tensor, args.skip_lm_head))
+    if is_encoder(auto_class):  # no generation to check: outputs near the float model's, no NaN
+        difference = max(relative_difference(model_outputs(model, i), f) for i, f in zip(ids, float_outputs,
+                                                                                          strict=True))
+        if not difference <= REFERENCE_TOL[mode]:
+            raise QuantizeError(f"int8 vs float: outputs differ by {difference:.2e} > {REFERENCE_TOL[mode]:.0e}: "
+                                "nothing written (a compfair bug: please report it with the command)")
+        checks = {"reference_diff": difference, "reference_tol": REFERENCE_TOL[mode]}
+        print(f"check on {len(ids)} prompts: int8 vs float {difference:.1e} (tol {REFERENCE_TOL[mode]:.0e}): ok")
+    else:
+        checks = check_compressed(model, tokenizer, reference=float_logits, reference_tol=REFERENCE_TOL[mode],
+                                  cache_tol=CACHE_TOL[mode], label="int8 vs float")
+    checks["batched_vs_alone"] = batched_vs_alone(model, tokenizer)
+    save_quantized(model, quantized, args.output, mode, tokenizer)
     int8_seconds = forward_seconds(model) if args.latency_batch else None
     int8_params = sum(w.numel() for w, _, _ in quantized.values())
     source_size = checkpoint_size_bytes(source) if Path(source).is_dir() else None
+    evaluate_with = ("lm_eval --model compfair-mlm --model_args pretrained=<dir>" if is_encoder(auto_class)
+                     else "lm_eval --model compfair-quantized --model_args pretrained=<dir>")
+    if paper:
+        settings = {"call": "quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)",
+                    "weights": "int8 per matrix", "activations": "int8 per tensor per call",
+                    "engine": torch.backends.quantized.engine, "skip_lm_head": args.skip_lm_head,
+                    "batch_dependent": True, "evaluate_with": evaluate_with + " --batch_size 1"}
+    else:
+        settings = {"mode": mode, "per_tensor": args.per_tensor, "skip_lm_head": args.skip_lm_head,
+                    "batch_dependent": mode == "dynamic", "evaluate_with": evaluate_with}
     record = write_compression_metadata(
-        args.output, method=f"quantize_int8_{args.mode.replace('-', '_')}", source_model=args.model, seed=args.seed,
-        settings={"mode": args.mode, "per_tensor": args.per_tensor, "skip_lm_head": args.skip_lm_head,
-                  "evaluate_with": "lm_eval --model compfair-quantized --model_args pretrained=<dir>"},
+        args.output, method="quantize_dynamic_int8" if paper else f"quantize_int8_{mode.replace('-', '_')}",
+        source_model=args.model, seed=args.seed, settings=settings,
         removed={"float_linear_layers": sorted(quantized)},
         extra={"params": float_params, "int8_params": int8_params, "source_size_bytes": source_size,
+               "model_class": auto_class, "checks": checks,
+               "batch_dependence": None if mode != "dynamic" else (
+                   "scores depend on the evaluation batch (its other sequences and their padding): evaluate with a "
+                   "fixed --batch_size (lm_eval records it; compfair-quantized refuses auto) and compare runs "
+                   "only at the same batch size; checks.batched_vs_alone measures the effect"),
                "latency": None if fp32_seconds is None else {
                    "batch": args.latency_batch, "tokens": args.latency_tokens, "fp32_seconds": round(fp32_seconds, 4),
                    "int8_seconds": round(int8_seconds, 4), "speedup": round(fp32_seconds / int8_seconds, 3)}},
     )
     size_note = f"{source_size / 1e6:.1f} MB -> " if source_size else ""
-    print(f"saved {args.output}: {len(quantized)} linear layers int8 ({args.mode}), "
-          f"{size_note}{record['size_bytes'] / 1e6:.1f} MB on disk")
+    print(f"saved {args.output}: {len(quantized)} linear layers int8 ({args.method}{'' if paper else ' ' + mode}), "
+          f"{size_note}{record['size_bytes'] / 1e6:.1f} MB on disk; batched vs one-by-one outputs differ by "
+          f"{checks['batched_vs_alone']:.1e} of their scale")
     if fp32_seconds is not None:
         print(f"forward {args.latency_batch}x{args.latency_tokens} tokens: fp32 {fp32_seconds * 1e3:.0f} ms, "
               f"int8 {int8_seconds * 1e3:.0f} ms, speedup x{fp32_seconds / int8_seconds:.2f}")

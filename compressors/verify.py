@@ -162,9 +162,11 @@ def measure_weights(checkpoint_dir, source_dir=None) -> dict:
     }
 
 
-def output_checks(model, tokenizer, reference, reference_tol: float, label: str) -> dict:
-    """compressors.checks.check_compressed on the saved-and-reloaded model: cached vs uncached logits,
-    and the logits within `reference_tol` (relative max difference) of the float source's."""
+def output_checks(model, tokenizer, reference, reference_tol: float, label: str, cache_tol: float | None = None) -> dict:
+    """compressors.checks.check_compressed on the saved-and-reloaded model: cached vs uncached logits
+    (within `cache_tol`, default the dtype's), and the logits within `reference_tol` (relative max
+    difference) of the float source's."""
     from compressors.checks import check_compressed
 
-    return check_compressed(model, tokenizer, reference=reference, reference_tol=reference_tol, label=label)
+    return check_compressed(model, tokenizer, reference=reference, reference_tol=reference_tol, label=label,
+                            cache_tol=cache_tol)

@@ -27,7 +27,8 @@ from compressors.metadata import FILE_NAME as COMPRESSION_FILE
 
 RESULTS_GLOB = "results_*.json"
 INFO_COLUMNS = ["model", "model_type", "method", "recipe", "teacher", "teacher_evaluated", "params", "size_bytes",
-                "bits", "sparsity", "weights_equal_source", "latency_ms", "scorer", "limit", "pretrained"]
+                "bits", "sparsity", "weights_equal_source", "latency_ms", "scorer", "limit", "eval_batch",
+                "pretrained"]
 # files of a checkpoint folder: a relative path is taken for one only where the folder holds one of them
 CHECKPOINT_MARKERS = ("config.json", COMPRESSION_FILE, "compfair_quantized.safetensors")
 UNKNOWN_METHOD = "unknown: checkpoint not found"
@@ -54,6 +55,7 @@ class Run:
     model_type: str = ""  # lm_eval --model (hf, compfair-mlm, compfair-quantized, ...)
     checkpoint: Path | None = None  # the checkpoint folder `pretrained` names, found by `local_folder`
     looked_up: int = -1  # how many results files the lookup of `checkpoint` saw (-1: not looked up yet)
+    eval_batch: str = ""  # lm_eval --batch_size: part of a batch-dependent (dynamic int8) model's identity
 
     @property
     def pretrained(self) -> str:
@@ -226,7 +228,9 @@ def read_runs(folders, problems: list[str] | None = None) -> list[Run]:
         model_args = parse_model_args(config.get("model_args"))
         if not model_args:
             model_args = {"pretrained": data.get("model_name") or path.parent.name}
-        run = runs.setdefault(_model_key(model_args), Run(model_args=model_args))
+        # dynamic int8 scores depend on the evaluation batch: its runs at other batch sizes are other rows
+        batch = str(config.get("batch_size", "")) if config.get("model") == "compfair-quantized" else ""
+        run = runs.setdefault(_model_key(model_args) + batch, Run(model_args=model_args, eval_batch=batch))
         run.results_files.append(path)
         samples = _samples_files(path)
         for task, task_results in results.items():
@@ -422,6 +426,7 @@ def to_frame(runs: list[Run], problems: list[str] | None = None) -> pd.DataFrame
             "latency_ms": _number(latency) if latency is not None else math.nan,
             "scorer": _scorer(run),
             "limit": _number(run.limit) if run.limit else math.nan,
+            "eval_batch": run.eval_batch if (compression.get("settings") or {}).get("batch_dependent") else "",
             "pretrained": run.pretrained,
         }
         for task, task_results in run.results.items():

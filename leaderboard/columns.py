@@ -37,6 +37,7 @@ INFO = [
     Column("latency_ms", "Latency (ms)", "lower", kind="info"),
     Column("scorer", "Toxicity scorer", kind="info"),
     Column("limit", "--limit (docs per task)", kind="info"),
+    Column("eval_batch", "Eval batch (dynamic int8: scores depend on it)", kind="info"),
     Column("degenerate", "Degeneration flag", kind="info"),  # leaderboard.degeneration; reasons as the tooltip
 ]
 
