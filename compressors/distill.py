@@ -539,6 +539,10 @@ def _train(settings: DistillSettings, resume_from: str | None, callbacks=None) -
     trainer.train(resume_from_checkpoint=resume_from)
 
     from compressors.checks import check_compressed
+    from compressors.verify import refuse_unchanged
+
+    refuse_unchanged("compfair compress distill", steps=trainer.state.global_step,
+                     fix="give more training text, or a positive --epochs / --max-steps")
 
     check_compressed(trainer.model, tokenizer)  # cached vs uncached logits; raises before anything is saved
     trainer.save_model(str(output))  # every process takes part (sharded models gather here); rank 0 writes

@@ -333,6 +333,7 @@ def main(argv: list[str] | None = None) -> int:
     from compressors.checks import check_compressed
     from compressors.metadata import count_parameters, write_compression_metadata
     from compressors.output import prepare_output
+    from compressors.verify import refuse_unchanged
 
     torch.manual_seed(args.seed)
     try:
@@ -353,6 +354,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"scoring {heads_before} heads on {len(blocks)} blocks of {args.block_size} tokens from {n_texts} texts")
     result = prune_iteratively(model, blocks, args.iterations, args.ratio, args.unit, args.normalize,
                                args.batch_size, args.allow_empty_layers, progress=True)
+    refuse_unchanged("compfair compress prune", layers_changed=sum(1 for heads in result.removed.values() if heads),
+                     fix="every layer is down to its last head: pass --allow-empty-layers to remove those too")
     check_compressed(result.model, tokenizer, reference=gated_reference(model, result.removed),
                      reference_tol=1e-4, label="pruned vs gated teacher")  # float32: ~1e-6 measured
     save_pruned(result.model, tokenizer, args.output)

@@ -354,7 +354,7 @@ def _library_main(args) -> int:
     from compressors.metadata import write_compression_metadata
     from compressors.output import removed_on_failure
     from compressors.text_data import calibration_blocks
-    from compressors.verify import measure_weights, output_checks
+    from compressors.verify import measure_weights, output_checks, refuse_unchanged
 
     if args.method in TORCHAO_METHODS and args.bits != 4:
         raise QuantizeError("--bits is for gptq/awq/rtn; torchao-int8/int4 fix their own bit width")
@@ -388,8 +388,8 @@ def _library_main(args) -> int:
         checks = output_checks(loaded, tokenizer, reference, LIBRARY_REFERENCE_TOL[bits],
                                f"{args.method} vs float source")
         measured = measure_weights(output, args.source if Path(args.source).is_dir() else None)
-        if measured["equal_to_source"]:
-            raise QuantizeError(f"{output} holds its source's weights unchanged: nothing was quantized")
+        refuse_unchanged("compfair compress quantize", equal_to_source=measured["equal_to_source"],
+                         fix=f"no linear layer of {args.model} was quantized")
         write_compression_metadata(
             output, method=f"quantize_{args.method.replace('-', '_')}", source_model=args.model, seed=args.seed,
             settings={**settings, "evaluate_with": "lm_eval --model hf --model_args pretrained=<dir>"},
@@ -409,6 +409,7 @@ def _int8_main(args) -> int:
     from compfair_tasks.measure import measure_latency
     from compressors.checks import check_compressed, frozen_reference
     from compressors.metadata import checkpoint_size_bytes, write_compression_metadata
+    from compressors.verify import refuse_unchanged
 
     def forward_seconds(model):  # fp32 and int8 are timed on the same seeded token ids
         return measure_latency(model, seq_len=args.latency_tokens, batch_size=args.latency_batch, repeats=3,
@@ -422,6 +423,8 @@ def _int8_main(args) -> int:
     fp32_seconds = forward_seconds(model) if args.latency_batch else None
     float_logits = frozen_reference(model, tokenizer)
     quantized = quantize_model(model, args.mode, args.per_tensor, args.skip_lm_head)
+    refuse_unchanged("compfair compress quantize", layers_changed=len(quantized),
+                     fix=f"{args.model} has no nn.Linear layer that int8 can quantize")
     check_compressed(model, tokenizer, reference=float_logits, reference_tol=REFERENCE_TOL[args.mode],
                      cache_tol=CACHE_TOL[args.mode], label="int8 vs float")
     save_quantized(model, quantized, args.output, args.mode, tokenizer)
