@@ -31,6 +31,9 @@ import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
+from compfair_tasks import options
+from compfair_tasks.errors import CompfairError
+
 METHODS = ("magnitude", "wanda", "sparsegpt")
 NEEDS_DATA = ("wanda", "sparsegpt")
 LINEAR_TYPES = (nn.Linear, Conv1D)
@@ -41,7 +44,7 @@ LINEAR_TYPES = (nn.Linear, Conv1D)
 REFERENCE_TOL = 2.0
 
 
-class SparsifyError(ValueError):
+class SparsifyError(CompfairError, ValueError):
     """Bad settings, reported by the CLI in one line."""
 
 
@@ -172,34 +175,36 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--method", choices=METHODS, default="wanda",
                         help="magnitude: smallest |w| per layer; wanda: |w| x input norm; sparsegpt: OBS updates")
     target = parser.add_mutually_exclusive_group()
-    target.add_argument("--sparsity", type=float, default=None, help="fraction of each layer's weights zeroed "
-                        "(default 0.5 when no --pattern)")
-    target.add_argument("--pattern", default=None, help="N:M semi-structured sparsity, e.g. 2:4")
+    target.add_argument("--sparsity", type=options.fraction_open, default=None,
+                        help="fraction of each layer's weights zeroed, in (0, 1) (default 0.5 when no --pattern)")
+    target.add_argument("--pattern", type=options.checked(check_pattern), default=None,
+                        help="N:M semi-structured sparsity, e.g. 2:4")
     add_calibration_arguments(parser, "wanda/sparsegpt")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the calibration text sample")
+    parser.add_argument("--seed", type=options.seed, default=0, help="seed of the calibration text sample")
     return parser
 
 
+def check_pattern(text: str) -> str:
+    parse_pattern(text)
+    return text
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        pattern = parse_pattern(args.pattern)
-        sparsity = None if pattern else (0.5 if args.sparsity is None else args.sparsity)
-        if sparsity is not None and not 0 < sparsity < 1:
-            raise SparsifyError(f"--sparsity must be in (0, 1), got {sparsity}")
-    except SparsifyError as error:
-        print(f"compfair compress sparsify: {error}", file=sys.stderr)
-        return 2
+    args = build_parser().parse_args(argv)  # bad values exit 2 here, before any model loads
+    pattern = parse_pattern(args.pattern)
+    sparsity = None if pattern else (0.5 if args.sparsity is None else args.sparsity)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from compfair_tasks.models import load_model_config, resolve_model
     from compressors.metadata import write_compression_metadata
     from compressors.output import prepare_output, removed_on_failure
-    from compressors.text_data import calibration_blocks
+    from compressors.text_data import calibration_blocks, check_context
     from compressors.verify import changed_tensors, measure_weights, output_checks, refuse_unchanged
 
     source = resolve_model(args.model)  # bad input raises a CompfairError: the CLI prints it and exits 2
-    load_model_config(args.model)
+    config = load_model_config(args.model)
+    if args.method in NEEDS_DATA:
+        check_context(args.block_size, config)
     prepare_output(args.output, sources=[args.model, source], overwrite=args.overwrite)
     torch.manual_seed(args.seed)
     started = time.perf_counter()
