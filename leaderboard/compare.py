@@ -159,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--metadata", type=metadata_json, help="JSON merged into the preset's task metadata (e.g. '{\"scorer\": ...}')")
     parser.add_argument("--device", type=options.device, default=None,
                         help="torch device (default: cuda when available, else cpu)")
-    parser.add_argument("--dtype", type=options.dtype_name, default="",
+    parser.add_argument("--dtype", type=options.dtype_name, default=None,
                         help="model dtype for lm_eval (e.g. float16 on a GPU)")
     parser.add_argument("--batch-size", type=options.lm_eval_batch_size, default="auto",
                         help="lm_eval --batch_size: N, auto or auto:N")
