@@ -106,6 +106,10 @@ def sparsify_model(model, method: str, sparsity: float | None = 0.5, pattern: tu
     if not layers:
         raise SparsifyError(f"{type(model).__name__} has no linear layers (nn.Linear or Conv1D) in its blocks: "
                             "nothing to sparsify; give a decoder-only transformer")
+    widths = sorted({rows_by_output(m).shape[1] for m in layers.values()} if pattern else set())
+    if pattern and any(width % pattern[1] for width in widths):
+        raise SparsifyError(f"--pattern {pattern[0]}:{pattern[1]} needs layer input widths divisible by {pattern[1]}, "
+                            f"got {widths}: choose M dividing all of them (e.g. 2:4)")
     if method == "magnitude":
         for module in layers.values():
             weight = rows_by_output(module)  # N:M groups run along each output row's inputs
@@ -214,11 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     blocks = None
     if args.method in NEEDS_DATA:
         blocks = calibration_blocks(args, tokenizer)
-    try:
-        zeroed = sparsify_model(model, args.method, sparsity, pattern, blocks)
-    except SparsifyError as error:
-        print(f"compfair compress sparsify: {error}", file=sys.stderr)
-        return 2
+    zeroed = sparsify_model(model, args.method, sparsity, pattern, blocks)  # a SparsifyError: the CLI exits 2
     refuse_unchanged("compfair compress sparsify", layers_changed=changed_tensors(model, reference),
                      fix="its linear layers were left as they were: please report it with the command")
     seconds = time.perf_counter() - started

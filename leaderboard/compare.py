@@ -86,6 +86,8 @@ def check_model(name: str) -> None:
     """A local checkpoint folder, or a hub id that is cached (offline) or reachable (online)."""
     folder = Path(name).expanduser()
     if folder.exists() or name.startswith((".", "/", "~")):
+        if not folder.is_dir():
+            raise PreflightError(f"model {name}: no such folder (give a save_pretrained checkpoint folder or a hub id)")
         if not (folder / "config.json").is_file():
             raise PreflightError(f"model {name}: no config.json in that folder (expected a save_pretrained checkpoint)")
         return

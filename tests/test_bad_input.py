@@ -575,3 +575,13 @@ def test_prune_that_can_remove_no_head_fails_and_writes_nothing(tmp_path, capsys
                           "--num-examples", "20", "--block-size", "16", "--iterations", "1"], capsys)
     assert code == 2 and "changed nothing (0 layers changed)" in err and "--allow-empty-layers" in err
     assert not output.exists() or not any(output.iterdir())
+
+
+def test_compare_names_a_missing_model_folder_as_missing(tmp_path):
+    from leaderboard import compare
+
+    with pytest.raises(compare.PreflightError, match="no such folder"):
+        compare.check_model(str(tmp_path / "nowhere"))
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(compare.PreflightError, match="no such folder"):
+        compare.check_model(str(tmp_path / "a_file"))

@@ -259,3 +259,12 @@ def test_a_run_that_changes_nothing_fails_and_keeps_nothing(tiny_llama_dir, tmp_
 def test_a_model_without_linear_layers_is_refused():
     with pytest.raises(sparsify.SparsifyError, match="no linear layers"):
         sparsify.sparsify_model(torch.nn.Sequential(torch.nn.Embedding(4, 4)), "magnitude", 0.5)
+
+
+@pytest.mark.parametrize("method", ["magnitude", "wanda"])
+def test_a_pattern_that_does_not_divide_the_layer_widths_is_refused_by_every_method(tiny_gpt2_dir, method):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_gpt2_dir)  # inputs of 32 and 128: no group of 3 fits
+    with pytest.raises(sparsify.SparsifyError, match=r"divisible by 3, got \[32, 128\]"):
+        sparsify.sparsify_model(model, method, None, (1, 3), torch.zeros(1, 8, dtype=torch.long))
