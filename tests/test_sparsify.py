@@ -46,10 +46,11 @@ def test_masks_by_hand():
     assert sparsify.prune_mask(two_rows, 0.5, None, per_row=True).tolist() == [[True, False], [True, False]]
 
 
-def _first_layer_inputs(model, blocks):
-    """Inputs of layer 0's q_proj (= the normed embeddings: no pruned layer before it)."""
+def _first_layer_inputs(model, blocks, layer=None):
+    """Inputs of `layer`, by default layer 0's q_proj (= the normed embeddings: no pruned layer before it)."""
     seen = []
-    handle = model.model.layers[0].self_attn.q_proj.register_forward_hook(
+    layer = model.model.layers[0].self_attn.q_proj if layer is None else layer
+    handle = layer.register_forward_hook(
         lambda _m, inputs, _o: seen.append(inputs[0].detach().reshape(-1, inputs[0].shape[-1])))
     with torch.no_grad():
         model(blocks)
@@ -187,23 +188,12 @@ def test_every_new_compressor_output_runs_in_lm_eval_hf_and_the_leaderboard_meas
 
 # --- GPT-2: its block layers are transformers' Conv1D (weight stored [inputs, outputs]) ------------------------
 
-def _gpt2_first_layer_inputs(model, blocks):
-    """Inputs of block 0's c_attn (= ln_1 of the embeddings: no pruned layer before it)."""
-    seen = []
-    handle = model.transformer.h[0].attn.c_attn.register_forward_hook(
-        lambda _m, inputs, _o: seen.append(inputs[0].detach().reshape(-1, inputs[0].shape[-1])))
-    with torch.no_grad():
-        model(blocks)
-    handle.remove()
-    return torch.cat(seen)
-
-
 def test_wanda_on_gpt2_conv1d_matches_its_definition_per_output_row(tiny_gpt2_dir):
     from transformers import AutoModelForCausalLM
 
     blocks = torch.randint(0, 1000, (4, 32), generator=torch.Generator().manual_seed(0))
     dense = AutoModelForCausalLM.from_pretrained(tiny_gpt2_dir).eval()
-    x = _gpt2_first_layer_inputs(dense, blocks)
+    x = _first_layer_inputs(dense, blocks, dense.transformer.h[0].attn.c_attn)  # block 0: ln_1 of the embeddings
     weight = dense.transformer.h[0].attn.c_attn.weight.detach().t()  # [outputs, inputs]
     expected = sparsify.prune_mask(weight.abs() * x.norm(dim=0), 0.5, None, per_row=True)
     wanda = AutoModelForCausalLM.from_pretrained(tiny_gpt2_dir).eval()
