@@ -106,7 +106,7 @@ def device(text: str) -> str:
         parsed = torch.device(text)
     except (RuntimeError, ValueError):
         raise argparse.ArgumentTypeError(f"{text!r} is not a torch device; give cpu, cuda, cuda:N or mps") from None
-    if parsed.type in ("cpu", "meta"):
+    if parsed.type == "cpu":
         return text
     backend = getattr(torch, parsed.type, None)
     if parsed.type == "mps":

@@ -353,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
         blocks, n_texts = load_blocks(args.data, tokenizer, args.num_examples or None, args.block_size, args.seed,
                                       args.min_blocks)
     except (ValueError, FileNotFoundError) as error:
-        print(f"compfair compress prune: {error}", file=sys.stderr)
+        print(f"compfair compress prune: error: {error}", file=sys.stderr)
         return 2
     heads_before = sum(layer.num_heads for layer in attention_layers(model))
     print(f"scoring {heads_before} heads on {len(blocks)} blocks of {args.block_size} tokens from {n_texts} texts")

@@ -389,13 +389,13 @@ def _library_main(args) -> int:
 
     torch.manual_seed(args.seed)
     tokenizer = AutoTokenizer.from_pretrained(args.source)
+    blocks = calibration_blocks(args, tokenizer) if args.method in CALIBRATED else None  # bad --data: before the model
     reference = AutoModelForCausalLM.from_pretrained(args.source, dtype=torch.float32).eval()
     if not any(isinstance(m, nn.Linear) for name, m in reference.named_modules() if not name.endswith("lm_head")):
         raise QuantizeError(f"--method {args.method} quantizes nn.Linear layers only, and {args.model} has none in "
                             "its blocks (GPT-2 keeps them in transformers' Conv1D): use --method int8")
     output = Path(args.output)
     started = time.perf_counter()
-    blocks = None
     if args.method in TORCHAO_METHODS:
         model = AutoModelForCausalLM.from_pretrained(args.source, dtype=torch.float32, device_map="cpu",
                                                      quantization_config=torchao_config(args.method))
@@ -404,8 +404,6 @@ def _library_main(args) -> int:
         import copy
 
         model = copy.deepcopy(reference)
-        if args.method in CALIBRATED:
-            blocks = calibration_blocks(args, tokenizer)
         quantize_with_llmcompressor(model, args.method, args.bits, args.group_size, blocks)
         settings = {"method": args.method, "bits": args.bits, "group_size": args.group_size, "symmetric": True,
                     "activations": "float", "data": args.data or ("bold_wiki" if blocks is not None else None),

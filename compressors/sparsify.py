@@ -212,12 +212,10 @@ def main(argv: list[str] | None = None) -> int:
     prepare_output(args.output, sources=[args.model, source], overwrite=args.overwrite)
     torch.manual_seed(args.seed)
     started = time.perf_counter()
-    model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32).eval()
     tokenizer = AutoTokenizer.from_pretrained(source)
+    blocks = calibration_blocks(args, tokenizer) if args.method in NEEDS_DATA else None  # bad --data: before the model
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32).eval()
     reference = copy.deepcopy(model)
-    blocks = None
-    if args.method in NEEDS_DATA:
-        blocks = calibration_blocks(args, tokenizer)
     zeroed = sparsify_model(model, args.method, sparsity, pattern, blocks)  # a SparsifyError: the CLI exits 2
     refuse_unchanged("compfair compress sparsify", layers_changed=changed_tensors(model, reference),
                      fix="its linear layers were left as they were: please report it with the command")

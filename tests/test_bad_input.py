@@ -585,3 +585,12 @@ def test_compare_names_a_missing_model_folder_as_missing(tmp_path):
     (tmp_path / "a_file").write_text("x")
     with pytest.raises(compare.PreflightError, match="no such folder"):
         compare.check_model(str(tmp_path / "a_file"))
+
+
+@pytest.mark.parametrize("command", [["compress", "sparsify", "--method", "wanda"],
+                                     ["compress", "quantize", "--method", "gptq"]])
+def test_missing_calibration_text_is_refused_before_the_model_loads(command, tiny_gpt2_dir, tmp_path, capsys,
+                                                                     no_model_loads):
+    code, err = _run_cli([*command, "--model", str(tiny_gpt2_dir), "--output", str(tmp_path / "out"),
+                          "--data", str(tmp_path / "missing.txt")], capsys)
+    assert code == 2 and "missing.txt' is neither a file nor a folder" in err, err
