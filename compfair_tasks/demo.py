@@ -23,9 +23,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from compfair_tasks import options
 from compfair_tasks.data import SHIPPED_DIR
 from compfair_tasks.hub import OFFLINE_VARIABLES
-from compfair_tasks.models import DEFAULT_MODEL, ModelNotAvailableError, embedded_model_dir
+from compfair_tasks.models import DEFAULT_MODEL, EMBEDDED_MODELS, ModelNotAvailableError, embedded_model_dir
 from compfair_tasks.runner import Step, StepError, lm_eval_command, run_steps
 
 EVAL_TASKS = ["compfair_stereoset", "compfair_winobias", "compfair_crows_pairs",
@@ -112,14 +113,15 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--quick", action="store_true",
                         help="8 examples per task, fewer training steps, 4 models instead of 6")
-    parser.add_argument("--output", type=Path, default=Path("compfair-demo"), help="folder for models, results, site")
-    parser.add_argument("--limit", type=int, help="examples per task (default: 40, --quick: 8)")
-    parser.add_argument("--model", default=DEFAULT_MODEL, help="embedded teacher model")
+    parser.add_argument("--output", type=options.folder_path, default=Path("compfair-demo"),
+                        help="folder for models, results, site")
+    parser.add_argument("--limit", type=options.positive_int, help="examples per task (default: 40, --quick: 8)")
+    parser.add_argument("--model", default=DEFAULT_MODEL, choices=sorted(EMBEDDED_MODELS), help="embedded teacher model")
     parser.add_argument("--rerun", action="store_true",
                         help="run every step again, even those done with these settings")
     args = parser.parse_args(argv)
     profile = PROFILES["quick" if args.quick else "default"]
-    if args.limit:
+    if args.limit is not None:
         profile = Profile(**{**profile.__dict__, "limit": args.limit})
     for variable in OFFLINE_VARIABLES:
         os.environ.setdefault(variable, "1")  # the demo never downloads anything

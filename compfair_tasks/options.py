@@ -60,12 +60,14 @@ def float_range(low: float | None = None, high: float | None = None, low_open: b
 
 
 def _describe(kind: str, low, high, low_open: bool = False, high_open: bool = False) -> str:
+    def shown(bound) -> str:
+        return str(bound) if isinstance(bound, int) else f"{bound:g}"
     if low is not None and high is not None:
-        return f"{kind} in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+        return f"{kind} in {'(' if low_open else '['}{shown(low)}, {shown(high)}{')' if high_open else ']'}"
     if low is not None:
-        return f"{kind} {'>' if low_open else '>='} {low:g}"
+        return f"{kind} {'>' if low_open else '>='} {shown(low)}"
     if high is not None:
-        return f"{kind} {'<' if high_open else '<='} {high:g}"
+        return f"{kind} {'<' if high_open else '<='} {shown(high)}"
     return kind
 
 
@@ -74,6 +76,26 @@ nonnegative_int = int_range(0)
 positive_float = float_range(0, low_open=True)
 nonnegative_float = float_range(0)
 fraction_open = float_range(0, 1, low_open=True, high_open=True)  # e.g. a sparsity: 0 and 1 mean nothing or all
+seed = int_range(0, 2**32 - 1)  # what numpy's and torch's seeding take
+
+
+def checked(parse: Callable[[str], object]) -> Callable[[str], object]:
+    """An argparse type from a parser function whose ValueError message names the fix (argparse would drop it)."""
+    def parse_option(text: str):
+        try:
+            return parse(text)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+    parse_option.__name__ = parse.__name__
+    return parse_option
+
+
+def lm_eval_batch_size(text: str) -> str:
+    """lm_eval's --batch_size: a positive integer, auto, or auto:N (N positive)."""
+    word, _, times = text.partition(":")
+    if (word == "auto" and (not times or times.isdigit() and int(times) > 0)) or (text.isdigit() and int(text) > 0):
+        return text
+    raise argparse.ArgumentTypeError(f"{text!r} is not a batch size; give a positive integer, auto or auto:N")
 
 
 def device(text: str) -> str:
@@ -84,7 +106,7 @@ def device(text: str) -> str:
         parsed = torch.device(text)
     except (RuntimeError, ValueError):
         raise argparse.ArgumentTypeError(f"{text!r} is not a torch device; give cpu, cuda, cuda:N or mps") from None
-    if parsed.type in ("cpu", "meta"):
+    if parsed.type == "cpu":
         return text
     backend = getattr(torch, parsed.type, None)
     if parsed.type == "mps":

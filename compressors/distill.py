@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from transformers import Trainer, TrainerCallback
 
+from compfair_tasks import options
+
 METHOD = "distillation"
 SETTINGS_FILE = "compfair_distill_settings.json"
 CHECKPOINTS = "checkpoints"
@@ -539,6 +541,10 @@ def _train(settings: DistillSettings, resume_from: str | None, callbacks=None) -
     trainer.train(resume_from_checkpoint=resume_from)
 
     from compressors.checks import check_compressed
+    from compressors.verify import refuse_unchanged
+
+    refuse_unchanged("compfair compress distill", steps=trainer.state.global_step,
+                     fix="give more training text, or a positive --epochs / --max-steps")
 
     check_compressed(trainer.model, tokenizer)  # cached vs uncached logits; raises before anything is saved
     trainer.save_model(str(output))  # every process takes part (sharded models gather here); rank 0 writes
@@ -648,6 +654,8 @@ def _last_logged_losses(history: list[dict]) -> dict:
 # ---------------------------------------------------------------------------- command line
 
 def build_parser() -> argparse.ArgumentParser:
+    from compressors.text_data import MAX_BLOCK_TOKENS
+
     defaults = DistillSettings(output="")
     parser = argparse.ArgumentParser(
         prog="compfair compress distill", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -659,50 +667,65 @@ def build_parser() -> argparse.ArgumentParser:
     add("--teacher", default=defaults.teacher, help="hub id, local folder, or embedded model name")
     add("--output", required=True, help="folder for the student checkpoint (and checkpoints/ while training)")
     shape = parser.add_argument_group("student")
-    shape.add_argument("--preset", metavar="{A,B,B¬,C,D,D¬}", help="paper student: A (4 blocks), B (6), B¬ (6, random init; also Bnot/B-), C (8), "
+    shape.add_argument("--preset", type=options.checked(canonical_preset), metavar="{A,B,B¬,C,D,D¬}", help="paper student: A (4 blocks), B (6), B¬ (6, random init; also Bnot/B-), C (8), "
                                         "D (10), D¬ (10, random); counts are for a 12-block teacher and scale with "
                                         "depth (B if no --preset/--num-layers/--layers)")
-    shape.add_argument("--num-layers", type=int, help="student blocks, evenly spaced teacher blocks (overrides preset)")
-    shape.add_argument("--layers", type=parse_layer_list,
+    shape.add_argument("--num-layers", type=options.positive_int, help="student blocks, evenly spaced teacher blocks (overrides preset)")
+    shape.add_argument("--layers", type=options.checked(parse_layer_list),
                        help="teacher blocks to copy, e.g. 0,2,4,7,9,11, or 'auto': keep the --num-layers blocks "
                             "(default: the preset's number) whose output differs most from their input, i.e. drop "
                             "the lowest Block Influence 1 - cos(h_in, h_out) on calibration texts (ShortGPT)")
-    shape.add_argument("--calibration-texts", type=int, default=defaults.calibration_texts,
+    shape.add_argument("--calibration-texts", type=options.positive_int, default=defaults.calibration_texts,
                        help="--layers auto: training texts (seeded sample) that block influence is averaged over")
-    shape.add_argument("--calibration-tokens", type=int, default=defaults.calibration_tokens,
+    shape.add_argument("--calibration-tokens", type=options.int_range(2), default=defaults.calibration_tokens,
                        help="--layers auto: at most this many tokens of each calibration text")
     shape.add_argument("--init", choices=("teacher", "random"), help="initialise from teacher blocks or at random "
                                                                      "(overrides the preset)")
     data = parser.add_argument_group("data")
     data.add_argument("--data", help="hub dataset id[:config], .txt/.jsonl file or folder; default: shipped BOLD "
                                      "Wikipedia sentences")
-    data.add_argument("--data-limit", type=int, help="use the first N texts")
-    data.add_argument("--data-fraction", type=float, help="use a seeded random fraction of the texts (paper: 0.01)")
-    data.add_argument("--block-size", type=int, default=defaults.block_size, help="tokens per training block")
-    data.add_argument("--eval-blocks", type=int, default=defaults.eval_blocks,
+    data.add_argument("--data-limit", type=options.positive_int, help="use the first N texts")
+    data.add_argument("--data-fraction", type=options.float_range(0, 1, low_open=True),
+                      help="use a seeded random fraction (0, 1] of the texts (paper: 0.01)")
+    data.add_argument("--block-size", type=options.int_range(2, MAX_BLOCK_TOKENS), default=defaults.block_size, help="tokens per training block")
+    data.add_argument("--eval-blocks", type=options.nonnegative_int, default=defaults.eval_blocks,
                       help="blocks held out to report final losses (at most a tenth of the data; 0 = none)")
     train = parser.add_argument_group("training")
-    train.add_argument("--max-steps", type=int, default=defaults.max_steps, help="optimizer steps (overrides --epochs)")
-    train.add_argument("--epochs", type=float, default=defaults.epochs, help="passes over the data")
-    train.add_argument("--batch-size", type=int, default=defaults.batch_size, help="blocks per device per micro-batch")
-    train.add_argument("--grad-accum", type=int, default=defaults.grad_accum, help="micro-batches per optimizer step")
-    train.add_argument("--lr", dest="learning_rate", type=float, default=defaults.learning_rate,
+    train.add_argument("--max-steps", type=options.positive_int, default=defaults.max_steps,
+                       help="optimizer steps (overrides --epochs; -1: --epochs decides)")
+    train.add_argument("--epochs", type=options.positive_float, default=defaults.epochs, help="passes over the data")
+    train.add_argument("--batch-size", type=options.positive_int, default=defaults.batch_size, help="blocks per device per micro-batch")
+    train.add_argument("--grad-accum", type=options.positive_int, default=defaults.grad_accum, help="micro-batches per optimizer step")
+    train.add_argument("--lr", dest="learning_rate", type=options.positive_float, default=defaults.learning_rate,
                        help="peak AdamW learning rate, linear decay")
-    train.add_argument("--warmup", type=float, default=defaults.warmup, help="warm-up steps, or a fraction if < 1")
-    train.add_argument("--weight-decay", type=float, default=defaults.weight_decay, help="AdamW weight decay")
-    train.add_argument("--max-grad-norm", type=float, default=defaults.max_grad_norm, help="clip gradients (0 = off)")
-    train.add_argument("--save-steps", type=int, default=defaults.save_steps, help="checkpoint every N steps")
-    train.add_argument("--logging-steps", type=int, default=defaults.logging_steps, help="log losses every N steps")
-    train.add_argument("--seed", type=int, default=defaults.seed, help="random init, data sample and order, dropout")
+    train.add_argument("--warmup", type=options.nonnegative_float, default=defaults.warmup, help="warm-up steps, or a fraction if < 1")
+    train.add_argument("--weight-decay", type=options.nonnegative_float, default=defaults.weight_decay, help="AdamW weight decay")
+    train.add_argument("--max-grad-norm", type=options.nonnegative_float, default=defaults.max_grad_norm, help="clip gradients (0 = off)")
+    train.add_argument("--save-steps", type=options.positive_int, default=defaults.save_steps, help="checkpoint every N steps")
+    train.add_argument("--logging-steps", type=options.positive_int, default=defaults.logging_steps, help="log losses every N steps")
+    train.add_argument("--seed", type=options.seed, default=defaults.seed, help="random init, data sample and order, dropout")
     train.add_argument("--bf16", action="store_true", help="bfloat16 mixed precision")
     train.add_argument("--keep-checkpoints", action="store_true", help="keep checkpoints/ after a finished run")
     train.add_argument("--overwrite", action="store_true", help="discard earlier checkpoints/results in --output")
     loss = parser.add_argument_group("loss (defaults: DistilGPT2)")
-    loss.add_argument("--temperature", type=float, default=defaults.temperature, help="softmax temperature T")
-    loss.add_argument("--alpha-ce", type=float, default=defaults.alpha_ce, help="weight of the soft-target KL")
-    loss.add_argument("--alpha-clm", type=float, default=defaults.alpha_clm, help="weight of the LM loss")
-    loss.add_argument("--alpha-cos", type=float, default=defaults.alpha_cos, help="weight of the hidden-state cosine")
+    loss.add_argument("--temperature", type=options.positive_float, default=defaults.temperature, help="softmax temperature T")
+    loss.add_argument("--alpha-ce", type=options.nonnegative_float, default=defaults.alpha_ce, help="weight of the soft-target KL")
+    loss.add_argument("--alpha-clm", type=options.nonnegative_float, default=defaults.alpha_clm, help="weight of the LM loss")
+    loss.add_argument("--alpha-cos", type=options.nonnegative_float, default=defaults.alpha_cos, help="weight of the hidden-state cosine")
     return parser
+
+
+def check_settings(settings: DistillSettings) -> None:
+    """Refuse a bad student shape, block size or loss from the teacher's config alone, before anything loads."""
+    from compfair_tasks.models import load_model_config
+    from compressors.text_data import check_context
+
+    config = load_model_config(settings.teacher, "--teacher")
+    depth = getattr(config, "num_hidden_layers", None)
+    if depth:
+        settings.student_plan(depth, [0.0] * depth)
+    check_context(settings.block_size, config)
+    settings.loss_weights()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -713,6 +736,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if settings.preset:
             settings.preset = canonical_preset(settings.preset)
+        check_settings(settings)
         record = distill(settings)
     except (ValueError, FileNotFoundError, ModelNotAvailableError) as error:  # DistillError, data/model not found
         print(f"compfair compress distill: error: {error}", file=sys.stderr)

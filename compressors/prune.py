@@ -41,6 +41,7 @@ from pathlib import Path
 
 import torch
 
+from compfair_tasks import options
 from compfair_tasks.errors import CompfairError
 
 SUPPORTED = "gpt2 (GPT-2 and DistilGPT-2 checkpoints) and llama (Llama-family with grouped key/value heads, e.g. SmolLM2)"
@@ -299,6 +300,7 @@ def load_blocks(sources: list[str] | None, tokenizer, num_examples: int | None, 
 
 def build_parser() -> argparse.ArgumentParser:
     from compressors.output import add_model_and_output_arguments
+    from compressors.text_data import MAX_BLOCK_TOKENS
 
     parser = argparse.ArgumentParser(
         prog="compfair compress prune", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -308,20 +310,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data", nargs="*", default=None,
                         help="text for the importance scores: .txt/.jsonl files or folders, or a hub id "
                              "(e.g. wikitext:wikitext-103-raw-v1); default: the shipped BOLD Wikipedia sentences")
-    parser.add_argument("--num-examples", type=int, default=256,
+    parser.add_argument("--num-examples", type=options.nonnegative_int, default=256,
                         help="texts sampled from --data (the paper: 256, 1280, 2560, 5120, 12800); 0 = all")
-    parser.add_argument("--block-size", type=int, default=128, help="tokens per scored block (texts are packed)")
-    parser.add_argument("--min-blocks", type=int, default=4, help="refuse to score heads on fewer blocks")
-    parser.add_argument("--iterations", type=int, default=3, help="score-and-remove rounds")
-    parser.add_argument("--ratio", type=float, default=0.05, help="fraction of remaining heads removed per iteration")
+    parser.add_argument("--block-size", type=options.int_range(2, MAX_BLOCK_TOKENS), default=128,
+                        help="tokens per scored block (texts are packed; at most the model's context length)")
+    parser.add_argument("--min-blocks", type=options.positive_int, default=4, help="refuse to score heads on fewer blocks")
+    parser.add_argument("--iterations", type=options.positive_int, default=3, help="score-and-remove rounds")
+    parser.add_argument("--ratio", type=options.fraction_open, default=0.05,
+                        help="fraction of remaining heads removed per iteration, in (0, 1)")
     parser.add_argument("--unit", choices=("head", "group"), default="head",
                         help="grouped-KV models: prune query heads within groups, or whole key/value groups")
     parser.add_argument("--normalize", choices=("layer", "global", "none"), default="layer",
                         help="L2-normalise scores within each layer (Michel et al.) or over all heads")
     parser.add_argument("--allow-empty-layers", action="store_true", help="may remove a layer's last head")
-    parser.add_argument("--batch-size", type=int, default=8, help="blocks per backward pass while scoring")
-    parser.add_argument("--device", default="cpu", help="torch device for scoring (cpu, cuda, ...)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the text sample")
+    parser.add_argument("--batch-size", type=options.positive_int, default=8, help="blocks per backward pass while scoring")
+    parser.add_argument("--device", type=options.device, default="cpu", help="torch device for scoring (cpu, cuda, ...)")
+    parser.add_argument("--seed", type=options.seed, default=0, help="seed of the text sample")
     return parser
 
 
@@ -333,12 +337,14 @@ def main(argv: list[str] | None = None) -> int:
     from compressors.checks import check_compressed
     from compressors.metadata import count_parameters, write_compression_metadata
     from compressors.output import prepare_output
+    from compressors.text_data import check_context
+    from compressors.verify import refuse_unchanged
 
     torch.manual_seed(args.seed)
     try:
         check_settings(args.ratio, args.iterations, args.unit, model=None)  # before the slow model load
         source = resolve_model(args.model)
-        load_model_config(args.model)
+        check_context(args.block_size, load_model_config(args.model))
         prepare_output(args.output, sources=[args.model, source], overwrite=args.overwrite)
         model = AutoModelForCausalLM.from_pretrained(source, dtype="auto").to(args.device)
         family(model)
@@ -347,12 +353,14 @@ def main(argv: list[str] | None = None) -> int:
         blocks, n_texts = load_blocks(args.data, tokenizer, args.num_examples or None, args.block_size, args.seed,
                                       args.min_blocks)
     except (ValueError, FileNotFoundError) as error:
-        print(f"compfair compress prune: {error}", file=sys.stderr)
+        print(f"compfair compress prune: error: {error}", file=sys.stderr)
         return 2
     heads_before = sum(layer.num_heads for layer in attention_layers(model))
     print(f"scoring {heads_before} heads on {len(blocks)} blocks of {args.block_size} tokens from {n_texts} texts")
     result = prune_iteratively(model, blocks, args.iterations, args.ratio, args.unit, args.normalize,
                                args.batch_size, args.allow_empty_layers, progress=True)
+    refuse_unchanged("compfair compress prune", layers_changed=sum(1 for heads in result.removed.values() if heads),
+                     fix="every layer is down to its last head: pass --allow-empty-layers to remove those too")
     check_compressed(result.model, tokenizer, reference=gated_reference(model, result.removed),
                      reference_tol=1e-4, label="pruned vs gated teacher")  # float32: ~1e-6 measured
     save_pruned(result.model, tokenizer, args.output)

@@ -61,6 +61,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from compfair_tasks import options
 from compfair_tasks.errors import CompfairError
 
 WEIGHTS_FILE = "compfair_quantized.safetensors"
@@ -420,7 +421,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "int8: compfair's own (--mode weight-only); gptq/awq/rtn: llm-compressor; "
                              "torchao-*: torchao weight-only")
     parser.add_argument("--bits", type=int, choices=(4, 8), default=4, help="weight bits of gptq/awq/rtn")
-    parser.add_argument("--group-size", type=int, default=64,
+    parser.add_argument("--group-size", type=options.positive_int, default=64,
                         help="inputs sharing one scale (gptq/awq/rtn); must divide every layer's input width "
                              "(SmolLM2's 576: 32, 64, 192 or 576; not 128)")
     add_calibration_arguments(parser, "gptq/awq")
@@ -429,25 +430,56 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--per-tensor", action="store_true", help="int8 method: one scale per matrix, not per row")
     parser.add_argument("--skip-lm-head", action="store_true", help="dynamic-int8/int8: keep the LM head in "
                         "float (gptq/rtn/torchao-int8 always do; the paper did not)")
-    parser.add_argument("--latency-tokens", type=int, default=128, help="sequence length of the latency check")
-    parser.add_argument("--latency-batch", type=int, default=1, help="0 skips the latency check")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the latency check's token ids")
+    parser.add_argument("--latency-tokens", type=options.int_range(1, MAX_LATENCY_TOKENS), default=128,
+                        help="sequence length of the latency check (at most the model's context length)")
+    parser.add_argument("--latency-batch", type=options.int_range(0, MAX_LATENCY_TOKENS), default=1,
+                        help="sequences in the latency check; 0 skips it")
+    parser.add_argument("--seed", type=options.seed, default=0, help="seed of the latency check's token ids")
     return parser
 
 
+COMPFAIR_INT8 = ("dynamic-int8", "int8")  # the methods of _int8_main
+MAX_LATENCY_TOKENS = 1 << 16  # tokens x batch of the latency check: a sanity bound on its memory
+# options that only some methods use: given with another method they would be ignored without a word
+METHOD_OPTIONS = {"--bits": ("gptq", "awq", "rtn"), "--group-size": ("gptq", "awq", "rtn"),
+                  "--num-examples": CALIBRATED, "--data": CALIBRATED, "--block-size": CALIBRATED,
+                  "--mode": ("int8",), "--per-tensor": ("int8",), "--skip-lm-head": COMPFAIR_INT8,
+                  "--latency-tokens": COMPFAIR_INT8, "--latency-batch": COMPFAIR_INT8}
+
+
+def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
+    """Parse and cross-check the options (exit 2 on a bad value or combination, before any model loads)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    given = {word.split("=")[0] for word in (sys.argv[1:] if argv is None else argv) if word.startswith("--")}
+    for option, methods in METHOD_OPTIONS.items():
+        if option in given and args.method not in methods:
+            parser.error(f"{option} is for --method {'/'.join(methods)}, not {args.method}: drop it or change --method")
+    if args.latency_tokens * args.latency_batch > MAX_LATENCY_TOKENS:
+        parser.error(f"the latency check of {args.latency_batch} x {args.latency_tokens} tokens is past "
+                     f"{MAX_LATENCY_TOKENS} tokens: give a smaller --latency-batch or --latency-tokens")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_arguments(argv)
     from compfair_tasks.models import load_model_config, resolve_model
     from compressors.output import prepare_output
 
     if args.method in NEEDS_GPU and not torch.cuda.is_available():  # before loading anything
         raise QuantizeError(f"--method {args.method} needs a GPU: {NEEDS_GPU[args.method]}")
     args.source = resolve_model(args.model)  # bad input raises a CompfairError: the CLI prints it and exits 2
-    load_model_config(args.model)
+    config = load_model_config(args.model)
+    from compressors.text_data import check_context
+
+    if args.method in CALIBRATED:
+        check_context(args.block_size, config)
+    if args.method in COMPFAIR_INT8 and args.latency_batch:
+        check_context(args.latency_tokens, config, "--latency-tokens")
     prepare_output(args.output, sources=[args.model, args.source], overwrite=args.overwrite)
     if args.method == "int8" and args.mode == "dynamic":  # the old spelling of the paper's method
         args.method = "dynamic-int8"
-    return _int8_main(args) if args.method in ("dynamic-int8", "int8") else _library_main(args)
+    return _int8_main(args) if args.method in COMPFAIR_INT8 else _library_main(args)
 
 
 # --------------------------------------------------------------------------- library methods
@@ -551,16 +583,17 @@ def _library_main(args) -> int:
     from compressors.metadata import write_compression_metadata
     from compressors.output import removed_on_failure
     from compressors.text_data import calibration_blocks
-    from compressors.verify import measure_weights, output_checks
+    from compressors.verify import measure_weights, output_checks, refuse_unchanged
 
-    if args.method in TORCHAO_METHODS and args.bits != 4:
-        raise QuantizeError("--bits is for gptq/awq/rtn; torchao-int8/int4 fix their own bit width")
     torch.manual_seed(args.seed)
     tokenizer = AutoTokenizer.from_pretrained(args.source)
+    blocks = calibration_blocks(args, tokenizer) if args.method in CALIBRATED else None  # bad --data: before the model
     reference = AutoModelForCausalLM.from_pretrained(args.source, dtype=torch.float32).eval()
+    if not any(isinstance(m, nn.Linear) for name, m in reference.named_modules() if not name.endswith("lm_head")):
+        raise QuantizeError(f"--method {args.method} quantizes nn.Linear layers only, and {args.model} has none in "
+                            "its blocks (GPT-2 keeps them in transformers' Conv1D): use --method dynamic-int8")
     output = Path(args.output)
     started = time.perf_counter()
-    blocks = None
     if args.method in TORCHAO_METHODS:
         model = load_torchao(args.source, args.method, reference)
         settings = {"method": args.method}
@@ -568,8 +601,6 @@ def _library_main(args) -> int:
         import copy
 
         model = copy.deepcopy(reference)
-        if args.method in CALIBRATED:
-            blocks = calibration_blocks(args, tokenizer)
         quantize_with_llmcompressor(model, args.method, args.bits, args.group_size, blocks)
         settings = {"method": args.method, "bits": args.bits, "group_size": args.group_size, "symmetric": True,
                     "activations": "float", "data": args.data or ("bold_wiki" if blocks is not None else None),
@@ -588,8 +619,8 @@ def _library_main(args) -> int:
             raise QuantizeError(f"int8-per-token: batched outputs differ from one-by-one outputs by "
                                 f"{checks['batched_vs_alone']:.1e} > {BATCH_TOL:.0e}: a compfair bug, please report it")
         measured = measure_weights(output, args.source if Path(args.source).is_dir() else None)
-        if measured["equal_to_source"]:
-            raise QuantizeError(f"{output} holds its source's weights unchanged: nothing was quantized")
+        refuse_unchanged("compfair compress quantize", equal_to_source=measured["equal_to_source"],
+                         fix=f"no linear layer of {args.model} was quantized")
         write_compression_metadata(
             output, method=f"quantize_{args.method.replace('-', '_')}", source_model=args.model, seed=args.seed,
             settings={**settings, "evaluate_with": "lm_eval --model hf --model_args pretrained=<dir>"},
@@ -611,6 +642,7 @@ def _int8_main(args) -> int:
     from compfair_tasks.measure import measure_latency
     from compressors.checks import check_compressed, frozen_reference, prompt_ids, relative_difference
     from compressors.metadata import checkpoint_size_bytes, write_compression_metadata
+    from compressors.verify import refuse_unchanged
 
     def forward_seconds(model):  # fp32 and int8 are timed on the same seeded token ids
         return measure_latency(model, seq_len=args.latency_tokens, batch_size=args.latency_batch, repeats=3,
@@ -634,6 +666,8 @@ def _int8_main(args) -> int:
         float_logits = frozen_reference(model, tokenizer)
     quantized = (quantize_dynamic_int8(model, args.skip_lm_head) if paper
                  else quantize_model(model, mode, args.per_tensor, args.skip_lm_head))
+    refuse_unchanged("compfair compress quantize", layers_changed=len(quantized),
+                     fix=f"{args.model} has no nn.Linear layer that int8 can quantize")
     if is_encoder(auto_class):  # no generation to check: outputs near the float model's, no NaN
         difference = max(relative_difference(model_outputs(model, i), f) for i, f in zip(ids, float_outputs,
                                                                                           strict=True))

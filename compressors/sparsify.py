@@ -24,13 +24,19 @@ import argparse
 import copy
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 from torch import nn
+from transformers.pytorch_utils import Conv1D
+
+from compfair_tasks import options
+from compfair_tasks.errors import CompfairError
 
 METHODS = ("magnitude", "wanda", "sparsegpt")
 NEEDS_DATA = ("wanda", "sparsegpt")
+LINEAR_TYPES = (nn.Linear, Conv1D)
 
 
 # sanity bound on the relative logit change vs the dense source (half the weights gone moves logits a lot:
@@ -38,7 +44,7 @@ NEEDS_DATA = ("wanda", "sparsegpt")
 REFERENCE_TOL = 2.0
 
 
-class SparsifyError(ValueError):
+class SparsifyError(CompfairError, ValueError):
     """Bad settings, reported by the CLI in one line."""
 
 
@@ -56,10 +62,16 @@ def parse_pattern(pattern: str | None) -> tuple[int, int] | None:
     return n, m
 
 
-def block_linear_layers(model) -> dict[str, nn.Linear]:
-    """The nn.Linear layers of the transformer blocks (not the LM head)."""
+def block_linear_layers(model) -> dict[str, nn.Module]:
+    """The linear layers of the transformer blocks (not the LM head): nn.Linear, and transformers' Conv1D
+    (GPT-2's layers: a linear layer whose weight is stored transposed, [inputs, outputs])."""
     return {name: module for name, module in model.named_modules()
-            if isinstance(module, nn.Linear) and name != "lm_head" and not name.endswith(".lm_head")}
+            if isinstance(module, LINEAR_TYPES) and name != "lm_head" and not name.endswith(".lm_head")}
+
+
+def rows_by_output(module: nn.Module) -> torch.Tensor:
+    """The layer's weight as [outputs, inputs] (a view: writing it writes the layer), whatever its storage."""
+    return module.weight.data.t() if isinstance(module, Conv1D) else module.weight.data
 
 
 def prune_mask(scores: torch.Tensor, sparsity: float | None, pattern: tuple[int, int] | None,
@@ -91,15 +103,54 @@ def sparsify_model(model, method: str, sparsity: float | None = 0.5, pattern: tu
     if method in NEEDS_DATA and blocks is None:
         raise SparsifyError(f"{method} needs calibration text (blocks of token ids)")
     layers = block_linear_layers(model)
+    if not layers:
+        raise SparsifyError(f"{type(model).__name__} has no linear layers (nn.Linear or Conv1D) in its blocks: "
+                            "nothing to sparsify; give a decoder-only transformer")
+    widths = sorted({rows_by_output(m).shape[1] for m in layers.values()} if pattern else set())
+    if pattern and any(width % pattern[1] for width in widths):
+        raise SparsifyError(f"--pattern {pattern[0]}:{pattern[1]} needs layer input widths divisible by {pattern[1]}, "
+                            f"got {widths}: choose M dividing all of them (e.g. 2:4)")
     if method == "magnitude":
         for module in layers.values():
-            module.weight.data[prune_mask(module.weight.abs().float(), sparsity, pattern, per_row=False)] = 0
+            weight = rows_by_output(module)  # N:M groups run along each output row's inputs
+            weight[prune_mask(weight.abs().float(), sparsity, pattern, per_row=False)] = 0
     else:
         _sparsify_with_llmcompressor(model, method, sparsity, pattern, blocks)
     return {name: float((module.weight.data == 0).float().mean()) for name, module in layers.items()}
 
 
+@contextmanager
+def conv1d_as_linear(model):
+    """Swap the blocks' Conv1D layers for equal nn.Linear layers (weight transposed) for the duration, then
+    copy the result back into the Conv1D weights: the checkpoint stays a normal GPT-2 checkpoint.
+
+    llm-compressor 0.14 cannot prune Conv1D (measured on GPT-2: 0 weights zeroed, no error, with its default
+    targets and with targets=["Conv1D"]): its sparsity code transposes Conv1D, but it hooks only modules named
+    Linear/Conv1d/Conv2d/Conv3d (sgpt_base.PRUNABLE_LAYER_TYPES; Conv1d is torch's, not transformers' Conv1D).
+    """
+    swapped = {}
+    for name, module in block_linear_layers(model).items():
+        if isinstance(module, Conv1D):
+            linear = nn.Linear(module.nx, module.nf, dtype=module.weight.dtype, device=module.weight.device)
+            linear.weight.data.copy_(module.weight.data.t())
+            linear.bias.data.copy_(module.bias.data)
+            model.set_submodule(name, linear)
+            swapped[name] = (module, linear)
+    try:
+        yield
+    finally:
+        for name, (conv, linear) in swapped.items():
+            conv.weight.data.copy_(linear.weight.data.t())
+            conv.bias.data.copy_(linear.bias.data)
+            model.set_submodule(name, conv)
+
+
 def _sparsify_with_llmcompressor(model, method, sparsity, pattern, blocks) -> None:
+    with conv1d_as_linear(model):
+        _oneshot(model, method, sparsity, pattern, blocks)
+
+
+def _oneshot(model, method, sparsity, pattern, blocks) -> None:
     from datasets import Dataset
     from llmcompressor import oneshot
     from llmcompressor.modifiers.obcq import SparseGPTModifier
@@ -128,48 +179,46 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--method", choices=METHODS, default="wanda",
                         help="magnitude: smallest |w| per layer; wanda: |w| x input norm; sparsegpt: OBS updates")
     target = parser.add_mutually_exclusive_group()
-    target.add_argument("--sparsity", type=float, default=None, help="fraction of each layer's weights zeroed "
-                        "(default 0.5 when no --pattern)")
-    target.add_argument("--pattern", default=None, help="N:M semi-structured sparsity, e.g. 2:4")
+    target.add_argument("--sparsity", type=options.fraction_open, default=None,
+                        help="fraction of each layer's weights zeroed, in (0, 1) (default 0.5 when no --pattern)")
+    target.add_argument("--pattern", type=options.checked(check_pattern), default=None,
+                        help="N:M semi-structured sparsity, e.g. 2:4")
     add_calibration_arguments(parser, "wanda/sparsegpt")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the calibration text sample")
+    parser.add_argument("--seed", type=options.seed, default=0, help="seed of the calibration text sample")
     return parser
 
 
+def check_pattern(text: str) -> str:
+    parse_pattern(text)
+    return text
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        pattern = parse_pattern(args.pattern)
-        sparsity = None if pattern else (0.5 if args.sparsity is None else args.sparsity)
-        if sparsity is not None and not 0 < sparsity < 1:
-            raise SparsifyError(f"--sparsity must be in (0, 1), got {sparsity}")
-    except SparsifyError as error:
-        print(f"compfair compress sparsify: {error}", file=sys.stderr)
-        return 2
+    args = build_parser().parse_args(argv)  # bad values exit 2 here, before any model loads
+    pattern = parse_pattern(args.pattern)
+    sparsity = None if pattern else (0.5 if args.sparsity is None else args.sparsity)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from compfair_tasks.models import load_model_config, resolve_model
     from compressors.metadata import write_compression_metadata
     from compressors.output import prepare_output, removed_on_failure
-    from compressors.text_data import calibration_blocks
-    from compressors.verify import measure_weights, output_checks
+    from compressors.text_data import calibration_blocks, check_context
+    from compressors.verify import changed_tensors, measure_weights, output_checks, refuse_unchanged
 
     source = resolve_model(args.model)  # bad input raises a CompfairError: the CLI prints it and exits 2
-    load_model_config(args.model)
+    config = load_model_config(args.model)
+    if args.method in NEEDS_DATA:
+        check_context(args.block_size, config)
     prepare_output(args.output, sources=[args.model, source], overwrite=args.overwrite)
     torch.manual_seed(args.seed)
     started = time.perf_counter()
-    model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32).eval()
     tokenizer = AutoTokenizer.from_pretrained(source)
+    blocks = calibration_blocks(args, tokenizer) if args.method in NEEDS_DATA else None  # bad --data: before the model
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32).eval()
     reference = copy.deepcopy(model)
-    blocks = None
-    if args.method in NEEDS_DATA:
-        blocks = calibration_blocks(args, tokenizer)
-    try:
-        zeroed = sparsify_model(model, args.method, sparsity, pattern, blocks)
-    except SparsifyError as error:
-        print(f"compfair compress sparsify: {error}", file=sys.stderr)
-        return 2
+    zeroed = sparsify_model(model, args.method, sparsity, pattern, blocks)  # a SparsifyError: the CLI exits 2
+    refuse_unchanged("compfair compress sparsify", layers_changed=changed_tensors(model, reference),
+                     fix="its linear layers were left as they were: please report it with the command")
     seconds = time.perf_counter() - started
     output = Path(args.output)
     with removed_on_failure(output):
@@ -178,6 +227,7 @@ def main(argv: list[str] | None = None) -> int:
         checks = output_checks(AutoModelForCausalLM.from_pretrained(output).eval(), tokenizer, reference,
                                REFERENCE_TOL, f"{args.method} vs dense source")
         measured = measure_weights(output, source if Path(source).is_dir() else None)
+        refuse_unchanged("compfair compress sparsify", equal_to_source=measured["equal_to_source"])
         target = f"{args.pattern}" if pattern else f"{sparsity:.0%}"
         write_compression_metadata(
             output, method=f"sparsify_{args.method}", source_model=args.model, seed=args.seed, model=model,

@@ -136,12 +136,27 @@ def pack_blocks(texts: list[str], tokenizer, block_size: int):
     return torch.tensor(ids[: n_blocks * block_size], dtype=torch.long).view(n_blocks, block_size)
 
 
+MAX_BLOCK_TOKENS = 1 << 17  # a sanity bound; the model's context length is checked once it is known
+
+
 def add_calibration_arguments(parser, methods: str) -> None:
     """--data, --num-examples and --block-size: the calibration text of a one-shot compressor's `methods`."""
     parser.add_argument("--data", default=None, help=f"calibration text of {methods}: any source "
                         "compressors.text_data.load_texts takes (default: the shipped BOLD Wikipedia sentences)")
-    parser.add_argument("--num-examples", type=int, default=32, help=f"calibration blocks ({methods})")
-    parser.add_argument("--block-size", type=int, default=256, help="tokens per calibration block")
+    from compfair_tasks import options
+
+    parser.add_argument("--num-examples", type=options.positive_int, default=32, help=f"calibration blocks ({methods})")
+    parser.add_argument("--block-size", type=options.int_range(2, MAX_BLOCK_TOKENS), default=256,
+                        help="tokens per calibration block (at most the model's context length)")
+
+
+def check_context(tokens: int, config, option: str = "--block-size") -> None:
+    """Refuse `tokens` per sequence past the model's context length (learned positions would index out of range)."""
+    from compfair_tasks.errors import CompfairError
+
+    limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    if limit and tokens > limit:
+        raise CompfairError(f"{option} {tokens} exceeds the model's context of {limit} tokens: give at most {limit}")
 
 
 def calibration_blocks(args, tokenizer):

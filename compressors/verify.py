@@ -25,6 +25,8 @@ from pathlib import Path
 
 import torch
 
+from compfair_tasks.errors import CompfairError
+
 WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin")
 NOT_BLOCK_LINEAR = ("embed", "wte", "wpe", "lm_head", "norm", "ln_")
 GROUP_CANDIDATES = (32, 64, 128, 256)
@@ -160,6 +162,29 @@ def measure_weights(checkpoint_dir, source_dir=None) -> dict:
         "group_size": group_size,
         "equal_to_source": equal,
     }
+
+
+class NothingChangedError(CompfairError, ValueError):
+    """A compressor run left the model as it was: a failure, never a saved "compressed" model."""
+
+
+def refuse_unchanged(command: str, *, layers_changed: int | None = None, equal_to_source: bool | None = None,
+                     steps: int | None = None, fix: str = "") -> None:
+    """The one rule for every compressor: a run that changed nothing (0 layers changed, weights equal to the
+    source's, 0 training steps) raises NothingChangedError; the caller keeps nothing. None = not measured."""
+    reasons = [text for failed, text in ((layers_changed == 0, "0 layers changed"),
+                                         (equal_to_source is True, "its weights equal the source's"),
+                                         (steps == 0, "0 training steps")) if failed]
+    if reasons:
+        raise NothingChangedError(f"{command} changed nothing ({', '.join(reasons)}), so nothing was kept"
+                                  + (f"; {fix}" if fix else ""))
+
+
+def changed_tensors(model, reference) -> int:
+    """How many of `model`'s parameters (by name) differ from `reference`'s: 0 means the run changed nothing."""
+    before = dict(reference.named_parameters())
+    return sum(1 for name, tensor in model.named_parameters()
+               if name not in before or tensor.shape != before[name].shape or not torch.equal(tensor, before[name]))
 
 
 def output_checks(model, tokenizer, reference, reference_tol: float, label: str, cache_tol: float | None = None) -> dict:

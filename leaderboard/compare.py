@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from compfair_tasks import runner
+from compfair_tasks import options, runner
 from compfair_tasks.data import metadata_json
 from compfair_tasks.hub import offline
 
@@ -86,6 +86,8 @@ def check_model(name: str) -> None:
     """A local checkpoint folder, or a hub id that is cached (offline) or reachable (online)."""
     folder = Path(name).expanduser()
     if folder.exists() or name.startswith((".", "/", "~")):
+        if not folder.is_dir():
+            raise PreflightError(f"model {name}: no such folder (give a save_pretrained checkpoint folder or a hub id)")
         if not (folder / "config.json").is_file():
             raise PreflightError(f"model {name}: no config.json in that folder (expected a save_pretrained checkpoint)")
         return
@@ -154,13 +156,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", action="append", default=[], metavar="PATH_OR_ID",
                         help="add a model (e.g. a compfair student checkpoint); repeatable")
     parser.add_argument("--tasks", help="lm_eval task list instead of the preset's (e.g. compfair_toxicity_rtp_offline)")
-    parser.add_argument("--output", type=Path, default=Path("compfair-compare"),
+    parser.add_argument("--output", type=options.folder_path, default=Path("compfair-compare"),
                         help="results go to OUTPUT/results, the leaderboard to OUTPUT/site")
     parser.add_argument("--metadata", type=metadata_json, help="JSON merged into the preset's task metadata (e.g. '{\"scorer\": ...}')")
-    parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
-    parser.add_argument("--dtype", default="", help="model dtype for lm_eval (e.g. float16 on a GPU)")
-    parser.add_argument("--batch-size", default="auto", help="lm_eval --batch_size (default auto)")
-    parser.add_argument("--limit", type=float, help="lm_eval --limit (for a quick look; not for reported numbers)")
+    parser.add_argument("--device", type=options.device, default=None,
+                        help="torch device (default: cuda when available, else cpu)")
+    parser.add_argument("--dtype", type=options.dtype_name, default=None,
+                        help="model dtype for lm_eval (e.g. float16 on a GPU)")
+    parser.add_argument("--batch-size", type=options.lm_eval_batch_size, default="auto",
+                        help="lm_eval --batch_size: N, auto or auto:N")
+    parser.add_argument("--limit", type=options.float_range(0, low_open=True),
+                        help="lm_eval --limit: examples per task, or a fraction if < 1 (for a quick look; not for "
+                             "reported numbers)")
     parser.add_argument("--dry-run", action="store_true",
                         help="print the lm_eval commands, check every model and task (data included), run nothing")
     parser.add_argument("--rerun", action="store_true",

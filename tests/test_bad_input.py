@@ -472,3 +472,125 @@ def test_device_refuses_an_accelerator_this_torch_lacks(monkeypatch):
     assert _parse_option(options.device, "cuda:0") == "cuda:0"
     with pytest.raises(argparse.ArgumentError, match="has 1 cuda device"):
         _parse_option(options.device, "cuda:1")
+
+
+# --- every command's options: a bad value stops at parse time, before any model loads (issue 20) ----------
+
+def _run_cli(argv, capsys) -> tuple[int, str]:
+    try:
+        code = cli.main(argv)
+    except SystemExit as caught:  # argparse
+        code = caught.code
+    return code, capsys.readouterr().err
+
+
+@pytest.fixture
+def no_model_loads(monkeypatch):
+    """Any model load fails the test: the options must be refused before."""
+    from transformers import AutoModelForCausalLM
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was loaded before the bad option was refused")
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", refuse)
+
+
+MODEL_OUT = ["--model", "{model}", "--output", "{out}"]
+BAD_OPTIONS = [
+    (["compress", "quantize", *MODEL_OUT, "--method", "gptq", "--group-size", "0"], "--group-size: 0 is out of range"),
+    (["compress", "quantize", *MODEL_OUT, "--method", "rtn", "--group-size", "-64"], "give an integer >= 1"),
+    (["compress", "quantize", *MODEL_OUT, "--method", "gptq", "--block-size", "0"], "--block-size: 0 is out of range"),
+    (["compress", "quantize", *MODEL_OUT, "--method", "gptq", "--num-examples", "-1"], "--num-examples: -1"),
+    (["compress", "quantize", *MODEL_OUT, "--latency-tokens", "-5"], "--latency-tokens: -5 is out of range"),
+    (["compress", "quantize", *MODEL_OUT, "--latency-tokens", "99999999999"], "give an integer in [1, 65536]"),
+    (["compress", "quantize", *MODEL_OUT, "--latency-tokens", "4096", "--latency-batch", "64"], "past 65536 tokens"),
+    (["compress", "quantize", *MODEL_OUT, "--latency-tokens", "2048"], "exceeds the model's context of 512"),
+    (["compress", "quantize", *MODEL_OUT, "--latency-batch", "-1"], "--latency-batch: -1 is out of range"),
+    (["compress", "quantize", *MODEL_OUT, "--bits", "3", "--method", "gptq"], "invalid choice: 3"),
+    (["compress", "quantize", *MODEL_OUT, "--method", "torchao-int8", "--bits", "8"], "--bits is for --method gptq"),
+    (["compress", "quantize", *MODEL_OUT, "--method", "rtn", "--mode", "weight-only"], "--mode is for --method int8"),
+    (["compress", "quantize", *MODEL_OUT, "--seed", "-1"], "--seed: -1 is out of range"),
+    (["compress", "sparsify", *MODEL_OUT, "--method", "wanda", "--num-examples", "0"], "--num-examples: 0 is out"),
+    (["compress", "sparsify", *MODEL_OUT, "--method", "wanda", "--block-size", "5000"], "context of 512 tokens"),
+    (["compress", "sparsify", *MODEL_OUT, "--sparsity", "nan"], "'nan' is not a finite number"),
+    (["compress", "sparsify", *MODEL_OUT, "--sparsity", "0"], "give a number in (0, 1)"),
+    (["compress", "sparsify", *MODEL_OUT, "--pattern", "2:4", "--sparsity", "0.5"], "not allowed with argument"),
+    (["compress", "sparsify", *MODEL_OUT, "--pattern", "2:x"], "--pattern must look like N:M"),
+    (["compress", "prune", *MODEL_OUT, "--batch-size", "0"], "--batch-size: 0 is out of range"),
+    (["compress", "prune", *MODEL_OUT, "--device", "tpu9"], "'tpu9' is not a torch device"),
+    (["compress", "prune", *MODEL_OUT, "--iterations", "0"], "--iterations: 0 is out of range"),
+    (["compress", "prune", *MODEL_OUT, "--num-examples", "-2"], "--num-examples: -2 is out of range"),
+    (["compress", "prune", *MODEL_OUT, "--block-size", "1000"], "exceeds the model's context of 512"),
+    (["compress", "distill", "--teacher", "{model}", "--output", "{out}", "--epochs", "-1"], "--epochs: -1 is out"),
+    (["compress", "distill", "--teacher", "{model}", "--output", "{out}", "--save-steps", "0"], "--save-steps: 0"),
+    (["compress", "distill", "--teacher", "{model}", "--output", "{out}", "--max-steps", "0"], "--max-steps: 0"),
+    (["compress", "distill", "--teacher", "{model}", "--output", "{out}", "--lr", "inf"], "not a finite number"),
+    (["compress", "distill", "--teacher", "{model}", "--output", "{out}", "--data-fraction", "1.5"], "in (0, 1]"),
+    (["compress", "distill", "--teacher", "{model}", "--output", "{out}", "--layers", "0,0"], "strictly increasing"),
+    (["compress", "distill", "--teacher", "{model}", "--output", "{out}", "--layers", "0,7"], "outside the teacher"),
+    (["compress", "distill", "--teacher", "{model}", "--output", "{out}", "--num-layers", "5"], "not smaller"),
+    (["compress", "distill", "--teacher", "{model}", "--output", "{out}", "--preset", "Q"], "unknown preset 'Q'"),
+    (["compress", "distill", "--teacher", "{model}", "--output", "{out}", "--block-size", "4096"], "context of 512"),
+    (["compress", "distill", "--teacher", "{model}", "--output", "{out}", "--alpha-ce", "0", "--alpha-clm", "0"],
+     "not all zero"),
+    (["demo", "--limit", "0", "--output", "{out}"], "--limit: 0 is out of range"),
+    (["demo", "--output", "{file}"], "is a file, not a folder"),
+    (["compare", "gpt2", "--dry-run", "--limit", "0"], "--limit: 0 is out of range"),
+    (["compare", "gpt2", "--dry-run", "--batch-size", "-4"], "'-4' is not a batch size"),
+    (["compare", "gpt2", "--dry-run", "--device", "tpu9"], "'tpu9' is not a torch device"),
+    (["compare", "gpt2", "--dry-run", "--dtype", "float99"], "'float99' is not a float dtype"),
+    (["compare", "gpt2", "--dry-run", "--output", "{file}"], "is a file, not a folder"),
+]
+
+
+@pytest.mark.parametrize("argv, message", BAD_OPTIONS, ids=[" ".join(a[:2]) + " " + a[-2] for a, _ in BAD_OPTIONS])
+def test_a_bad_option_exits_2_in_one_line_before_any_model_loads(argv, message, tiny_gpt2_dir, tmp_path, capsys,
+                                                                 no_model_loads):
+    (tmp_path / "a_file").write_text("x")
+    values = {"model": str(tiny_gpt2_dir), "out": str(tmp_path / "out"), "file": str(tmp_path / "a_file")}
+    code, err = _run_cli([word.format(**values) for word in argv], capsys)
+    assert code == 2 and message in err, err
+    assert "Traceback" not in err and not (tmp_path / "out").exists()
+
+
+# --- a run that changed nothing is a failure, never a saved "compressed" model (issue 20) ----------------
+
+def test_the_changed_nothing_rule_names_what_was_measured():
+    from compressors.verify import NothingChangedError, refuse_unchanged
+
+    refuse_unchanged("x", layers_changed=3, equal_to_source=False, steps=10)  # changed: passes
+    refuse_unchanged("x")  # nothing measured: passes
+    for measured, reason in (({"layers_changed": 0}, "0 layers changed"), ({"steps": 0}, "0 training steps"),
+                             ({"equal_to_source": True}, "its weights equal the source's")):
+        with pytest.raises(NothingChangedError, match=f"x changed nothing .{reason}., so nothing was kept; fix"):
+            refuse_unchanged("x", **measured, fix="fix")
+
+
+def test_prune_that_can_remove_no_head_fails_and_writes_nothing(tmp_path, capsys):
+    from tests.conftest import save_tiny_gpt2
+
+    one_head = save_tiny_gpt2(tmp_path / "one_head", n_head=1)  # every layer is down to its last head
+    output, text = tmp_path / "out", tmp_path / "text.txt"
+    text.write_text("\n".join(f"Sentence number {i} talks about the history of a town." for i in range(20)))
+    code, err = _run_cli(["compress", "prune", "--model", str(one_head), "--output", str(output), "--data", str(text),
+                          "--num-examples", "20", "--block-size", "16", "--iterations", "1"], capsys)
+    assert code == 2 and "changed nothing (0 layers changed)" in err and "--allow-empty-layers" in err
+    assert not output.exists() or not any(output.iterdir())
+
+
+def test_compare_names_a_missing_model_folder_as_missing(tmp_path):
+    from leaderboard import compare
+
+    with pytest.raises(compare.PreflightError, match="no such folder"):
+        compare.check_model(str(tmp_path / "nowhere"))
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(compare.PreflightError, match="no such folder"):
+        compare.check_model(str(tmp_path / "a_file"))
+
+
+@pytest.mark.parametrize("command", [["compress", "sparsify", "--method", "wanda"],
+                                     ["compress", "quantize", "--method", "gptq"]])
+def test_missing_calibration_text_is_refused_before_the_model_loads(command, tiny_gpt2_dir, tmp_path, capsys,
+                                                                     no_model_loads):
+    code, err = _run_cli([*command, "--model", str(tiny_gpt2_dir), "--output", str(tmp_path / "out"),
+                          "--data", str(tmp_path / "missing.txt")], capsys)
+    assert code == 2 and "missing.txt' is neither a file nor a folder" in err, err

@@ -305,5 +305,6 @@ def test_cli_writes_smaller_checkpoint_and_metadata(tiny_gpt2_dir, tmp_path, cap
     assert versions["transformers"] == transformers.__version__ and versions["torch"] == torch.__version__
     assert versions["format_version"] == 2 and versions["lm_eval"] and versions["compfair"]
     assert versions["compfair_commit"] is None or len(versions["compfair_commit"]) == 40
-    assert prune.main(["--model", str(tiny_gpt2_dir), "--output", str(tmp_path / "x"), "--ratio", "2"]) == 2
-    assert "ratio" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as caught:
+        prune.main(["--model", str(tiny_gpt2_dir), "--output", str(tmp_path / "x"), "--ratio", "2"])
+    assert caught.value.code == 2 and "argument --ratio: 2 is out of range" in capsys.readouterr().err

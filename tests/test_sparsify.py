@@ -46,10 +46,11 @@ def test_masks_by_hand():
     assert sparsify.prune_mask(two_rows, 0.5, None, per_row=True).tolist() == [[True, False], [True, False]]
 
 
-def _first_layer_inputs(model, blocks):
-    """Inputs of layer 0's q_proj (= the normed embeddings: no pruned layer before it)."""
+def _first_layer_inputs(model, blocks, layer=None):
+    """Inputs of `layer`, by default layer 0's q_proj (= the normed embeddings: no pruned layer before it)."""
     seen = []
-    handle = model.model.layers[0].self_attn.q_proj.register_forward_hook(
+    layer = model.model.layers[0].self_attn.q_proj if layer is None else layer
+    handle = layer.register_forward_hook(
         lambda _m, inputs, _o: seen.append(inputs[0].detach().reshape(-1, inputs[0].shape[-1])))
     with torch.no_grad():
         model(blocks)
@@ -156,10 +157,10 @@ def test_an_output_that_fails_its_check_is_removed_and_the_source_refused(tiny_l
 
 
 def test_bad_settings_fail_in_one_line(tiny_llama_dir, tmp_path, capsys):
-    assert sparsify.main(["--model", str(tiny_llama_dir), "--output", str(tmp_path / "x"), "--pattern", "4:2"]) == 2
-    assert "0 < N < M" in capsys.readouterr().err
-    assert sparsify.main(["--model", str(tiny_llama_dir), "--output", str(tmp_path / "x"), "--sparsity", "1.5"]) == 2
-    assert "(0, 1)" in capsys.readouterr().err
+    for option, value, message in (("--pattern", "4:2", "0 < N < M"), ("--sparsity", "1.5", "(0, 1)")):
+        with pytest.raises(SystemExit) as caught:  # argparse: exit 2 before any model loads
+            sparsify.main(["--model", str(tiny_llama_dir), "--output", str(tmp_path / "x"), option, value])
+        assert caught.value.code == 2 and message in capsys.readouterr().err
 
 
 @pytest.mark.slow
@@ -183,3 +184,77 @@ def test_every_new_compressor_output_runs_in_lm_eval_hf_and_the_leaderboard_meas
     assert frame.loc["gptq4", "bits"] == 4 and frame.loc["tao8", "bits"] == 8
     assert frame.loc["wanda24", "sparsity"] == pytest.approx(0.5) and frame.loc["wanda24", "bits"] == 32
     assert set(frame["weights_equal_source"]) == {"no"}
+
+
+# --- GPT-2: its block layers are transformers' Conv1D (weight stored [inputs, outputs]) ------------------------
+
+def test_wanda_on_gpt2_conv1d_matches_its_definition_per_output_row(tiny_gpt2_dir):
+    from transformers import AutoModelForCausalLM
+
+    blocks = torch.randint(0, 1000, (4, 32), generator=torch.Generator().manual_seed(0))
+    dense = AutoModelForCausalLM.from_pretrained(tiny_gpt2_dir).eval()
+    x = _first_layer_inputs(dense, blocks, dense.transformer.h[0].attn.c_attn)  # block 0: ln_1 of the embeddings
+    weight = dense.transformer.h[0].attn.c_attn.weight.detach().t()  # [outputs, inputs]
+    expected = sparsify.prune_mask(weight.abs() * x.norm(dim=0), 0.5, None, per_row=True)
+    wanda = AutoModelForCausalLM.from_pretrained(tiny_gpt2_dir).eval()
+    zeroed = sparsify.sparsify_model(wanda, "wanda", 0.5, None, blocks)
+    assert len(zeroed) == 4 * 2 and all(fraction == pytest.approx(0.5) for fraction in zeroed.values())
+    assert type(wanda.transformer.h[0].attn.c_attn).__name__ == "Conv1D"  # swapped back: a plain GPT-2
+    assert torch.equal(wanda.transformer.h[0].attn.c_attn.weight.t() == 0, expected)
+    kept = ~expected
+    assert torch.equal(wanda.transformer.h[0].attn.c_attn.weight.t()[kept], weight[kept])
+
+
+@pytest.mark.parametrize("method", ["magnitude", "wanda"])
+def test_cli_sparsifies_gpt2_and_a_head_pruned_gpt2(tiny_gpt2_dir, tmp_path, method):
+    """Wanda on plain GPT-2 is checked in process above (llm-compressor's CLI run is slow): here on the pruned one."""
+    from transformers import AutoModelForCausalLM
+
+    from compressors import prune
+
+    pruned = tmp_path / "pruned"
+    gpt2 = AutoModelForCausalLM.from_pretrained(tiny_gpt2_dir).eval()
+    prune.save_pruned(prune.keep_heads(gpt2, [[0, 2], [1, 2, 3]]), build_gpt2_tokenizer(), pruned)
+    for source in (tiny_gpt2_dir, pruned) if method == "magnitude" else (pruned,):
+        output = tmp_path / f"{source.name}-{method}"
+        assert sparsify.main(["--model", str(source), "--output", str(output), "--method", method,
+                              "--pattern", "2:4", "--num-examples", "4", "--block-size", "16"]) == 0
+        record = json.loads((output / "compfair_compression.json").read_text())
+        assert record["layers"] == 8 and record["measured"]["equal_to_source"] is False
+        assert json.loads((output / "config.json").read_text())["model_type"] == json.loads(
+            (source / "config.json").read_text())["model_type"]  # still a GPT-2 checkpoint lm_eval loads
+        model = AutoModelForCausalLM.from_pretrained(output)
+        for name, layer in sparsify.block_linear_layers(model).items():
+            zeros = sparsify.rows_by_output(layer) == 0  # 2 of every 4 consecutive inputs of each output row
+            assert (zeros.reshape(zeros.shape[0], -1, 4).sum(-1) >= 2).all(), name
+
+
+def test_a_run_that_changes_nothing_fails_and_keeps_nothing(tiny_llama_dir, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from compressors.verify import NothingChangedError
+
+    zeroed = tmp_path / "zeroed"
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
+    for layer in sparsify.block_linear_layers(model).values():
+        layer.weight.data.zero_()  # magnitude pruning of all-zero layers changes no weight
+    model.save_pretrained(zeroed)
+    build_gpt2_tokenizer().save_pretrained(zeroed)
+    output = tmp_path / "out"
+    with pytest.raises(NothingChangedError, match="changed nothing .0 layers changed.*nothing was kept"):
+        sparsify.main(["--model", str(zeroed), "--output", str(output), "--method", "magnitude"])
+    assert not output.exists() or not any(output.iterdir())
+
+
+def test_a_model_without_linear_layers_is_refused():
+    with pytest.raises(sparsify.SparsifyError, match="no linear layers"):
+        sparsify.sparsify_model(torch.nn.Sequential(torch.nn.Embedding(4, 4)), "magnitude", 0.5)
+
+
+@pytest.mark.parametrize("method", ["magnitude", "wanda"])
+def test_a_pattern_that_does_not_divide_the_layer_widths_is_refused_by_every_method(tiny_gpt2_dir, method):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_gpt2_dir)  # inputs of 32 and 128: no group of 3 fits
+    with pytest.raises(sparsify.SparsifyError, match=r"divisible by 3, got \[32, 128\]"):
+        sparsify.sparsify_model(model, method, None, (1, 3), torch.zeros(1, 8, dtype=torch.long))
