@@ -70,8 +70,12 @@ def _check_loads(member: dict, path: tuple, located: Located) -> None:
     except Exception as error:  # missing folder/id, offline without cache, unknown architecture
         where = f"{member['pretrained']}" + (f" at revision {member['revision']}" if member.get("revision") else "")
         reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
-        fix = ("download it where there is network and copy the Hugging Face cache, or give a local checkpoint folder"
-               if offline() else "check the model id or folder (a save_pretrained checkpoint with config.json)")
+        if Path(member["pretrained"]).is_absolute():
+            fix = "give a folder that save_pretrained wrote (a readable config.json and the weights)"
+        elif offline():
+            fix = "download it where there is network and copy the Hugging Face cache, or give a local folder"
+        else:
+            fix = "check the model id (and that you may access it)"
         raise located.error(path, f"model {where} cannot be loaded ({reason})", fix) from None
 
 
@@ -132,9 +136,11 @@ def _members(series: dict, kind: str, path: tuple, spec: Spec) -> list[tuple[tup
         _check_revisions(model, revisions, (*path, "revisions"), located)
         steps = [step_of(r) for r in revisions]
         use_step = all(s is not None for s in steps)
-        return [((*path, "revisions", i), _member(pretrained, revision, revision,
-                                                  ("step", steps[i]) if use_step else ("order", i), tokenizer, base))
-                for i, revision in enumerate(revisions)]
+        members = [((*path, "revisions", i), _member(pretrained, revision, revision,
+                                                     ("step", steps[i]) if use_step else ("order", i), tokenizer, base))
+                   for i, revision in enumerate(revisions)]
+        # training order, whatever order the spec lists them in
+        return sorted(members, key=lambda m: m[1]["axis"]["value"]) if use_step else members
     if kind == "checkpoints":
         folder = _local(base, expect(series["checkpoints"], str, (*path, "checkpoints"), located, "a folder"))
         if (folder / "checkpoints").is_dir() and not list(folder.glob("checkpoint-*")):
