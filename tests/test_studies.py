@@ -181,3 +181,18 @@ def test_offline_study_over_hub_revisions(tmp_path):
         assert results["config"]["model_args"] == {"pretrained": "tiny-org/tiny-pythia", "revision": f"step{width}000"}
         assert results["config"]["model_num_parameters"] == _parameters(width)
         assert "crows_pairs" in json.dumps(results["results"])
+
+
+def test_shipped_paper_specs_expand_to_the_papers_grids():
+    pythia = make_plan(load_spec("pythia-quantization"), check=False)
+    assert len(pythia) == 6 * 21 * 2
+    steps = [c["axis"]["value"] for c in pythia if c["series"] == "pythia-6.9b-deduped" and
+             c["compression"]["method"] == "none"]
+    assert steps == [1000, 7000, 14000, 21000, 29000, 36000, 43000, 50000, 57000, 64000, 72000, 79000, 86000,
+                     93000, 100000, 107000, 114000, 122000, 129000, 136000, 143000]
+    gpt2 = {c["id"]: c for c in make_plan(load_spec("gpt2-distillation"), check=False)}
+    assert [i for i in gpt2 if i.startswith("gpt2@")] == [
+        "gpt2@gpt2+none", *(f"gpt2@gpt2+distill-{s}" for s in ("A", "B", "B_", "C", "D", "D_"))]
+    assert gpt2["dialogpt@large+none"]["metadata"] == {"dialogue": True}
+    assert gpt2["blenderbot@3B+none"]["model_args"] == "backend=seq2seq"
+    assert gpt2["blenderbot@3B+none"]["gen_kwargs"] == "max_length=21"

@@ -105,7 +105,7 @@ def expand(spec: Spec, check: bool = True) -> list[dict]:
             raise located.error((*path, "revisions"), "revisions belong to a model:", "add `model: <hub id>`")
         if "steps" in series and kinds != ["checkpoints"]:
             raise located.error((*path, "steps"), "steps select checkpoint-N folders", "add `checkpoints: <folder>`")
-        members = _members(series, kinds[0], path, spec)
+        members = _members(series, kinds[0], path, spec, check)
         for member_path, member in members:
             if check:
                 _check_loads(member["member"], member_path, located)
@@ -113,7 +113,7 @@ def expand(spec: Spec, check: bool = True) -> list[dict]:
     return out
 
 
-def _members(series: dict, kind: str, path: tuple, spec: Spec) -> list[tuple[tuple, dict]]:
+def _members(series: dict, kind: str, path: tuple, spec: Spec, check: bool) -> list[tuple[tuple, dict]]:
     located, base = spec.located, spec.base_dir
     tokenizer = series.get("tokenizer")
     if tokenizer is not None:
@@ -133,7 +133,8 @@ def _members(series: dict, kind: str, path: tuple, spec: Spec) -> list[tuple[tup
                                 "give a hub id (or a folder of checkpoint-N folders as checkpoints:)")
         for i, revision in enumerate(revisions):
             expect(revision, str, (*path, "revisions", i), located, "a revision name such as step1000")
-        _check_revisions(model, revisions, (*path, "revisions"), located)
+        if check:
+            _check_revisions(model, revisions, (*path, "revisions"), located)
         steps = [step_of(r) for r in revisions]
         use_step = all(s is not None for s in steps)
         members = [((*path, "revisions", i), _member(pretrained, revision, revision,
