@@ -223,3 +223,26 @@ def test_in_process_evaluation_equals_the_lm_eval_cli(tmp_path, checkpoints):
     key = ("doc_id", "filtered_resps", "target")
     assert len(our_samples) == len(their_samples) > 0
     assert [[s.get(k) for k in key] for s in our_samples] == [[s.get(k) for k in key] for s in their_samples]
+
+
+def test_cli_refuses_a_bad_spec_in_one_line_with_exit_2(tmp_path, capsys):
+    from compfair_tasks.cli import main
+
+    spec = _spec(tmp_path, "name: x\ntasks: [t]\nserise: []\n")
+    assert main(["study", "run", str(spec), "--output", str(tmp_path / "study")]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error == (f"compfair study run: error: {spec}:3: serise: unknown key 'serise'; did you mean 'series'?")
+    assert not (tmp_path / "study").exists()  # refused before anything was written or run
+
+
+def test_status_command_names_the_failed_cells_log(tmp_path, checkpoints, capsys):
+    from compfair_tasks.cli import main
+
+    study = tmp_path / "study"
+    _run(study, _spec(tmp_path, CHECKPOINT_SPEC), CountingEvaluate(fail={"student@10+none"}))
+    capsys.readouterr()
+    assert main(["study", "status", str(study)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[2] == (f"  failed   student@10+none  RuntimeError: boom in student@10+none; "
+                        f"log: {cell_dir(study, 'student@10+none') / 'cell.log'}")
+    assert lines[-1] == "2 done, 0 running, 1 failed, 0 left (of 3)"
