@@ -11,9 +11,11 @@ are the requests alone, not the model, so a stale cache would answer for another
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import hashlib
 import json
+import logging
 import os
 import shutil
 import socket
@@ -228,9 +230,7 @@ def evaluate_in_process(cell: dict, folder: Path, log) -> None:
     """The cell's lm_eval run in this interpreter through lm_eval's public API (simple_evaluate and its
     EvaluationTracker), writing the same results_*.json and samples_*.jsonl as `lm_eval run` (a test compares).
     Libraries, compfair's data, scorers and the fluency judge stay loaded from one cell to the next."""
-    import contextlib
     import gc
-    import logging
 
     from lm_eval import simple_evaluate
     from lm_eval.loggers import EvaluationTracker
@@ -245,11 +245,8 @@ def evaluate_in_process(cell: dict, folder: Path, log) -> None:
     if not all(name in manager.all_tasks for name in cell["tasks"]):
         manager = TaskManager(metadata=metadata)
     tracker = EvaluationTracker(output_path=str(folder / RESULTS))
-    text = open(log.fileno(), "w", encoding="utf-8", errors="replace", closefd=False)
-    handler = logging.StreamHandler(text)
-    logging.getLogger().addHandler(handler)
     try:
-        with contextlib.redirect_stdout(text), contextlib.redirect_stderr(text):
+        with output_to(log):
             seed = cell["seed"]
             results = simple_evaluate(
                 model=cell["lm_eval_model"], model_args=arguments, tasks=cell["tasks"],
@@ -262,6 +259,26 @@ def evaluate_in_process(cell: dict, folder: Path, log) -> None:
             for task_name in results["configs"]:
                 tracker.save_results_samples(task_name=task_name, samples=samples[task_name])
     finally:
-        logging.getLogger().removeHandler(handler)
-        text.flush()
         gc.collect()  # the cell's model goes before the next one loads
+
+
+@contextlib.contextmanager
+def output_to(log):
+    """Everything this process writes meanwhile (Python's and C libraries' stdout/stderr, child processes such as
+    lm_eval's `git` call, Python logging) goes to the cell's log, as a subprocess's output would."""
+    handler = logging.StreamHandler(sys.stderr)
+    for stream in (sys.stdout, sys.stderr, log):
+        stream.flush()
+    saved = [os.dup(1), os.dup(2)]
+    os.dup2(log.fileno(), 1)
+    os.dup2(log.fileno(), 2)
+    logging.getLogger().addHandler(handler)
+    try:
+        yield
+    finally:
+        logging.getLogger().removeHandler(handler)
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+        for fd, copy in zip((1, 2), saved, strict=True):
+            os.dup2(copy, fd)
+            os.close(copy)
