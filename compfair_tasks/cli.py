@@ -13,6 +13,7 @@ COMMANDS = {
     ("compress", "prune"): ("compressors.prune:main", "remove attention heads by gradient importance (Michel et al. 2019)"),
     ("compress", "quantize"): ("compressors.quantize:main", "post-training quantization: GPTQ/RTN 4|8-bit, torchao int8, int8"),
     ("compress", "sparsify"): ("compressors.sparsify:main", "one-shot weight sparsity: magnitude, Wanda, SparseGPT (50% or 2:4)"),
+    ("compress", "perturb"): ("compressors.perturb:main", "seeded Gaussian noise on the weights: a quality-degradation control"),
     ("leaderboard",): ("leaderboard.cli:main", "lm_eval output folders -> CSV, Markdown, HTML page, plots"),
     ("compare",): ("leaderboard.compare:main", "run the paper's baseline comparisons (teacher, students, DialoGPT, BlenderBot)"),
     ("task-dir",): ("compfair_tasks.cli:print_task_dir", "print the task_configs folder (for lm_eval --include_path)"),
