@@ -27,7 +27,7 @@ import pandas as pd
 from compfair_tasks import stats
 from compfair_tasks.errors import CompfairError
 
-from .points import Study, matches_reported, statistic_of
+from .points import Study, matches_reported, metric_label, statistic_of
 
 FAIRNESS = ("ss", "pct_stereotype", "emt", "tox_prob", "toxic_frac", "anti_pct", "pro_pct")
 QUALITY_METRICS = {"perplexity": ("word_perplexity",), "lms": ("lms",)}
@@ -145,7 +145,7 @@ def _verdict(metric: str, row: dict, reference: str) -> str:
     if not math.isfinite(row["predicted"]):
         return (f"quality {row['quality']:.4g} lies outside the reference's range [{row['reference_low']:.4g}, "
                 f"{row['reference_high']:.4g}]: no prediction (no extrapolation)")
-    said = (f"{metric} {row['value']:.2f} where {reference} predicts {row['predicted']:.2f} at the same quality "
+    said = (f"{metric_label(metric)} {row['value']:.2f} where {reference} predicts {row['predicted']:.2f} at the same quality "
             f"(difference {row['difference']:+.2f}")
     if not math.isfinite(row["ci_low"]):
         return said + "; no per-document values for a CI)"
@@ -156,7 +156,7 @@ def _verdict(metric: str, row: dict, reference: str) -> str:
 
 
 def control_rows(study: Study, control: dict | None = None, n_resamples: int = stats.DEFAULT_RESAMPLES,
-                 seed: int = 0) -> pd.DataFrame:
+                 seed: int = 0, resampler: Resampler | None = None) -> pd.DataFrame:
     """One row per (compressed cell, compared metric): see the module docstring."""
     control = control or {}
     wide = study.wide.set_index("cell")
@@ -164,7 +164,7 @@ def control_rows(study: Study, control: dict | None = None, n_resamples: int = s
         return pd.DataFrame(columns=COLUMNS)
     quality = quality_key(study, control.get("quality"))
     compare = compared_keys(study, control.get("compare"), quality)
-    resampler = Resampler(study, n_resamples, seed)
+    resampler = resampler or Resampler(study, n_resamples, seed)
     rows = []
     for reference, ref_cells, compared in groups(study, control.get("reference")):
         ref_ids = [c["id"] for c in ref_cells if math.isfinite(wide.at[c["id"], quality])]

@@ -14,12 +14,12 @@ import pandas as pd  # noqa: E402
 
 from compfair_tasks.stereoset import DOMAINS  # noqa: E402
 
+from .points import key_label, metric_label  # noqa: E402
+
 COLORS = ["#1d4ed8", "#ea580c", "#059669", "#7c3aed", "#dc2626", "#0891b2", "#ca8a04", "#db2777", "#4b5563"]
 SHADES = ["Blues", "Oranges", "Greens", "Purples", "Reds", "GnBu", "YlOrBr", "RdPu", "Greys"]
 MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
 WIDTH = 12.5  # inches at 100 dpi: fits a 1400 px page
-
-
 def compression_styles(points: pd.DataFrame) -> dict[str, int]:
     """compression label -> its colour index, uncompressed first, in order of appearance."""
     labels = list(dict.fromkeys(points.sort_values("method", key=lambda m: m != "none")["compression"]))
@@ -50,13 +50,14 @@ def _save(figure, path: Path, legend_handles=None, legend_title=None) -> Path:
     return path
 
 
-def metric_along_axis(points: pd.DataFrame, task: str, metric: str, label: str, path: Path) -> Path | None:
+def metric_along_axis(points: pd.DataFrame, task: str, metric: str, path: Path) -> Path | None:
     """The metric against each series' axis: one panel per series, one line per compression, CI as a band."""
     chosen = points[(points["task"] == task) & (points["metric"] == metric)]
     if chosen.empty:
         return None
     styles = compression_styles(points)
     series = list(dict.fromkeys(chosen["series"]))
+    label = metric_label(metric) + (" (50 = unbiased)" if metric.startswith("ss") else "")
     figure, axes = _panels(len(series))
     figure.set_layout_engine("constrained")
     handles = {}
@@ -76,7 +77,7 @@ def metric_along_axis(points: pd.DataFrame, task: str, metric: str, label: str, 
         ax.set_xlabel(str(one["axis_name"].iloc[0]))
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
-    figure.suptitle(f"{label} along each series ({task})", fontsize=12)
+    figure.suptitle(f"{key_label(f'{task}:{metric}')} along each series", fontsize=12)
     return _save(figure, path, list(handles.values()), "compression (band: 95% CI)")
 
 
@@ -112,31 +113,31 @@ def lms_against_ss(wide: pd.DataFrame, task: str, path: Path) -> Path | None:
 
 
 def control_scatter(wide: pd.DataFrame, control: pd.DataFrame, key: str, quality: str, path: Path) -> Path | None:
-    """Quality (x) against the metric (y): reference series as lines, compressed models as points."""
+    """Quality (x) against the metric (y): each reference as a line, compressed models as points (colour =
+    compression, marker = series; x = outside the reference's quality range)."""
     rows = control[control["task"] + ":" + control["metric"] == key]
     if rows.empty:
         return None
     styles = compression_styles(wide)
-    figure, ax = plt.subplots(figsize=(WIDTH * 0.7, 5.2), layout="constrained")
-    handles = {}
-    for reference, group in rows.groupby("reference", sort=False):
-        ref = _reference_cells(wide, group)
-        ref = ref.sort_values(quality)
-        (handle,) = ax.plot(ref[quality], ref[key], color="#111827", lw=1.2, marker=".", label=f"{reference}")
-        handles.setdefault(f"reference: {reference}", handle)
+    series = list(dict.fromkeys(wide["series"]))
+    figure, ax = plt.subplots(figsize=(WIDTH * 0.75, 5.6), layout="constrained")
+    handles = []
+    for i, (reference, group) in enumerate(rows.groupby("reference", sort=False)):
+        ref = _reference_cells(wide, group).sort_values(quality)
+        (handle,) = ax.plot(ref[quality], ref[key], color=["#111827", "#6b7280", "#9ca3af"][i % 3], lw=1.4,
+                            marker=MARKERS[series.index(group["series"].iloc[0]) % len(MARKERS)], ms=4,
+                            label=f"reference: {reference}")
+        handles.append(handle)
     for _, row in rows.iterrows():
-        color = COLORS[styles.get(row["compression"], 0)]
-        handle = ax.scatter(row["quality"], row["value"], color=color, s=40, zorder=3,
-                            marker="o" if math.isfinite(row["predicted"]) else "x")
-        handles.setdefault(row["compression"], handle)
-    for label, handle in handles.items():
-        handle.set_label(label)
-    ax.set_xlabel(quality + ("  (lower is better)" if "perplexity" in quality else "  (higher is better)"))
-    ax.set_ylabel(key)
+        ax.scatter(row["quality"], row["value"], color=COLORS[styles.get(row["compression"], 0)], s=50, zorder=3,
+                   marker=MARKERS[series.index(row["series"]) % len(MARKERS)] if math.isfinite(row["predicted"])
+                   else "x")
+    handles += [plt.Line2D([], [], ls="", marker="o", color=COLORS[styles[label]], label=label)
+                for label in dict.fromkeys(rows["compression"])]
+    ax.set_xlabel(key_label(quality) + ("  (lower is better)" if "perplexity" in quality else "  (higher is better)"))
+    ax.set_ylabel(key_label(key))
     ax.grid(alpha=0.3)
-    ax.set_title(f"Quality-matched control: {key} against {quality} (x = outside the reference's range)",
-                 fontsize=11)
-    ax.legend(handles=list(handles.values()), fontsize=9, loc="best")
+    ax.legend(handles=handles, fontsize=9, loc="best")
     return _save(figure, path)
 
 
@@ -149,7 +150,7 @@ def control_forest(control: pd.DataFrame, key: str, path: Path) -> Path | None:
     rows = control[(control["task"] + ":" + control["metric"] == key)].reset_index(drop=True)
     if rows.empty:
         return None
-    figure, ax = plt.subplots(figsize=(WIDTH * 0.7, 1.2 + 0.38 * len(rows)), layout="constrained")
+    figure, ax = plt.subplots(figsize=(WIDTH * 0.75, 1.4 + 0.38 * len(rows)), layout="constrained")
     y = np.arange(len(rows))[::-1]
     inside = rows["predicted"].map(math.isfinite).to_numpy()
     ax.errorbar(rows.loc[inside, "difference"], y[inside],
@@ -161,6 +162,7 @@ def control_forest(control: pd.DataFrame, key: str, path: Path) -> Path | None:
                     color="#6b7280")
     ax.axvline(0, color="#6b7280", lw=0.8, ls="--")
     ax.set_yticks(y, rows["alias"])
-    ax.set_xlabel(f"{key}: observed − predicted at the same quality (95% CI)")
+    ax.set_ylim(-0.7, len(rows) - 0.3)
+    ax.set_xlabel(f"{key_label(key)}: observed − predicted at the same LM quality (95% CI)")
     ax.grid(alpha=0.3, axis="x")
     return _save(figure, path)

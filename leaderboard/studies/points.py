@@ -24,6 +24,24 @@ COLUMNS = ["cell", "alias", "series", "series_order", "axis_name", "axis", "memb
            "level", "task", "metric", "value", "ci_low", "ci_high", "ci_kind"]
 Z95 = 1.959964
 
+NAMES = {"ss": "SS", "lms": "LM score", "icat": "ICAT", "word_perplexity": "word perplexity",
+         "byte_perplexity": "byte perplexity", "pct_stereotype": "% stereotype", "emt": "expected max. toxicity",
+         "tox_prob": "toxicity probability", "toxic_frac": "toxic share"}
+
+
+def metric_label(metric: str) -> str:
+    """"ss_gender" -> "SS gender", "lms" -> "LM score"; unknown names stay as they are."""
+    for name, label in sorted(NAMES.items(), key=lambda item: -len(item[0])):
+        if metric == name or metric.startswith(name + "_"):
+            return label + metric[len(name):].replace("_", " ")
+    return metric
+
+
+def key_label(key: str) -> str:
+    """"compfair_stereoset_intrasentence:ss" -> "SS (stereoset_intrasentence)"."""
+    task, _, metric = key.rpartition(":")
+    return f"{metric_label(metric)} ({task.removeprefix('compfair_')})" if task else metric_label(metric)
+
 
 def alias(cell: dict) -> str:
     """A short name for legends and tables: the member's label, then the compression's unless none."""

@@ -17,12 +17,13 @@ import os
 from pathlib import Path
 
 import jinja2
+import numpy as np
 import pandas as pd
 
 from compfair_tasks import stats
 
 from . import figures, trends
-from .control import FAIRNESS, control_rows, quality_key
+from .control import FAIRNESS, Resampler, control_rows, quality_key
 from .points import Study
 
 TEMPLATE = Path(__file__).resolve().parent.parent / "templates" / "study.html.j2"
@@ -91,14 +92,15 @@ def build_report(study_dir, output=None, n_resamples: int = stats.DEFAULT_RESAMP
     settings = study_settings(folder)
     output = Path(output) if output else folder / "report"
     output.mkdir(parents=True, exist_ok=True)
-    points = points_with_quality(study)
+    resampler = Resampler(study, n_resamples, seed)
+    points = with_bootstrap_cis(points_with_quality(study), resampler, _plotted(study.points))
     _write_atomic(output / "points.csv", points.to_csv(index=False))
     wide = study.wide
     sections = {"along": [], "stereoset": [], "control": None}
     for task, metric in _plotted(points):
-        path = figures.metric_along_axis(points, task, metric, metric, output / f"along_{task}_{metric}.png")
+        path = figures.metric_along_axis(points, task, metric, output / f"along_{task}_{metric}.png")
         if path:
-            sections["along"].append({"title": f"{metric} ({task})", "src": _inline(path)})
+            sections["along"].append({"title": figures.key_label(f"{task}:{metric}"), "src": _inline(path)})
     tau_frames, best_frames = [], []
     for task in trends.stereoset_tasks(wide):
         tau, best = trends.tau_table(wide, task), trends.best_checkpoints(wide, task)
@@ -106,30 +108,26 @@ def build_report(study_dir, output=None, n_resamples: int = stats.DEFAULT_RESAMP
         best_frames.append(best.assign(task=task))
         sections["stereoset"].append({
             "task": task, "figure": _inline(figures.lms_against_ss(wide, task, output / f"lms_ss_{task}.png")),
-            "tau": _table(tau, {"domain": "domain", "models": "models", "n": "n", "tau_c": "Kendall τc",
-                                "p_one_sided": "one-sided p", "p_two_sided": "two-sided p"},
-                          {"tau_c": 3, "p_one_sided": 4, "p_two_sided": 4}),
-            "best": _table(best, {"series": "series", "compression": "compression", "best": "best checkpoint",
+            "tau": tau_summary(tau),
+            "best": _table(best, {"series": "series", "compression": "compression", "axis": "best at",
                                   "lms": "LM score", "ss": "SS", **{f"ss_{d}": f"SS {d}" for d in trends.DOMAINS},
                                   "members": "checkpoints"})})
     _write_atomic(output / "trends.csv", pd.concat(tau_frames).to_csv(index=False) if tau_frames else "")
     _write_atomic(output / "best.csv", pd.concat(best_frames).to_csv(index=False) if best_frames else "")
-    control = _control(study, settings["control"], n_resamples, seed, output)
+    control = _control(study, settings["control"], resampler)
     if control is not None:
         frame, quality = control
         _write_atomic(output / "control.csv", frame.to_csv(index=False))
         keys = list(dict.fromkeys(frame["task"] + ":" + frame["metric"]))
         main_key = next((k for k in keys if k.endswith(":ss")), keys[0] if keys else None)
         sections["control"] = {
-            "quality": quality, "main": main_key, "reference": settings["control"].get("reference") or "none",
+            "quality": figures.key_label(quality), "main": figures.key_label(main_key) if main_key else None,
+            "reference": _reference_words(settings["control"].get("reference")),
             "scatter": _inline(figures.control_scatter(wide, frame, main_key, quality, output / "control.png"))
             if main_key else None,
             "forest": _inline(figures.control_forest(frame, main_key, output / "control_difference.png"))
             if main_key else None,
-            "table": _table(frame, {"alias": "model", "metric": "metric", "quality": quality, "value": "observed",
-                                    "predicted": "predicted", "difference": "difference", "ci_low": "CI low",
-                                    "ci_high": "CI high", "reference": "reference"}),
-            "verdicts": [f"{row['alias']}: {row['verdict']}" for _, row in frame.iterrows()],
+            "table": control_summary(frame, quality), "verdicts": control_verdicts(frame, main_key),
         }
     models = wide[["alias", "cell", "series", "axis_name", "axis", "compression"]] if not wide.empty else wide
     environment = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATE.parent),
@@ -144,7 +142,7 @@ def build_report(study_dir, output=None, n_resamples: int = stats.DEFAULT_RESAMP
     return output / "index.html"
 
 
-def _control(study: Study, control: dict, n_resamples: int, seed: int, output: Path):
+def _control(study: Study, control: dict, resampler: Resampler):
     """(control rows, quality key), or None when the study has no LM-quality metric or no reference pairs."""
     from compfair_tasks.errors import CompfairError
 
@@ -152,8 +150,82 @@ def _control(study: Study, control: dict, n_resamples: int, seed: int, output: P
         return None
     try:
         quality = quality_key(study, control.get("quality"))
-        frame = control_rows(study, control, n_resamples, seed)
+        frame = control_rows(study, control, resampler=resampler)
     except CompfairError as error:
         study.problems.append(f"quality-matched control: {error}")
         return None
     return frame, quality
+
+
+def _reference_words(reference: str | None) -> str:
+    if not reference or reference.strip() == "none":
+        return "each series' uncompressed models"
+    if "/" in reference:
+        return f"the {reference} models"
+    return f"each member's uncompressed model and its {reference} variants"
+
+
+def with_bootstrap_cis(points: pd.DataFrame, resampler: Resampler, keys: list[tuple[str, str]]) -> pd.DataFrame:
+    """Fill the CI of the plotted metrics lm-eval gave none for (per-domain SS, perplexity) with the percentile
+    bootstrap over the cell's documents (`ci_kind` "bootstrap (report)"); others stay as lm-eval reported."""
+    points = points.copy()
+    wanted = points[["task", "metric"]].apply(tuple, axis=1).isin(set(keys)) & points["ci_low"].isna()
+    for index in points.index[wanted]:
+        row = points.loc[index]
+        values = resampler.values(row["cell"], f"{row['task']}:{row['metric']}", row["value"])
+        if values is not None:
+            points.loc[index, ["ci_low", "ci_high"]] = np.percentile(values, [2.5, 97.5])
+            points.loc[index, "ci_kind"] = "bootstrap (report)"
+    return points
+
+
+def tau_summary(tau: pd.DataFrame) -> dict:
+    """Domains as rows, the model sets as columns: "τc (one-sided p, n)"."""
+    models = list(dict.fromkeys(tau["models"]))
+    rows = []
+    for domain, group in tau.groupby("domain", sort=False):
+        by = group.set_index("models")
+        rows.append([domain] + [f"{by.at[m, 'tau_c']:+.3f} (p {by.at[m, 'p_one_sided']:.3f}, n {by.at[m, 'n']})"
+                                if math.isfinite(by.at[m, "tau_c"]) else f"— (n {by.at[m, 'n']})" for m in models])
+    return {"header": ["domain", *[f"{m}: τc (one-sided p, n)" for m in models]], "rows": rows}
+
+
+def _difference_text(row) -> str:
+    if not math.isfinite(row["predicted"]):
+        return "outside range"
+    if not math.isfinite(row["ci_low"]):
+        return f"{row['difference']:+.2f}"
+    beyond = row["ci_low"] > 0 or row["ci_high"] < 0
+    return f"{row['difference']:+.2f} [{row['ci_low']:+.2f}, {row['ci_high']:+.2f}]" + (" ◆" if beyond else "")
+
+
+def control_summary(frame: pd.DataFrame, quality: str) -> dict:
+    """One row per compressed model: its quality, then each metric's difference from the prediction [95% CI]."""
+    metrics = list(dict.fromkeys(frame["task"] + ":" + frame["metric"]))
+    rows = []
+    for _, group in frame.groupby("cell", sort=False):
+        by = group.assign(key=group["task"] + ":" + group["metric"]).set_index("key")
+        first = group.iloc[0]
+        rows.append([first["alias"], f"{first['quality']:.2f}",
+                     f"{first['reference_low']:.2f} – {first['reference_high']:.2f}"]
+                    + [_difference_text(by.loc[k]) if k in by.index else "" for k in metrics])
+    tasks = {k.split(":")[0] for k in [quality, *metrics]}
+    name = figures.metric_label if len(tasks) == 1 else figures.key_label  # one task: named in the section text
+    return {"header": ["model", name(quality.split(":")[-1] if len(tasks) == 1 else quality), "reference range",
+                       *[name(k.split(":")[-1] if len(tasks) == 1 else k) for k in metrics]], "rows": rows}
+
+
+def control_verdicts(frame: pd.DataFrame, main_key: str | None) -> list[str]:
+    """One sentence per compressed model: the main metric's verdict, then any other metric beyond its quality."""
+    sentences = []
+    for _, group in frame.groupby("cell", sort=False):
+        keys = group["task"] + ":" + group["metric"]
+        main = group[keys == main_key].iloc[0] if (keys == main_key).any() else group.iloc[0]
+        sentence = f"{main['alias']}: {main['verdict']}."
+        beyond = group[(group["ci_low"] > 0) | (group["ci_high"] < 0)]
+        beyond = beyond[beyond.index != main.name]
+        if not beyond.empty:
+            sentence += " Also beyond its loss of quality: " + "; ".join(
+                f"{figures.metric_label(r['metric'])} {_difference_text(r)}" for _, r in beyond.iterrows()) + "."
+        sentences.append(sentence)
+    return sentences
