@@ -288,8 +288,9 @@ def quality_matched_bootstrap(reference_quality: np.ndarray, reference_value: np
     (`shared_resample_counts`). A resample whose quality falls outside its reference's range gives no
     difference; `outside` is their share (the CI is over the others, and NaN when none is left).
     """
-    differences = np.array([quality_matched_difference(rq, rv, q, v)["difference"]
-                            for rq, rv, q, v in zip(reference_quality, reference_value, quality, value)])
+    defined = np.isfinite(quality) & np.isfinite(value)  # a resample without a document of a subgroup: no value
+    differences = np.array([quality_matched_difference(rq, rv, q, v)["difference"] for rq, rv, q, v in
+                            zip(reference_quality[defined], reference_value[defined], quality[defined], value[defined])])
     finite = differences[np.isfinite(differences)]
     outside = 1 - len(finite) / len(differences) if len(differences) else float("nan")
     if len(finite) == 0:

@@ -165,3 +165,15 @@ def test_a_noise_reference_compares_the_members_other_compressions(tmp_path):
     frame = control_module.control_rows(Study(tmp_path), {"reference": "noise", "compare": ["ss"]}, n_resamples=50)
     assert frame["cell"].tolist() == ["teacher@step0+wanda-0.5"]
     assert frame["reference_cells"].item().split() == [c["id"] for c in cells[:3]]
+
+
+def test_the_bootstrap_of_the_difference_counts_resamples_outside_the_range_apart():
+    reference_quality = np.array([[1.0, 2.0]] * 4)
+    reference_value = np.array([[0.0, 10.0]] * 4)
+    quality, value = np.array([1.5, 1.5, 3.0, np.nan]), np.array([5.0, 6.0, 5.0, 5.0])
+    result = stats.quality_matched_bootstrap(reference_quality, reference_value, quality, value)
+    assert result["outside"] == pytest.approx(1 / 3)  # the NaN resample (no document of the subgroup) is no vote
+    assert 0 <= result["ci_low"] <= result["ci_high"] <= 1
+    counts = stats.shared_resample_counts(7, 50, seed=1)
+    assert counts.shape == (50, 7) and (counts.sum(axis=1) == 7).all()
+    assert (counts == stats.shared_resample_counts(7, 50, seed=1)).all()

@@ -176,6 +176,14 @@ def statistic_of(metric: str, logged: list) -> callable | None:
     pairs -> lm-eval's weighted perplexity (word_/byte_perplexity) or bits per byte; numbers -> their mean.
     The caller checks that all indices give the reported value (`matches_reported`).
     """
+    statistic = _aggregation(metric, logged)
+    if statistic is None:
+        return None
+    # a resample can hold no document of a small subgroup (ss_gender): no value, not a warning
+    return lambda idx: statistic(idx) if len(idx) else math.nan
+
+
+def _aggregation(metric: str, logged: list):
     from compfair_tasks import stereoset
 
     first = logged[0]

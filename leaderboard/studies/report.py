@@ -173,8 +173,8 @@ def with_bootstrap_cis(points: pd.DataFrame, resampler: Resampler, keys: list[tu
     for index in points.index[wanted]:
         row = points.loc[index]
         values = resampler.values(row["cell"], f"{row['task']}:{row['metric']}", row["value"])
-        if values is not None:
-            points.loc[index, ["ci_low", "ci_high"]] = np.percentile(values, [2.5, 97.5])
+        if values is not None and np.isfinite(values).any():
+            points.loc[index, ["ci_low", "ci_high"]] = np.nanpercentile(values, [2.5, 97.5])
             points.loc[index, "ci_kind"] = "bootstrap (report)"
     return points
 
