@@ -64,7 +64,7 @@ def compared_keys(study: Study, compare: list[str] | None, quality: str) -> list
             raise CompfairError(f"control compare: {', '.join(missing)} not in the study's results; use metrics "
                                 f"such as {', '.join(keys[:6])}")
         return chosen
-    return [k for k in keys if _split(k)[1].startswith(FAIRNESS) and not _split(k)[1].startswith("ss_inter")]
+    return [k for k in keys if _split(k)[1].startswith(FAIRNESS) and not _split(k)[1].startswith(("ss_inter", "ss_intra"))]
 
 
 def groups(study: Study, reference: str | None) -> list[tuple[str, list[dict], list[dict]]]:

@@ -2,7 +2,8 @@
 
 Reads only `plan.json`, `cells/<id>/record.json` and the cell's lm_eval `results/` (results_*.json,
 samples_*.jsonl), so a study run locally and one run on Slurm give the same points. A cell counts when its
-record says "done"; others are listed as missing. The value is lm_eval's aggregate; the CI is compfair's
+record says "done" (also when the code changed since: the report shows what was measured); others are
+listed as left out. The value is lm_eval's aggregate; the CI is compfair's
 bootstrap CI where the task reports one (`<metric>_ci_low/_ci_high`), else ±1.96 lm-eval standard errors.
 """
 
@@ -18,6 +19,9 @@ import pandas as pd
 
 from leaderboard.collect import Run, read_runs, task_metrics
 from leaderboard.paired import NOT_TESTED, doc_identity
+
+from .cells import read_record
+from .plan import PLAN, cell_dir
 
 COMPANIONS = ("_stderr", "_ci_low", "_ci_high")
 COLUMNS = ["cell", "alias", "series", "series_order", "axis_name", "axis", "member", "compression", "method",
@@ -72,21 +76,21 @@ class Study:
         from compfair_tasks.errors import CompfairError
 
         self.folder = Path(folder)
-        plan = _read_json(self.folder / "plan.json")
+        plan = _read_json(self.folder / PLAN)
         if not isinstance(plan, list):
             raise CompfairError(f"{self.folder}: no readable plan.json; give a folder made by `compfair study run`")
         self.cells = plan
         self.problems: list[str] = []
         self.runs: dict[str, Run] = {}
         for cell in plan:
-            record = _read_json(self.folder / "cells" / cell["id"] / "record.json")
+            record = read_record(cell_dir(self.folder, cell["id"]))
             if not isinstance(record, dict) or record.get("status") != "done":
                 state = "failed" if isinstance(record, dict) else "not run"
                 self.problems.append(f"cell {cell['id']}: {state}; left out"
                                      + (f" ({record.get('error')})" if isinstance(record, dict) and
                                         record.get("error") else ""))
                 continue
-            results = self.folder / "cells" / cell["id"] / (record.get("results_dir") or "results")
+            results = cell_dir(self.folder, cell["id"]) / (record.get("results_dir") or "results")
             runs = read_runs([results], self.problems)
             if len(runs) != 1:
                 self.problems.append(f"cell {cell['id']}: {len(runs)} lm_eval runs in {results}; left out")

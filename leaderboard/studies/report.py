@@ -24,6 +24,7 @@ from compfair_tasks import stats
 
 from . import figures, trends
 from .control import FAIRNESS, Resampler, control_rows, quality_key
+from .plan import STUDY
 from .points import Study
 
 TEMPLATE = Path(__file__).resolve().parent.parent / "templates" / "study.html.j2"
@@ -33,7 +34,7 @@ QUALITY_BESIDE = ("perplexity", "lms")  # control.quality_key names
 
 def study_settings(folder: Path) -> dict:
     """{"name", "control"} from study.json (written by `compfair study run`); defaults when absent."""
-    path = folder / "study.json"
+    path = folder / STUDY
     try:
         settings = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
