@@ -177,3 +177,11 @@ def test_the_bootstrap_of_the_difference_counts_resamples_outside_the_range_apar
     counts = stats.shared_resample_counts(7, 50, seed=1)
     assert counts.shape == (50, 7) and (counts.sum(axis=1) == 7).all()
     assert (counts == stats.shared_resample_counts(7, 50, seed=1)).all()
+
+
+def test_a_folder_without_a_plan_is_refused_in_one_line(tmp_path, capsys):
+    from compfair_tasks import cli
+
+    assert cli.main(["study", "report", str(tmp_path)]) == 2
+    error = capsys.readouterr().err.strip()
+    assert "no readable plan.json" in error and "compfair study run" in error and "\n" not in error
