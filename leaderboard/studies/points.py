@@ -49,7 +49,9 @@ def key_label(key: str) -> str:
 
 def alias(cell: dict) -> str:
     """A short name for legends and tables: the member's label, then the compression's unless none."""
-    member = cell["member"].get("label") or Path(str(cell["member"]["pretrained"])).name
+    member = str(cell["member"].get("label") or Path(str(cell["member"]["pretrained"])).name)
+    if member.replace(".", "", 1).isdigit():  # a bare step or order number says nothing without its series
+        member = f"{cell['series']}@{member}"
     compression = cell["compression"]
     return member if compression["method"] == "none" else f"{member} {compression_label(compression)}"
 
