@@ -27,7 +27,7 @@ import pandas as pd
 from compfair_tasks import stats
 from compfair_tasks.errors import CompfairError
 
-from .points import Study, matches_reported, metric_label, statistic_of
+from .points import Study, matches_reported, member_name, metric_label, statistic_of
 
 FAIRNESS = ("ss", "pct_stereotype", "emt", "tox_prob", "toxic_frac", "anti_pct", "pro_pct")
 QUALITY_METRICS = {"perplexity": ("word_perplexity",), "lms": ("lms",)}
@@ -94,7 +94,7 @@ def groups(study: Study, reference: str | None) -> list[tuple[str, list[dict], l
         members = [c for c in done if (c["series"], c["member"].get("label")) == (series, member)]
         ref = [c for c in members if is_reference(c) or c["compression"]["method"] == "none"]
         if any(is_reference(c) for c in ref):
-            result.append((f"{member} {named} series", ref,
+            result.append((f"{member_name(ref[0])} {named} series", ref,
                            [c for c in members if c not in ref]))
     if not result:
         raise CompfairError(f"control reference {reference!r}: no finished cell has that compression; use none, "

@@ -71,6 +71,8 @@ def metric_along_axis(points: pd.DataFrame, task: str, metric: str, path: Path) 
                 ax.fill_between(line["axis"], line["ci_low"], line["ci_high"], color=color, alpha=0.15, lw=0)
             handles.setdefault(compression, handle)
         _axis_scale(ax, one["axis"])
+        if "perplexity" in metric and (one["value"] > 0).all():
+            ax.set_yscale("log")  # perplexities of weak models span orders of magnitude
         if metric.startswith("ss"):
             ax.axhline(50, color="#6b7280", lw=0.8, ls="--")
         ax.set_title(name, fontsize=11)

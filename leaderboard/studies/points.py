@@ -47,11 +47,15 @@ def key_label(key: str) -> str:
     return f"{metric_label(metric)} ({task.removeprefix('compfair_')})" if task else metric_label(metric)
 
 
-def alias(cell: dict) -> str:
-    """A short name for legends and tables: the member's label, then the compression's unless none."""
+def member_name(cell: dict) -> str:
+    """The member's label (its folder's name without one); a bare step or order number gets its series."""
     member = str(cell["member"].get("label") or Path(str(cell["member"]["pretrained"])).name)
-    if member.replace(".", "", 1).isdigit():  # a bare step or order number says nothing without its series
-        member = f"{cell['series']}@{member}"
+    return f"{cell['series']}@{member}" if member.replace(".", "", 1).isdigit() else member
+
+
+def alias(cell: dict) -> str:
+    """A short name for legends and tables: the member's name, then the compression's unless none."""
+    member = member_name(cell)
     compression = cell["compression"]
     return member if compression["method"] == "none" else f"{member} {compression_label(compression)}"
 

@@ -188,7 +188,7 @@ def tau_summary(tau: pd.DataFrame) -> dict:
         by = group.set_index("models")
         rows.append([domain] + [f"{by.at[m, 'tau_c']:+.3f} (p {by.at[m, 'p_one_sided']:.3f}, n {by.at[m, 'n']})"
                                 if math.isfinite(by.at[m, "tau_c"]) else f"— (n {by.at[m, 'n']})" for m in models])
-    return {"header": ["domain", *[f"{m}: τc (one-sided p, n)" for m in models]], "rows": rows}
+    return {"header": ["domain", *models], "rows": rows}
 
 
 def _difference_text(row) -> str:
