@@ -185,3 +185,18 @@ def test_a_folder_without_a_plan_is_refused_in_one_line(tmp_path, capsys):
     assert cli.main(["study", "report", str(tmp_path)]) == 2
     error = capsys.readouterr().err.strip()
     assert "no readable plan.json" in error and "compfair study run" in error and "\n" not in error
+
+
+def test_a_compression_has_the_same_colour_in_every_figure(tmp_path):
+    """The figures colour compressions from the points (long) and the cells (wide): both must agree (an unstable
+    sort once swapped them between figures)."""
+    from leaderboard.studies.figures import compression_styles
+
+    cells = [cell("m", step, compression, level) for step in (1, 2)
+             for compression, level in (("none", None), ("noise", 0.05), ("noise", 0.5), ("magnitude", 0.5))]
+    for i, c in enumerate(cells):
+        write_cell(tmp_path, c, _one_domain(10 + i % 3, 24 + i))
+    write_study(tmp_path, cells)
+    study = Study(tmp_path)
+    expected = {"none": 0, "noise-0.05": 1, "noise-0.5": 2, "magnitude-0.5": 3}
+    assert compression_styles(study.points) == compression_styles(study.wide) == expected

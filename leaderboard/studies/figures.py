@@ -22,7 +22,7 @@ MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
 WIDTH = 12.5  # inches at 100 dpi: fits a 1400 px page
 def compression_styles(points: pd.DataFrame) -> dict[str, int]:
     """compression label -> its colour index, uncompressed first, in order of appearance."""
-    labels = list(dict.fromkeys(points.sort_values("method", key=lambda m: m != "none")["compression"]))
+    labels = list(dict.fromkeys(points.sort_values("method", key=lambda m: m != "none", kind="stable")["compression"]))
     return {label: i % len(COLORS) for i, label in enumerate(labels)}
 
 
