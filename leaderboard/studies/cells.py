@@ -36,6 +36,7 @@ RESULTS = "results"
 CACHE = "lm_cache"
 CACHE_KEY = "lm_cache.key"
 MODEL_KEY = "model.key"
+CLI_DEVICE = "cuda:0"  # lm_eval run's default --device (its HF model falls back to the CPU)
 
 
 def settings_key(cell: dict) -> str:
@@ -87,8 +88,8 @@ def compress_command(cell: dict, source: str, output: Path) -> list[str] | None:
         args = ("sparsify", "--model", source, "--method", method, "--sparsity", level)
     elif method == "prune-heads":  # level = fraction of heads kept: one pruning pass removes the rest
         args = ("prune", "--model", source, "--ratio", f"{1 - level:g}", "--iterations", 1)
-    elif method == "distill":
-        args = ("distill", "--teacher", source, "--num-layers", level)
+    elif method == "distill":  # a depth, or one of the paper's students by preset name
+        args = ("distill", "--teacher", source, "--preset" if isinstance(level, str) else "--num-layers", level)
     elif method == "noise":
         args = ("perturb", "--model", source, "--scale", level, "--seed", cell["seed"])
     else:
@@ -221,3 +222,46 @@ def _one_line(error: Exception) -> str:
 
 def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def evaluate_in_process(cell: dict, folder: Path, log) -> None:
+    """The cell's lm_eval run in this interpreter through lm_eval's public API (simple_evaluate and its
+    EvaluationTracker), writing the same results_*.json and samples_*.jsonl as `lm_eval run` (a test compares).
+    Libraries, compfair's data, scorers and the fluency judge stay loaded from one cell to the next."""
+    import contextlib
+    import gc
+    import logging
+
+    from lm_eval import simple_evaluate
+    from lm_eval.loggers import EvaluationTracker
+    from lm_eval.tasks import TaskManager
+    from lm_eval.utils import simple_parse_args_string
+
+    arguments = model_args(cell, folder)
+    metadata = simple_parse_args_string(arguments) | (cell["metadata"] or {})  # as the CLI merges them
+    # Indexing lm_eval's thousands of task files takes ~30 s a cell on 2 busy cores; when every task of the cell
+    # is compfair's, index only compfair's folder (the start-up hook adds it), which builds the same tasks.
+    manager = TaskManager(include_defaults=False, metadata=metadata)
+    if not all(name in manager.all_tasks for name in cell["tasks"]):
+        manager = TaskManager(metadata=metadata)
+    tracker = EvaluationTracker(output_path=str(folder / RESULTS))
+    text = open(log.fileno(), "w", encoding="utf-8", errors="replace", closefd=False)
+    handler = logging.StreamHandler(text)
+    logging.getLogger().addHandler(handler)
+    try:
+        with contextlib.redirect_stdout(text), contextlib.redirect_stderr(text):
+            seed = cell["seed"]
+            results = simple_evaluate(
+                model=cell["lm_eval_model"], model_args=arguments, tasks=cell["tasks"],
+                batch_size=cell["batch_size"], device=cell.get("device") or CLI_DEVICE, use_cache=str(folder / CACHE),
+                limit=cell["limit"], log_samples=True, evaluation_tracker=tracker,
+                gen_kwargs=cell["gen_kwargs"] or None, task_manager=manager, random_seed=seed,
+                numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed, metadata=metadata)
+            samples = results.pop("samples")
+            tracker.save_results_aggregated(results=results, samples=samples)
+            for task_name in results["configs"]:
+                tracker.save_results_samples(task_name=task_name, samples=samples[task_name])
+    finally:
+        logging.getLogger().removeHandler(handler)
+        text.flush()
+        gc.collect()  # the cell's model goes before the next one loads
