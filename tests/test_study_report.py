@@ -200,3 +200,17 @@ def test_a_compression_has_the_same_colour_in_every_figure(tmp_path):
     study = Study(tmp_path)
     expected = {"none": 0, "noise-0.05": 1, "noise-0.5": 2, "magnitude-0.5": 3}
     assert compression_styles(study.points) == compression_styles(study.wide) == expected
+
+
+def test_a_named_noise_series_includes_its_uncompressed_model_as_scale_zero(tmp_path):
+    cells = [cell("teacher", 0)] + [cell("teacher", 0, "noise", level=s) for s in (0.02, 0.1)]
+    cells += [cell("teacher", 0, "dynamic-int8")]
+    for i, c in enumerate(cells):
+        write_cell(tmp_path, c, _one_domain(10 + i, 32 - 3 * i if i < 3 else 27))
+    write_study(tmp_path, cells)
+    for reference in ({"noise": {"series": "teacher"}}, "teacher / noise"):
+        frame = control_module.control_rows(Study(tmp_path), {"reference": reference, "compare": ["ss"]},
+                                            n_resamples=50)
+        assert frame["cell"].tolist() == ["teacher@step0+dynamic-int8"]
+        assert frame["reference"].item() == "teacher noise series"
+        assert frame["reference_cells"].item().split() == [c["id"] for c in cells[:3]]

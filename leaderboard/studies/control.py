@@ -67,22 +67,37 @@ def compared_keys(study: Study, compare: list[str] | None, quality: str) -> list
     return [k for k in keys if _split(k)[1].startswith(FAIRNESS) and not _split(k)[1].startswith(("ss_inter", "ss_intra"))]
 
 
-def groups(study: Study, reference: str | None) -> list[tuple[str, list[dict], list[dict]]]:
+def _reference_parts(reference) -> tuple[str, str]:
+    """(series or "", compression) of `reference`: "none", "noise", "<series> / <compression>", or the mapping
+    form {<compression>: {series: <series>}} (e.g. {noise: {series: smollm2-135m}})."""
+    if isinstance(reference, dict) and len(reference) == 1:
+        (named, options), = reference.items()
+        series = (options or {}).get("series", "") if isinstance(options, dict) else ""
+        return str(series).strip(), str(named).strip()
+    if reference is None or isinstance(reference, str):
+        named_series, _, named = (reference or "none").strip().rpartition("/")
+        return named_series.strip(), named.strip()
+    raise CompfairError(f"control reference {reference!r}: use none, a compression (e.g. noise), "
+                        "'<series> / <compression>' or {<compression>: {series: <series>}}")
+
+
+def groups(study: Study, reference) -> list[tuple[str, list[dict], list[dict]]]:
     """(reference description, reference cells, compared cells) for the spec's `reference`."""
     done = [c for c in study.cells if c["id"] in study.runs]
-    reference = (reference or "none").strip()
-    named_series, _, named = reference.rpartition("/")
-    named_series, named = named_series.strip(), named.strip()
+    named_series, named = _reference_parts(reference)
 
     def is_reference(cell):
         return named in (cell["compression"]["method"], cell["compression"].get("label"))
 
-    if named_series:
+    if named_series:  # that series' reference cells (and, for a noise series, its uncompressed scale-0 cells)
         ref = [c for c in done if c["series"] == named_series and is_reference(c)]
         if not ref:
-            raise CompfairError(f"control reference {reference!r}: no finished cell of series {named_series!r} "
+            raise CompfairError(f"control reference {reference}: no finished cell of series {named_series!r} "
                                 f"with compression {named!r}; name a series and compression of the study")
-        return [(reference, ref, [c for c in done if c["compression"]["method"] != "none" and not is_reference(c)])]
+        if named != "none":
+            ref = [c for c in done if c["series"] == named_series and c["compression"]["method"] == "none"] + ref
+        compared = [c for c in done if c["compression"]["method"] != "none" and not is_reference(c)]
+        return [(f"{named_series} {'uncompressed' if named == 'none' else named + ' series'}", ref, compared)]
     result = []
     if named == "none":  # each series' uncompressed members
         for series in dict.fromkeys(c["series"] for c in done):
