@@ -13,6 +13,7 @@ COMMANDS = {
     ("compress", "prune"): ("compressors.prune:main", "remove attention heads by gradient importance (Michel et al. 2019)"),
     ("compress", "quantize"): ("compressors.quantize:main", "post-training quantization: dynamic int8 (the papers'), per-token int8, GPTQ/RTN 4|8-bit, torchao int8"),
     ("compress", "sparsify"): ("compressors.sparsify:main", "one-shot weight sparsity: magnitude, Wanda, SparseGPT (50% or 2:4)"),
+    ("compress", "perturb"): ("compressors.perturb:main", "seeded Gaussian noise on the weights: a quality-degradation control"),
     ("leaderboard",): ("leaderboard.cli:main", "lm_eval output folders -> CSV, Markdown, HTML page, plots"),
     ("study", "run"): ("leaderboard.studies.cli:run", "run a study spec: series of models x compressions, resumable"),
     ("study", "status"): ("leaderboard.studies.cli:status", "a study's cells: done, running, failed (with logs), left"),

@@ -272,3 +272,79 @@ def weat_permutation_p(x, y, attr_a, attr_b, n_samples: int = 100_000, seed: int
         hits += int(np.count_nonzero(s[subsets].sum(axis=1) >= observed - tolerance))
         drawn += chunk
     return (1 + hits) / (1 + n_samples), False
+
+
+def kendall_tau_c(x: Sequence[float], y: Sequence[float]) -> dict:
+    """Kendall's tau-c of x and y (scipy.stats.kendalltau, variant "c") with two p-values.
+
+    `p_two_sided` is scipy's; `p_one_sided` tests "x and y rise together" (tau > 0), as Gonçalves & Strubell
+    (2023) read LM score against SS: half the two-sided p when tau > 0, else 1 - half of it (the test statistic's
+    null distribution is symmetric). NaN pairs are left out; fewer than 3 pairs give NaN.
+    """
+    from scipy.stats import kendalltau
+
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    keep = np.isfinite(x) & np.isfinite(y)
+    x, y = x[keep], y[keep]
+    if len(x) < 3:
+        return {"tau_c": float("nan"), "p_two_sided": float("nan"), "p_one_sided": float("nan"), "n": int(len(x))}
+    result = kendalltau(x, y, variant="c")
+    tau, p = float(result.statistic), float(result.pvalue)
+    one_sided = p / 2 if tau > 0 else 1 - p / 2
+    return {"tau_c": tau, "p_two_sided": p, "p_one_sided": float(one_sided), "n": int(len(x))}
+
+
+def interpolate_along(reference_x: Sequence[float], reference_y: Sequence[float], x: float) -> float:
+    """y at `x` by linear interpolation along the reference points sorted by x (NaN outside their x range).
+
+    Points with equal x are averaged first, so the reference is a function of x. No extrapolation: a value
+    beyond the reference's smallest or largest x has no prediction.
+    """
+    ref_x, ref_y = np.asarray(reference_x, dtype=float), np.asarray(reference_y, dtype=float)
+    keep = np.isfinite(ref_x) & np.isfinite(ref_y)
+    ref_x, ref_y = ref_x[keep], ref_y[keep]
+    if len(ref_x) < 2 or not np.isfinite(x):
+        return float("nan")
+    unique_x, inverse = np.unique(ref_x, return_inverse=True)
+    mean_y = np.bincount(inverse, weights=ref_y) / np.bincount(inverse)
+    if len(unique_x) < 2 or not unique_x[0] <= x <= unique_x[-1]:
+        return float("nan")
+    return float(np.interp(x, unique_x, mean_y))
+
+
+def shared_resample_counts(n_items: int, n_resamples: int = DEFAULT_RESAMPLES, seed: int = 0) -> np.ndarray:
+    """[n_resamples, n_items] counts: how often each item is drawn in each bootstrap resample of n_items.
+
+    One draw over the union of several models' documents, applied to every model (a model takes its own
+    documents as many times as drawn), keeps the resamples of models that share documents paired.
+    """
+    rng = np.random.default_rng(seed)
+    return rng.multinomial(n_items, np.full(n_items, 1.0 / n_items), size=n_resamples)
+
+
+def quality_matched_difference(reference_quality: Sequence[float], reference_value: Sequence[float],
+                               quality: float, value: float) -> dict:
+    """The reference's value at `quality` (interpolated, see `interpolate_along`) and value minus it."""
+    predicted = interpolate_along(reference_quality, reference_value, quality)
+    return {"predicted": predicted, "difference": value - predicted if np.isfinite(predicted) else float("nan")}
+
+
+def quality_matched_bootstrap(reference_quality: np.ndarray, reference_value: np.ndarray, quality: np.ndarray,
+                              value: np.ndarray, confidence: float = 0.95) -> dict:
+    """Percentile CI of the quality-matched difference over paired bootstrap resamples.
+
+    reference_quality, reference_value: [n_resamples, n_reference] resampled statistics of the reference
+    points; quality, value: [n_resamples] the compared model's, all from the same document draws
+    (`shared_resample_counts`). A resample whose quality falls outside its reference's range gives no
+    difference; `outside` is their share (the CI is over the others, and NaN when none is left).
+    """
+    defined = np.isfinite(quality) & np.isfinite(value)  # a resample without a document of a subgroup: no value
+    differences = np.array([quality_matched_difference(rq, rv, q, v)["difference"] for rq, rv, q, v in
+                            zip(reference_quality[defined], reference_value[defined], quality[defined], value[defined])])
+    finite = differences[np.isfinite(differences)]
+    outside = 1 - len(finite) / len(differences) if len(differences) else float("nan")
+    if len(finite) == 0:
+        return {"ci_low": float("nan"), "ci_high": float("nan"), "outside": outside}
+    tail = (1 - confidence) / 2 * 100
+    low, high = np.percentile(finite, [tail, 100 - tail])
+    return {"ci_low": float(low), "ci_high": float(high), "outside": float(outside)}

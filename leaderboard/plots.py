@@ -1,7 +1,9 @@
 """PNG plots of a leaderboard frame (matplotlib, no display needed).
 
 Every scatter draws an arrow from each teacher to the students compressed from it, so the effect of
-compression on both axes is read off the arrow's direction; models with the degeneration flag are red.
+compression on both axes is read off the arrow's direction. Each model keeps one colour and marker in every
+panel and is named once, in the figure's legend (names on the points overlapped); a model with the
+degeneration flag is ringed in red.
 """
 
 from __future__ import annotations
@@ -30,17 +32,27 @@ def _wide_range(values: pd.Series) -> bool:
     return len(positive) == len(values) and len(values) > 1 and positive.max() / positive.min() > 20
 
 
-def scatter(ax, frame: pd.DataFrame, x: C.Column, y: C.Column) -> bool:
-    """Models as labelled points, teacher → student arrows; False when fewer than one point."""
+COLORS = plt.get_cmap("tab10").colors
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">")
+
+
+def model_styles(frame: pd.DataFrame) -> dict[str, dict]:
+    """model -> its colour and marker in every panel (teachers next to their students), so a legend names it once."""
+    return {model: {"color": COLORS[i % len(COLORS)], "marker": MARKERS[i // len(COLORS) % len(MARKERS)]}
+            for i, model in enumerate(family_order(frame))}
+
+
+def scatter(ax, frame: pd.DataFrame, x: C.Column, y: C.Column, styles: dict[str, dict] | None = None) -> bool:
+    """Models as points in their legend style (no names on the points: they overlap), teacher → student arrows,
+    a degenerate model ringed in red; False when there is no point."""
     points = _points(frame, x.key, y.key)
     if points.empty:
         ax.set_visible(False)
         return False
-    colors = ["#dc2626" if flagged else "#1d4ed8" for flagged in points["flagged"]]
-    ax.scatter(points[x.key], points[y.key], s=36, color=colors, zorder=3)
-    for _, row in points.iterrows():  # a degenerate model is labelled so (red)
-        label = f"{row['model']} (degenerate?)" if row["flagged"] else row["model"]
-        ax.annotate(label, (row[x.key], row[y.key]), xytext=(4, 4), textcoords="offset points", fontsize=7)
+    styles = styles or model_styles(frame)
+    for _, row in points.iterrows():
+        ax.scatter(row[x.key], row[y.key], s=70 if row["flagged"] else 46, zorder=3, **styles[row["model"]],
+                   edgecolors="#dc2626" if row["flagged"] else "#111827", linewidths=2.0 if row["flagged"] else 0.4)
     located = points.set_index("model")
     for _, row in points.iterrows():
         if row["teacher"] in located.index and row["teacher"] != row["model"]:
@@ -48,7 +60,7 @@ def scatter(ax, frame: pd.DataFrame, x: C.Column, y: C.Column) -> bool:
             ax.annotate("", xy=(row[x.key], row[y.key]), xytext=(teacher[x.key], teacher[y.key]), arrowprops=ARROW)
     if _wide_range(points[x.key]):
         ax.set_xscale("log")
-    ax.margins(0.18)
+    ax.margins(0.12)
     if y.better == "50":
         ax.axhline(50, color="#6b7280", lw=0.8, ls="--")
     ax.set_xlabel(x.title)
@@ -57,21 +69,35 @@ def scatter(ax, frame: pd.DataFrame, x: C.Column, y: C.Column) -> bool:
     return True
 
 
+def _legend_handles(frame: pd.DataFrame, styles: dict[str, dict], shown: set[str]) -> list:
+    flagged = set(frame.loc[frame["degenerate"].fillna(False).astype(bool), "model"]) \
+        if "degenerate" in frame.columns else set()
+    return [plt.Line2D([], [], ls="", ms=8, markeredgecolor="#dc2626" if model in flagged else "#111827",
+                       markeredgewidth=2.0 if model in flagged else 0.4, **styles[model],
+                       label=f"{model} (degenerate?)" if model in flagged else model)
+            for model in styles if model in shown]
+
+
 def _grid(frame: pd.DataFrame, panels: list[tuple[C.Column, C.Column]], title: str, path: Path) -> Path | None:
-    """One scatter per (x, y) panel that has data; None when none has."""
+    """One scatter per (x, y) panel that has data, two panels a row, the models named once in a legend below;
+    None when no panel has data."""
     panels = [(x, y) for x, y in panels if not _points(frame, x.key, y.key).empty]
     if not panels:
         return None
-    cols = min(3, len(panels))
+    cols = min(2, len(panels))
     rows = math.ceil(len(panels) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.6 * rows), squeeze=False)
+    styles = model_styles(frame)
+    fig, axes = plt.subplots(rows, cols, figsize=(6.4 * cols, 4.2 * rows + 1.0), squeeze=False, layout="constrained")
+    shown = set()
     for ax, (x, y) in zip(axes.flat, panels):
-        scatter(ax, frame, x, y)
+        scatter(ax, frame, x, y, styles)
+        shown |= set(_points(frame, x.key, y.key)["model"])
     for ax in list(axes.flat)[len(panels):]:
         ax.set_visible(False)
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.suptitle(title + ("  (arrow: teacher → compressed model)" if frame["teacher"].notna().any() else ""))
+    fig.legend(handles=_legend_handles(frame, styles, shown), loc="outside lower center", ncols=3, frameon=False,
+               fontsize=9)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
 
