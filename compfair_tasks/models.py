@@ -283,3 +283,16 @@ def check_generation_kwargs(task: str, generation_kwargs: dict | None) -> None:
         raise GenerationSettingsError(
             f"{task}: max_gen_toks={value!r} must be a positive whole number of tokens (with 0 every continuation is "
             "empty and scores as non-toxic); drop it from --gen_kwargs to use the task's 20, or give e.g. max_gen_toks=20")
+
+
+def cached_snapshot(hub_id: str, revision: str | None = None) -> Path | None:
+    """The Hugging Face cache folder that `from_pretrained(hub_id)` loads from (no network), None if not cached."""
+    if not HUB_ID.match(hub_id) or hub_id.startswith((".", "~")):
+        return None
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
+
+    try:
+        return Path(snapshot_download(hub_id, revision=revision, local_files_only=True)).resolve()
+    except (LocalEntryNotFoundError, HFValidationError, OSError, ValueError):
+        return None

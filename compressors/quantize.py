@@ -352,7 +352,7 @@ def _library_main(args) -> int:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from compressors.metadata import write_compression_metadata
-    from compressors.output import removed_on_failure
+    from compressors.output import staged_output
     from compressors.text_data import calibration_blocks
     from compressors.verify import measure_weights, output_checks
 
@@ -379,19 +379,19 @@ def _library_main(args) -> int:
                     "activations": "float", "data": args.data or ("bold_wiki" if blocks is not None else None),
                     "calibration_blocks": None if blocks is None else list(blocks.shape)}
     seconds = time.perf_counter() - started
-    with removed_on_failure(output):
-        model.save_pretrained(output)
-        tokenizer.save_pretrained(output)
+    with staged_output(output, overwrite=args.overwrite, writer="compfair compress quantize") as staged:
+        model.save_pretrained(staged)
+        tokenizer.save_pretrained(staged)
         del model
-        loaded = AutoModelForCausalLM.from_pretrained(output).eval()  # what lm_eval --model hf will evaluate
+        loaded = AutoModelForCausalLM.from_pretrained(staged).eval()  # what lm_eval --model hf will evaluate
         bits = 8 if args.method == "torchao-int8" else args.bits
         checks = output_checks(loaded, tokenizer, reference, LIBRARY_REFERENCE_TOL[bits],
                                f"{args.method} vs float source")
-        measured = measure_weights(output, args.source if Path(args.source).is_dir() else None)
+        measured = measure_weights(staged, args.source if Path(args.source).is_dir() else None)
         if measured["equal_to_source"]:
             raise QuantizeError(f"{output} holds its source's weights unchanged: nothing was quantized")
         write_compression_metadata(
-            output, method=f"quantize_{args.method.replace('-', '_')}", source_model=args.model, seed=args.seed,
+            staged, method=f"quantize_{args.method.replace('-', '_')}", source_model=args.model, seed=args.seed,
             settings={**settings, "evaluate_with": "lm_eval --model hf --model_args pretrained=<dir>"},
             extra={"measured": measured, "seconds": round(seconds, 1), "checks": checks,
                    "params": sum(p.numel() for p in reference.parameters())})
@@ -409,6 +409,7 @@ def _int8_main(args) -> int:
     from compfair_tasks.measure import measure_latency
     from compressors.checks import check_compressed, frozen_reference
     from compressors.metadata import checkpoint_size_bytes, write_compression_metadata
+    from compressors.output import staged_output
 
     def forward_seconds(model):  # fp32 and int8 are timed on the same seeded token ids
         return measure_latency(model, seq_len=args.latency_tokens, batch_size=args.latency_batch, repeats=3,
@@ -424,20 +425,22 @@ def _int8_main(args) -> int:
     quantized = quantize_model(model, args.mode, args.per_tensor, args.skip_lm_head)
     check_compressed(model, tokenizer, reference=float_logits, reference_tol=REFERENCE_TOL[args.mode],
                      cache_tol=CACHE_TOL[args.mode], label="int8 vs float")
-    save_quantized(model, quantized, args.output, args.mode, tokenizer)
     int8_seconds = forward_seconds(model) if args.latency_batch else None
     int8_params = sum(w.numel() for w, _, _ in quantized.values())
     source_size = checkpoint_size_bytes(source) if Path(source).is_dir() else None
-    record = write_compression_metadata(
-        args.output, method=f"quantize_int8_{args.mode.replace('-', '_')}", source_model=args.model, seed=args.seed,
-        settings={"mode": args.mode, "per_tensor": args.per_tensor, "skip_lm_head": args.skip_lm_head,
-                  "evaluate_with": "lm_eval --model compfair-quantized --model_args pretrained=<dir>"},
-        removed={"float_linear_layers": sorted(quantized)},
-        extra={"params": float_params, "int8_params": int8_params, "source_size_bytes": source_size,
-               "latency": None if fp32_seconds is None else {
-                   "batch": args.latency_batch, "tokens": args.latency_tokens, "fp32_seconds": round(fp32_seconds, 4),
-                   "int8_seconds": round(int8_seconds, 4), "speedup": round(fp32_seconds / int8_seconds, 3)}},
-    )
+    with staged_output(args.output, overwrite=args.overwrite, writer="compfair compress quantize") as staged:
+        save_quantized(model, quantized, staged, args.mode, tokenizer)
+        record = write_compression_metadata(
+            staged, method=f"quantize_int8_{args.mode.replace('-', '_')}", source_model=args.model, seed=args.seed,
+            settings={"mode": args.mode, "per_tensor": args.per_tensor, "skip_lm_head": args.skip_lm_head,
+                      "evaluate_with": "lm_eval --model compfair-quantized --model_args pretrained=<dir>"},
+            removed={"float_linear_layers": sorted(quantized)},
+            extra={"params": float_params, "int8_params": int8_params, "source_size_bytes": source_size,
+                   "latency": None if fp32_seconds is None else {
+                       "batch": args.latency_batch, "tokens": args.latency_tokens,
+                       "fp32_seconds": round(fp32_seconds, 4), "int8_seconds": round(int8_seconds, 4),
+                       "speedup": round(fp32_seconds / int8_seconds, 3)}},
+        )
     size_note = f"{source_size / 1e6:.1f} MB -> " if source_size else ""
     print(f"saved {args.output}: {len(quantized)} linear layers int8 ({args.mode}), "
           f"{size_note}{record['size_bytes'] / 1e6:.1f} MB on disk")
