@@ -604,8 +604,9 @@ def _write_record(staged, settings, trainer, layers, init, teacher_depth, train_
         removed={"layers": [i for i in range(teacher_depth) if i not in layers]},
         extra={
             "train_losses": _last_logged_losses(trainer.state.log_history),
-            "heldout_losses": evaluate(trainer.model, trainer.teacher, eval_blocks, weights) if eval_blocks else {},
-            "heldout_blocks": len(eval_blocks) if eval_blocks else 0,
+            "heldout_losses": evaluate(trainer.model, trainer.teacher, eval_blocks, weights)
+                               if eval_blocks is not None else {},
+            "heldout_blocks": 0 if eval_blocks is None else len(eval_blocks),
             **({"block_influence": influence} if influence else {}),
         },
     )
