@@ -27,7 +27,8 @@ def _results(folder: Path) -> Path:
 def test_an_output_overlapping_an_input_folder_is_refused(tmp_path, layout, capsys):
     """Issue 20: `compfair leaderboard site/results -o site` deleted the results it had read and NOTES.md."""
     site = tmp_path / "site"
-    results = _results(site / "results")
+    assert leaderboard_main([str(_results(tmp_path / "first")), "-o", str(site)]) == 0  # a compfair site
+    results = _results(site / "results")  # then the user keeps results and notes in it
     (site / "NOTES.md").write_text("mine")
     inputs, output = {"output_contains_input": (results, site), "output_is_input": (results, results),
                       "output_inside_input": (site, site / "web")}[layout]
