@@ -7,7 +7,8 @@ model where a finished one is expected.
 writes nothing. It refuses, in one line naming the folder and the fix:
 - an output that is, lies inside or contains a source model (a hub id counts as its cached snapshot), or
   lies inside the Hugging Face cache (never allowed, not even with --overwrite);
-- a file, or a path under a file; a folder whose parent cannot be written;
+- a file, or a path under a file; a folder whose parent cannot be written; the current folder (or one
+  containing it: the swap would pull it from under the shell);
 - an existing non-empty folder compfair did not write (see `ownership`): never replaced;
 - a folder compfair wrote that holds a finished model, unless --overwrite.
 
@@ -183,6 +184,10 @@ def prepare_output(output, sources=(), overwrite: bool = False, resuming: bool =
         if resolved == cache or cache in resolved.parents or resolved in cache.parents:
             raise OutputFolderError(f"--output {given} overlaps the Hugging Face cache {cache}, whose models other "
                                     "runs load; choose a folder outside it")
+    here = Path.cwd().resolve()
+    if resolved == here or resolved in here.parents:
+        raise OutputFolderError(f"--output {given} is or contains the current folder {here}, which the new output "
+                                "would replace under your shell; name a folder inside it, e.g. --output ./model")
     blocking = next((p for p in [resolved, *resolved.parents] if p.exists() and not p.is_dir()), None)
     if blocking == resolved:
         raise OutputFolderError(f"--output {given} is an existing file, not a folder: compfair never replaces a "

@@ -34,7 +34,8 @@ from compfair_tasks.errors import CompfairError
 
 MARKER = ".compfair_site"  # written into every site, so that only a site is ever replaced
 # what a build of an older compfair (marker without a file list) wrote
-LEGACY_SITE_FILES = (MARKER, "index.html", "*.csv", "leaderboard.md", "*.png", "latency")
+LEGACY_SITE_FILES = (MARKER, "index.html", "leaderboard.csv", "paired_tests.csv", "flip_rates.csv", "leaderboard.md",
+                     "*.png", "latency")
 _LOCAL = threading.local()  # .held: lock paths this thread holds -> depth (re-entrant within one thread only)
 
 

@@ -99,11 +99,13 @@ def test_a_non_empty_folder_compfair_did_not_write_is_refused_even_with_overwrit
     assert _digest(output) == {name: hashlib.sha256(b"mine").hexdigest() for name in contents}
 
 
-def test_the_working_directory_with_files_is_refused(tmp_path, monkeypatch):
+def test_the_working_directory_or_a_folder_containing_it_is_refused(tmp_path, monkeypatch):
     (tmp_path / "notes.txt").write_text("mine")
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(OutputFolderError, match=r"--output \. is not empty and compfair did not write it"):
-        prepare_output(".", overwrite=True)
+    for given in (".", str(tmp_path), ".."):
+        with pytest.raises(OutputFolderError, match="current folder"):
+            prepare_output(given, overwrite=True)
+    assert (tmp_path / "notes.txt").read_text() == "mine"
 
 
 def test_a_compfair_output_needs_overwrite_and_a_user_file_in_it_makes_it_not_ours(tmp_path):
