@@ -344,15 +344,16 @@ def _exchange(a: Path, b: Path) -> bool:
     raise OSError(code, os.strerror(code), str(b))
 
 
-def swap_in(staged: Path, target: Path) -> None:
-    """Put `staged` where `target` is: one rename, or an exchange whose old half is then removed."""
+def swap_in(staged: Path, target: Path, previous: str = PREVIOUS) -> None:
+    """Put `staged` where `target` is: one rename, or an exchange whose old half is then removed. Without the
+    exchange the old one is first renamed aside to `.<name><previous><id>` (which the next run puts back)."""
     if not target.exists():
         os.rename(staged, target)
         return
     if _exchange(staged, target):
         shutil.rmtree(staged, ignore_errors=True)  # now holds the old output
         return
-    aside = target.parent / f".{target.name}{PREVIOUS}{os.getpid()}-{time.time_ns()}"
+    aside = target.parent / f".{target.name}{previous}{os.getpid()}-{time.time_ns()}"
     os.rename(target, aside)  # a kill between these two renames is undone by the next run's remove_stale
     os.rename(staged, target)
     shutil.rmtree(aside, ignore_errors=True)

@@ -17,8 +17,6 @@ or lies inside an input folder is refused (the build would replace the results i
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import errno
 import fcntl
 import fnmatch
 import json
@@ -31,6 +29,7 @@ import uuid
 from pathlib import Path
 
 from compfair_tasks.errors import CompfairError
+from compressors.output import swap_in
 
 MARKER = ".compfair_site"  # written into every site, so that only a site is ever replaced
 # what a build of an older compfair (marker without a file list) wrote
@@ -135,35 +134,6 @@ def _recover(output: Path) -> None:
         shutil.rmtree(leftover, ignore_errors=True)
 
 
-def _exchange(a: Path, b: Path) -> bool:
-    """Atomically swap two paths (Linux renameat2 RENAME_EXCHANGE); False where the system cannot."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        renameat2 = libc.renameat2
-    except (OSError, AttributeError):
-        return False
-    at_fdcwd, rename_exchange = -100, 2
-    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
-        return True
-    code = ctypes.get_errno()
-    if code in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP):
-        return False
-    raise OSError(code, os.strerror(code), str(b))
-
-
-def _swap_in(staged: Path, output: Path) -> None:
-    if not output.exists():
-        os.rename(staged, output)
-        return
-    if _exchange(staged, output):
-        shutil.rmtree(staged, ignore_errors=True)  # now holds the old site
-        return
-    aside = output.parent / f".{output.name}.previous-{os.getpid()}-{time.time_ns()}"
-    os.rename(output, aside)  # a kill between these two renames is undone by the next build's _recover
-    os.rename(staged, output)
-    shutil.rmtree(aside, ignore_errors=True)
-
-
 @contextlib.contextmanager
 def publish(output: Path, timeout: float = 600.0, inputs=()):
     """Yield a fresh temporary folder; on success it replaces `output` in one swap, on failure it is removed
@@ -185,7 +155,7 @@ def publish(output: Path, timeout: float = 600.0, inputs=()):
             (staged / MARKER).write_text(json.dumps(marker, indent=2))
             os.chmod(staged, 0o755)  # mkdtemp makes it private; a site is meant to be read
             _check_replaceable(output)  # a file the user added while we built is never swapped out
-            _swap_in(staged, output)
+            swap_in(staged, output, previous=".previous-")
         finally:
             if staged.exists():
                 shutil.rmtree(staged, ignore_errors=True)
