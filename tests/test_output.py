@@ -275,6 +275,7 @@ sys.exit(cli.main(sys.argv[1:]))
 """
 
 
+@pytest.mark.slow  # a subprocess importing torch and transformers: ~10 s idle, 30 s on a loaded machine
 def test_a_sigkill_during_the_save_leaves_no_complete_looking_output_and_a_rerun_works(tiny_gpt2_dir, tmp_path):
     """Issue 20: a SIGKILL mid-save left weights + config without compfair_compression.json under --output."""
     output = tmp_path / "out"
