@@ -15,8 +15,10 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import fcntl
 import json
 import math
+import os
 import shutil
 import sys
 from dataclasses import dataclass
@@ -491,15 +493,19 @@ def distill(settings: DistillSettings, callbacks=None) -> dict:
     created = not output.exists()
     resume_from = _plan_output(output, settings)  # refuses a bad --output before the slow loading
     inputs = _load_inputs(settings)
+    claim = None
     with state.main_process_first():  # under torchrun, rank 0 prepares the folder before the others look
         if state.is_main_process:
-            _claim_output(output, resume_from)
+            claim = _claim_output(output, resume_from, created)
     try:
         return _train(settings, inputs, resume_from, callbacks)
     except BaseException:
         if state.is_main_process and resume_from is None:
             _clean_failed_start(output, created)
         raise
+    finally:
+        if claim is not None:
+            os.close(claim)
 
 
 def _load_inputs(settings: DistillSettings):
@@ -644,16 +650,28 @@ def _plan_output(output: Path, settings: DistillSettings) -> str | None:
     return resume_from
 
 
-def _claim_output(output: Path, resume_from: str | None) -> None:
-    """Mark the output folder and its checkpoints/ as this compfair run's (after _plan_output proved them ours)."""
-    from compressors.output import mark_unfinished
+def _claim_output(output: Path, resume_from: str | None, created: bool) -> int:
+    """Lock the output folder for this run (a second run to it stops), then mark it and its checkpoints/ as
+    this run's (after _plan_output proved them ours). Returns the lock's file descriptor, to close at the end."""
+    from compressors.output import OutputFolderError, mark_unfinished
 
+    output.mkdir(parents=True, exist_ok=True)
+    claim = os.open(output, os.O_RDONLY)
+    try:
+        fcntl.flock(claim, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(claim)
+        if created:
+            output.rmdir()
+        raise OutputFolderError(f"--output {output}: another compfair distill run is writing there now; wait for "
+                                "it to finish, or choose another --output") from None
     checkpoints = output / CHECKPOINTS
     if resume_from is None and checkpoints.exists():
         shutil.rmtree(checkpoints)  # --overwrite, or leftovers of a killed start (proven compfair's by the plan)
     if not output.is_dir() or not any(output.iterdir()):
         mark_unfinished(output, "compfair compress distill")
     mark_unfinished(checkpoints, "compfair compress distill")
+    return claim
 
 
 def _clean_failed_start(output: Path, created: bool) -> None:

@@ -543,6 +543,25 @@ def test_a_failed_start_leaves_no_settings_file_nor_folder(tiny_gpt2_dir, shippe
     assert not output.exists() and sorted(p.name for p in tmp_path.iterdir()) in (["empty.txt"], ["empty.txt", "new"])
 
 
+def test_a_second_run_to_an_output_being_trained_into_stops_and_leaves_its_checkpoints(tiny_gpt2_dir, shipped_data,
+                                                                                      tmp_path):
+    import fcntl
+
+    output = tmp_path / "student"
+    settings = settings_for(tiny_gpt2_dir, output, shipped_data, preset="B")
+    with pytest.raises(Crash):
+        d.distill(settings, callbacks=[CrashAtStep(3)])  # checkpoint-2 saved
+    before = _tree(output)
+    running = os.open(output, os.O_RDONLY)  # what a run training into it holds
+    fcntl.flock(running, fcntl.LOCK_EX)
+    try:
+        with pytest.raises(ValueError, match="another compfair distill run is writing there"):
+            d.distill(d.DistillSettings(**{**settings.__dict__, "overwrite": True}))
+    finally:
+        os.close(running)
+    assert _tree(output) == before
+
+
 def test_a_folder_with_user_files_is_refused_before_the_run_starts(tiny_gpt2_dir, shipped_data, tmp_path):
     output = tmp_path / "student"
     output.mkdir()
