@@ -192,6 +192,9 @@ def embedded_model_dir(name: str = DEFAULT_MODEL, output_dir: str | os.PathLike 
     target = Path(output_dir) if output_dir else cache_dir() / "models" / name
     if (target / "config.json").exists() and (target / "model.safetensors").exists():
         return target
+    if target.is_dir() and any(target.iterdir()) and not (target / "compfair_source.json").is_file():
+        raise ModelNotAvailableError(f"{target} holds files compfair did not write, so the converted {name} cannot "
+                                     "go there; move them, or set COMPFAIR_CACHE_DIR to another folder")
     chunks = gguf_chunks(model)
     target.parent.mkdir(parents=True, exist_ok=True)
     # a private work folder: several processes (accelerate launch, parallel runs) may convert at once
@@ -205,7 +208,7 @@ def embedded_model_dir(name: str = DEFAULT_MODEL, output_dir: str | os.PathLike 
                         "license": model.license}, indent=2)
         )
         if not (target / "model.safetensors").exists():  # another process may have finished first
-            shutil.rmtree(target, ignore_errors=True)
+            shutil.rmtree(target, ignore_errors=True)  # an unfinished conversion of ours
             try:
                 work.rename(target)  # only a complete conversion ever appears under the final name
             except OSError:

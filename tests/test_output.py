@@ -300,3 +300,14 @@ def test_two_concurrent_runs_to_one_output_never_take_each_other_s_folder(tmp_pa
                 (second / "config.json").write_text('{"run": 2}')
     assert (tmp_path / "out" / "config.json").read_text() == '{"run": 2}'
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_the_embedded_model_conversion_never_replaces_a_folder_it_did_not_write(tmp_path):
+    from compfair_tasks import models
+
+    target = tmp_path / "smollm2"
+    target.mkdir()
+    (target / "notes.txt").write_text("mine")
+    with pytest.raises(models.ModelNotAvailableError, match="holds files compfair did not write"):
+        models.embedded_model_dir("smollm2-135m", output_dir=target)
+    assert _digest(target) == {"notes.txt": hashlib.sha256(b"mine").hexdigest()}
