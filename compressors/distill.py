@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from transformers import Trainer, TrainerCallback
 
 METHOD = "distillation"
+WRITER = "compfair compress distill"  # in the output marker: whose unfinished run a folder holds
 SETTINGS_FILE = "compfair_distill_settings.json"
 CHECKPOINTS = "checkpoints"
 
@@ -568,7 +569,7 @@ def _train(settings: DistillSettings, inputs, resume_from: str | None, callbacks
     state, staging = PartialState(), None
     with state.main_process_first():  # rank 0 makes the folder beside the output that all ranks save into
         if state.is_main_process:
-            staging = Staging(target_folder(output), "compfair compress distill", tag="student")
+            staging = Staging(target_folder(output), WRITER, tag="student")
     try:
         trainer.save_model(str(partial_path(target_folder(output), "student")))  # every process takes part
         if not trainer.is_world_process_zero():
@@ -631,15 +632,17 @@ def _plan_output(output: Path, settings: DistillSettings) -> str | None:
     files compfair did not write, checkpoints/ included; a finished model only with --overwrite); a run
     of ours with a complete checkpoint resumes instead.
     """
-    from compressors.output import prepare_output
+    from compressors.output import prepare_output, read_marker
 
     checkpoints = output / CHECKPOINTS
     settings_file = checkpoints / SETTINGS_FILE
     resume_from = None
     if not settings.overwrite and settings_file.is_file():
         resume_from = last_complete_checkpoint(checkpoints)
+    marker = read_marker(output) or {}
+    own_run = marker.get("writer") == WRITER and not marker.get("complete")  # killed before its first checkpoint
     prepare_output(output, sources=[_teacher_source(settings.teacher)], overwrite=settings.overwrite,
-                   resuming=resume_from is not None)
+                   resuming=resume_from is not None or own_run)
     if resume_from is None:
         return None
     saved = json.loads(settings_file.read_text())
@@ -669,8 +672,8 @@ def _claim_output(output: Path, resume_from: str | None, created: bool) -> int:
     if resume_from is None and checkpoints.exists():
         shutil.rmtree(checkpoints)  # --overwrite, or leftovers of a killed start (proven compfair's by the plan)
     if not output.is_dir() or not any(output.iterdir()):
-        mark_unfinished(output, "compfair compress distill")
-    mark_unfinished(checkpoints, "compfair compress distill")
+        mark_unfinished(output, WRITER)
+    mark_unfinished(checkpoints, WRITER)
     return claim
 
 

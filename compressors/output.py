@@ -10,7 +10,7 @@ writes nothing. It refuses, in one line naming the folder and the fix:
 - a file, or a path under a file; a folder whose parent cannot be written; the current folder (or one
   containing it: the swap would pull it from under the shell);
 - an existing non-empty folder compfair did not write (see `ownership`): never replaced;
-- a folder compfair wrote that holds a finished model, unless --overwrite.
+- a folder compfair wrote (a finished model, or another command's unfinished run), unless --overwrite.
 
 `with staged_output(output, overwrite=..., writer="compfair compress prune") as folder:` yields a fresh
 temporary folder `.<name>.compfair-partial-*` beside the output, whose marker (`.compfair_output`, with
@@ -170,7 +170,7 @@ def target_folder(output) -> Path:
 def prepare_output(output, sources=(), overwrite: bool = False, resuming: bool = False) -> Path:
     """Check `output` against the rules above without writing anything; return the folder it names.
 
-    `resuming=True` (distill continuing its own unfinished run) accepts a finished compfair output without
+    `resuming=True` (distill continuing its own run) accepts a compfair output, finished or not, without
     --overwrite; every other rule still holds.
     """
     given = os.fspath(output)
@@ -200,10 +200,11 @@ def prepare_output(output, sources=(), overwrite: bool = False, resuming: bool =
         if not ours:
             raise OutputFolderError(f"--output {given} is not empty and {what}: compfair replaces only its own "
                                     "outputs; choose a new or empty --output folder")
-        if what == "complete" and not overwrite and not resuming:
-            raise OutputFolderError(f"--output {given} already holds a compfair output ({', '.join(holds_model(resolved)) or MARKER}): "
-                                    "choose another --output, or pass --overwrite to replace it once the new one "
-                                    "has passed its checks")
+        if not overwrite and not resuming:
+            held = (f"a compfair output ({', '.join(holds_model(resolved)) or MARKER})" if what == "complete"
+                    else f"an unfinished run of {(read_marker(resolved) or {}).get('writer', 'compfair')}")
+            raise OutputFolderError(f"--output {given} already holds {held}: choose another --output, or pass "
+                                    "--overwrite to replace it once the new one has passed its checks")
     existing = next(p for p in [resolved, *resolved.parents] if p.exists())
     if not os.access(existing, os.W_OK | os.X_OK) or (existing == resolved and not os.access(resolved.parent, os.W_OK)):
         raise OutputFolderError(f"--output {given}: {existing if existing != resolved else resolved.parent} is not "
@@ -270,7 +271,7 @@ class Staging:
                 if not ours:
                     raise OutputFolderError(f"--output {given}: {what} (added while compfair was writing); nothing "
                                             "was replaced: move those files out and run again")
-                if what == "complete" and not overwrite:
+                if not overwrite:
                     raise OutputFolderError(f"--output {given} received another compfair output while this one was "
                                             "written; nothing was replaced: pass --overwrite or choose another --output")
             swap_in(self.folder, self.target)

@@ -120,6 +120,21 @@ def test_a_compfair_output_needs_overwrite_and_a_user_file_in_it_makes_it_not_ou
         prepare_output(output, overwrite=True)
 
 
+def test_another_command_s_unfinished_run_is_replaced_only_with_overwrite(tmp_path):
+    from compressors.output import mark_unfinished
+
+    run = tmp_path / "student"
+    mark_unfinished(run, "compfair compress distill")
+    mark_unfinished(run / "checkpoints", "compfair compress distill")
+    (run / "checkpoints" / "checkpoint-2").mkdir()
+    (run / "checkpoints" / "checkpoint-2" / "model.safetensors").write_bytes(b"hours of training")
+    assert ownership(run, also_ours=("checkpoints",)) == (True, "unfinished")
+    with pytest.raises(OutputFolderError, match="unfinished run of compfair compress distill.*--overwrite"):
+        prepare_output(run)
+    prepare_output(run, resuming=True)
+    prepare_output(run, overwrite=True)
+
+
 def test_an_older_compfair_output_counts_as_ours_only_with_nothing_but_checkpoint_files(tmp_path):
     """Migration: outputs of compfair before the marker hold compfair_compression.json, which compfair wrote."""
     output = _model_folder(tmp_path / "old")
