@@ -491,17 +491,19 @@ def distill(settings: DistillSettings, callbacks=None) -> dict:
 
     output = Path(settings.output)
     state = PartialState()
+    # before the Trainer sets up torch.distributed, PartialState sees one process per rank: ask torchrun's RANK
+    main = state.is_main_process and os.environ.get("RANK", "0") == "0"
     created = not output.exists()
     resume_from = _plan_output(output, settings)  # refuses a bad --output before the slow loading
     inputs = _load_inputs(settings)
     claim = None
     with state.main_process_first():  # under torchrun, rank 0 prepares the folder before the others look
-        if state.is_main_process:
+        if main:
             claim = _claim_output(output, resume_from, created)
     try:
         return _train(settings, inputs, resume_from, callbacks)
     except BaseException:
-        if state.is_main_process and resume_from is None:
+        if main and resume_from is None:
             _clean_failed_start(output, created)
         raise
     finally:
@@ -524,7 +526,6 @@ def _load_inputs(settings: DistillSettings):
 
 
 def _train(settings: DistillSettings, inputs, resume_from: str | None, callbacks=None) -> dict:
-    from accelerate import PartialState
     from transformers import TrainingArguments, default_data_collator
 
     from compressors.text_data import pack_blocks
@@ -566,9 +567,9 @@ def _train(settings: DistillSettings, inputs, resume_from: str | None, callbacks
     check_compressed(trainer.model, tokenizer)  # cached vs uncached logits; raises before anything is saved
     from compressors.output import Staging, partial_path, target_folder
 
-    state, staging = PartialState(), None
-    with state.main_process_first():  # rank 0 makes the folder beside the output that all ranks save into
-        if state.is_main_process:
+    staging = None
+    with trainer.accelerator.main_process_first():  # rank 0 makes the folder beside the output all ranks save into
+        if trainer.is_world_process_zero():
             staging = Staging(target_folder(output), WRITER, tag="student")
     try:
         trainer.save_model(str(partial_path(target_folder(output), "student")))  # every process takes part
