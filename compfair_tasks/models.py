@@ -205,6 +205,9 @@ def embedded_model_dir(name: str = DEFAULT_MODEL, output_dir: str | os.PathLike 
     target = Path(output_dir) if output_dir else cache_dir() / "models" / name
     if (target / "config.json").exists() and (target / "model.safetensors").exists():
         return target
+    if target.is_dir() and any(target.iterdir()) and not (target / "compfair_source.json").is_file():
+        raise ModelNotAvailableError(f"{target} holds files compfair did not write, so the converted {name} cannot "
+                                     "go there; move them, or set COMPFAIR_CACHE_DIR to another folder")
     chunks = gguf_chunks(model)
     target.parent.mkdir(parents=True, exist_ok=True)
     # a private work folder: several processes (accelerate launch, parallel runs) may convert at once
@@ -218,7 +221,7 @@ def embedded_model_dir(name: str = DEFAULT_MODEL, output_dir: str | os.PathLike 
                         "license": model.license}, indent=2)
         )
         if not (target / "model.safetensors").exists():  # another process may have finished first
-            shutil.rmtree(target, ignore_errors=True)
+            shutil.rmtree(target, ignore_errors=True)  # an unfinished conversion of ours
             try:
                 work.rename(target)  # only a complete conversion ever appears under the final name
             except OSError:
@@ -296,3 +299,16 @@ def check_generation_kwargs(task: str, generation_kwargs: dict | None) -> None:
         raise GenerationSettingsError(
             f"{task}: max_gen_toks={value!r} must be a positive whole number of tokens (with 0 every continuation is "
             "empty and scores as non-toxic); drop it from --gen_kwargs to use the task's 20, or give e.g. max_gen_toks=20")
+
+
+def cached_snapshot(hub_id: str, revision: str | None = None) -> Path | None:
+    """The Hugging Face cache folder that `from_pretrained(hub_id)` loads from (no network), None if not cached."""
+    if not HUB_ID.match(hub_id) or hub_id.startswith((".", "~")):
+        return None
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
+
+    try:
+        return Path(snapshot_download(hub_id, revision=revision, local_files_only=True)).resolve()
+    except (LocalEntryNotFoundError, HFValidationError, OSError, ValueError):
+        return None

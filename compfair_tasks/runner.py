@@ -8,6 +8,11 @@ A rerun skips a step only when the record's settings equal the step's settings n
 step (`on_change="rerun"`) or refuses with a message naming `--rerun` (`on_change="refuse"`).
 The output of each command goes to the terminal (progress bars included) and to `<output>.log`.
 
+An output is replaced only when its record proves the runner wrote it: the record is written (as
+"started") before the step runs, so a crashed step's output is recognised too; an output with no record
+stops the run and is never deleted. A step being redone first moves the old output aside (`.<name>.step-previous`)
+and puts it back if the step fails, so a failed rerun never costs the previous result.
+
 Standard library only: the command line (demo, compare) sits above every package and imports this.
 """
 
@@ -30,6 +35,7 @@ from compfair_tasks.versions import software_versions
 
 RECORD_SUFFIX = ".step.json"
 LOG_SUFFIX = ".log"
+ASIDE = ".step-previous"  # `.<output name>.step-previous`: the old output while its step is redone
 
 
 class StepError(RuntimeError):
@@ -37,7 +43,8 @@ class StepError(RuntimeError):
 
 
 class SettingsChanged(StepError):
-    """A step's old output was made with other settings, and on_change="refuse" forbids replacing it."""
+    """A step's old output may not be replaced: made with other settings under on_change="refuse", or with no
+    record proving compfair wrote it (bad input: exit 2)."""
 
 
 @dataclass
@@ -81,7 +88,7 @@ def fingerprint(path: Path) -> str:
     """What an input is: the settings key of the step that made it, else its files' names, sizes and times."""
     path = Path(path)
     made_by_step = _read_record(path)
-    if made_by_step:  # the time too: a step rerun with the same settings still makes a new input
+    if made_by_step and made_by_step.get("key"):  # the time too: a step rerun with the same settings still makes a new input
         return f"step:{made_by_step['key']}:{made_by_step.get('finished')}"
     if path.is_file():
         stat = path.stat()
@@ -129,12 +136,44 @@ def describe_change(old: dict, new: dict) -> str:
     return "; ".join(parts) or "settings record unreadable"
 
 
+def _write_record(output: Path, record: dict) -> None:
+    path = record_path(output)
+    unfinished = path.with_suffix(".tmp")
+    unfinished.write_text(json.dumps(record, indent=2))
+    unfinished.replace(path)
+
+
 def _remove(output: Path) -> None:
-    record_path(output).unlink(missing_ok=True)
-    if output.is_dir():
+    """Delete a step output whose record (checked by the caller) proves the runner wrote it."""
+    if output.is_dir() and not output.is_symlink():
         shutil.rmtree(output)
-    elif output.exists():
+    elif output.exists() or output.is_symlink():
         output.unlink()
+    record_path(output).unlink(missing_ok=True)
+
+
+def _aside(output: Path) -> Path:
+    return output.with_name(f".{output.name}{ASIDE}")
+
+
+def _move(source: Path, target: Path) -> None:
+    os.rename(source, target)
+    if record_path(source).exists():
+        os.rename(record_path(source), record_path(target))
+
+
+def _recover(output: Path) -> None:
+    """A run killed while redoing a step left the old output aside: put it back unless the step finished."""
+    aside = _aside(output)
+    if not (aside.exists() or aside.is_symlink()):
+        return
+    current = _read_record(output)
+    if current and current.get("key"):  # the redone step finished: the old output is no longer wanted
+        _remove(aside)
+        return
+    if current is not None:
+        _remove(output)  # the killed step's partial output (its "started" record proves it ours)
+    _move(aside, output)
 
 
 def _tee(command: list[str], env: dict, log: Path) -> int:
@@ -163,30 +202,44 @@ def run_steps(steps: list[Step], *, prog: str, rerun: bool = False, on_change: s
     started = time.monotonic() if started is None else started
     for number, step in enumerate(steps, 1):
         clock = f"[{number}/{len(steps)} {time.monotonic() - started:6.0f}s] {step.title}"
+        _recover(step.output)
         wanted, old = settings(step), _read_record(step.output)
-        if old and old.get("key") == wanted["key"] and step.output.exists() and not rerun:
+        exists = step.output.exists() or step.output.is_symlink()
+        if old and old.get("key") == wanted["key"] and exists and not rerun:
             print(f"{clock}: done already with the same settings, skipped (--rerun to redo)", flush=True)
             continue
-        if step.output.exists():  # with no record it is unfinished or from an older compfair: not to be trusted
-            if not rerun:
-                why = (f"it was made with other settings ({describe_change(old, wanted)})" if old
-                       else f"it has no record of its settings ({record_path(step.output).name})")
-                if on_change == "refuse":
-                    raise SettingsChanged(f"{prog}: {step.output} exists but {why}; pass --rerun to replace it, "
-                                    "or choose another --output")
-                print(f"{clock}: {step.output} exists but {why}: removing it and running again", flush=True)
-            _remove(step.output)
+        if exists and old is None:  # nothing proves compfair wrote it: a user's folder, or an older compfair's
+            raise SettingsChanged(f"{prog}: {step.output} exists but has no record of its settings "
+                            f"({record_path(step.output).name}), so compfair cannot tell that it wrote it and never "
+                            "replaces it: move it away (or delete it yourself), or choose another --output")
+        if exists and not rerun:
+            why = (f"it was made with other settings ({describe_change(old, wanted)})" if old.get("key")
+                   else "its step did not finish")
+            if on_change == "refuse":
+                raise SettingsChanged(f"{prog}: {step.output} exists but {why}; pass --rerun to replace it, "
+                                      "or choose another --output")
+            print(f"{clock}: {step.output} exists but {why}: running it again", flush=True)
+        if exists:
+            _move(step.output, _aside(step.output))  # put back if the step fails
+        elif old is not None:
+            record_path(step.output).unlink()  # a record whose output is gone
+        _write_record(step.output, {"title": step.title, "started": time.time()})  # proves the output ours
         log = log_path(step.output)
         print(f"{clock}\n    $ {shlex.join(step.command)}\n    (log: {log})", flush=True)
         began = time.monotonic()
         returncode = _tee(step.command, {**os.environ, **step.env}, log)
+        failure = None
         if returncode != 0:
-            raise StepError(f"{prog}: step '{step.title}' failed (exit {returncode}); see {log}. Fix the error "
-                            "and run again: finished steps are kept")
-        if not step.output.exists():
-            raise StepError(f"{prog}: step '{step.title}' exited 0 but wrote no {step.output}; see {log}")
-        record = record_path(step.output)
-        unfinished = record.with_suffix(".tmp")
-        unfinished.write_text(json.dumps({"title": step.title, **wanted, "finished": time.time()}, indent=2))
-        unfinished.replace(record)
+            failure = (f"{prog}: step '{step.title}' failed (exit {returncode}); see {log}. Fix the error "
+                       "and run again: finished steps are kept")
+        elif not step.output.exists():
+            failure = f"{prog}: step '{step.title}' exited 0 but wrote no {step.output}; see {log}"
+        if failure:
+            _remove(step.output)  # what the failed step wrote, and its "started" record
+            if exists:
+                _move(_aside(step.output), step.output)
+            raise StepError(failure)
+        _write_record(step.output, {"title": step.title, **wanted, "finished": time.time()})
+        if exists:
+            _remove(_aside(step.output))
         print(f"    done in {time.monotonic() - began:.0f} s", flush=True)

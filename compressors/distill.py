@@ -15,8 +15,10 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import fcntl
 import json
 import math
+import os
 import shutil
 import sys
 from dataclasses import dataclass
@@ -29,6 +31,7 @@ from transformers import Trainer, TrainerCallback
 from compfair_tasks import options
 
 METHOD = "distillation"
+WRITER = "compfair compress distill"  # in the output marker: whose unfinished run a folder holds
 SETTINGS_FILE = "compfair_distill_settings.json"
 CHECKPOINTS = "checkpoints"
 
@@ -481,38 +484,59 @@ class DistillSettings:
 def distill(settings: DistillSettings, callbacks=None) -> dict:
     """Train (or resume) the student, save it under settings.output and return its compression record.
 
-    A run that fails before its first checkpoint leaves no trace: no checkpoints/ (whose settings
-    file would make the folder look like a run to resume) and no output folder it created.
+    Nothing is touched before every input is checked: the output folder (compressors.output rules), the
+    teacher, the data and the student's shape. A run that fails before its first checkpoint leaves no
+    trace: no checkpoints/ (whose settings file would make the folder look like a run to resume) and no
+    output folder it created. The student is saved beside the output and swapped in last, with its record.
     """
     from accelerate import PartialState
 
     output = Path(settings.output)
     state = PartialState()
+    # before the Trainer sets up torch.distributed, PartialState sees one process per rank: ask torchrun's RANK
+    main = state.is_main_process and os.environ.get("RANK", "0") == "0"
     created = not output.exists()
+    resume_from = _plan_output(output, settings)  # refuses a bad --output before the slow loading
+    inputs = _load_inputs(settings)
+    claim = None
     with state.main_process_first():  # under torchrun, rank 0 prepares the folder before the others look
-        resume_from = _prepare_output(output, settings, clean=state.is_main_process)
+        if main:
+            claim = _claim_output(output, resume_from, created)
     try:
-        return _train(settings, resume_from, callbacks)
+        return _train(settings, inputs, resume_from, callbacks)
     except BaseException:
-        if state.is_main_process and resume_from is None:
+        if main and resume_from is None:
             _clean_failed_start(output, created)
         raise
+    finally:
+        if claim is not None:
+            os.close(claim)
 
 
-def _train(settings: DistillSettings, resume_from: str | None, callbacks=None) -> dict:
-    from transformers import AutoTokenizer, TrainingArguments, default_data_collator
+def _load_inputs(settings: DistillSettings):
+    """(teacher, tokenizer, texts), each refused with a one-line error before any folder is touched."""
+    from transformers import AutoTokenizer
 
-    from compressors.metadata import write_compression_metadata
-    from compressors.text_data import load_texts, pack_blocks
+    from compressors.text_data import load_texts
 
-    output = Path(settings.output)
-    checkpoints = output / CHECKPOINTS
-    weights = settings.loss_weights()
     teacher = load_teacher(settings.teacher)
     teacher_depth = teacher.config.num_hidden_layers
     settings.student_plan(teacher_depth, [0.0] * teacher_depth)  # refuse a bad student shape before any work
     tokenizer = AutoTokenizer.from_pretrained(_teacher_source(settings.teacher))
     texts = load_texts(settings.data, limit=settings.data_limit, fraction=settings.data_fraction, seed=settings.seed)
+    return teacher, tokenizer, texts
+
+
+def _train(settings: DistillSettings, inputs, resume_from: str | None, callbacks=None) -> dict:
+    from transformers import TrainingArguments, default_data_collator
+
+    from compressors.text_data import pack_blocks
+
+    output = Path(settings.output)
+    checkpoints = output / CHECKPOINTS
+    weights = settings.loss_weights()
+    teacher, tokenizer, texts = inputs
+    teacher_depth = teacher.config.num_hidden_layers
     influence = influence_record(teacher, tokenizer, texts, settings) if settings.layers == AUTO else None
     layers, init = settings.student_plan(teacher_depth, influence and influence["scores"])
     blocks = pack_blocks(texts, tokenizer, settings.block_size)
@@ -547,29 +571,56 @@ def _train(settings: DistillSettings, resume_from: str | None, callbacks=None) -
                      fix="give more training text, or a positive --epochs / --max-steps")
 
     check_compressed(trainer.model, tokenizer)  # cached vs uncached logits; raises before anything is saved
-    trainer.save_model(str(output))  # every process takes part (sharded models gather here); rank 0 writes
-    if not trainer.is_world_process_zero():
-        return None
-    (output / "training_args.bin").unlink(missing_ok=True)  # a pickle of this run's arguments, not the model's
-    if not settings.keep_checkpoints:
-        shutil.rmtree(checkpoints, ignore_errors=True)
+    from compressors.output import Staging, partial_path, target_folder
+
+    staging = None
+    with trainer.accelerator.main_process_first():  # rank 0 makes the folder beside the output all ranks save into
+        if trainer.is_world_process_zero():
+            staging = Staging(target_folder(output), WRITER, tag="student")
+    try:
+        trainer.save_model(str(partial_path(target_folder(output), "student")))  # every process takes part
+        if not trainer.is_world_process_zero():
+            return None
+        staged = staging.folder
+        (staged / "training_args.bin").unlink(missing_ok=True)  # a pickle of this run's arguments, not the model's
+        record = _write_record(staged, settings, trainer, layers, init, teacher_depth, len(train_blocks),
+                               influence, eval_blocks if n_eval else None, weights)
+        if settings.keep_checkpoints:
+            checkpoints.rename(staged / CHECKPOINTS)
+        try:
+            staging.publish(overwrite=True, given=str(output), also_ours=(CHECKPOINTS,))
+        except BaseException:
+            if settings.keep_checkpoints:
+                (staged / CHECKPOINTS).rename(checkpoints)
+            raise
+        return record
+    finally:
+        if staging is not None:
+            staging.close()
+
+
+def _write_record(staged, settings, trainer, layers, init, teacher_depth, train_blocks, influence, eval_blocks,
+                  weights) -> dict:
+    from compressors.metadata import write_compression_metadata
+
     return write_compression_metadata(
-        output, method=METHOD, source_model=settings.teacher, seed=settings.seed, model=trainer.model,
+        staged, method=METHOD, source_model=settings.teacher, seed=settings.seed, model=trainer.model,
         settings={
             "teacher_path": _teacher_source(settings.teacher), "preset": settings.preset, "layers": layers,
             "num_layers": len(layers), "teacher_layers": teacher_depth, "init": init,
             "layer_selection": _layer_selection(settings),
             "loss": dataclasses.asdict(weights), "data": settings.data or "bold_wiki",
             "data_limit": settings.data_limit, "data_fraction": settings.data_fraction,
-            "block_size": settings.block_size, "train_blocks": len(train_blocks), "batch_size": settings.batch_size,
+            "block_size": settings.block_size, "train_blocks": train_blocks, "batch_size": settings.batch_size,
             "grad_accum": settings.grad_accum, "learning_rate": settings.learning_rate,
             "steps": trainer.state.global_step, "max_steps": settings.max_steps, "epochs": settings.epochs,
         },
         removed={"layers": [i for i in range(teacher_depth) if i not in layers]},
         extra={
             "train_losses": _last_logged_losses(trainer.state.log_history),
-            "heldout_losses": evaluate(trainer.model, trainer.teacher, eval_blocks, weights) if n_eval else {},
-            "heldout_blocks": n_eval,
+            "heldout_losses": evaluate(trainer.model, trainer.teacher, eval_blocks, weights)
+                               if eval_blocks is not None else {},
+            "heldout_blocks": 0 if eval_blocks is None else len(eval_blocks),
             **({"block_influence": influence} if influence else {}),
         },
     )
@@ -581,26 +632,25 @@ def _layer_selection(settings: DistillSettings) -> str:
     return "explicit" if settings.layers is not None else "evenly spaced"
 
 
-def _prepare_output(output: Path, settings: DistillSettings, clean: bool = True) -> str | None:
-    """Checkpoint to resume from (same settings), None for a fresh run; refuses to clobber a model.
+def _plan_output(output: Path, settings: DistillSettings) -> str | None:
+    """Checkpoint to resume from (same settings), None for a fresh run; checks only, writes nothing.
 
-    The output folder check is compressors.output's (never the teacher's folder; a folder holding a
-    model only with --overwrite); a run of ours with a complete checkpoint resumes instead. `clean`
-    (the main process) removes what a fresh run replaces.
+    The output folder check is compressors.output's (never the teacher's folder; never a folder holding
+    files compfair did not write, checkpoints/ included; a finished model only with --overwrite); a run
+    of ours with a complete checkpoint resumes instead.
     """
-    from compressors.output import prepare_output
+    from compressors.output import prepare_output, read_marker
 
     checkpoints = output / CHECKPOINTS
     settings_file = checkpoints / SETTINGS_FILE
     resume_from = None
     if not settings.overwrite and settings_file.is_file():
         resume_from = last_complete_checkpoint(checkpoints)
-    if clean:
-        prepare_output(output, sources=[_teacher_source(settings.teacher)], overwrite=settings.overwrite,
-                       resuming=resume_from is not None)
+    marker = read_marker(output) or {}
+    own_run = marker.get("writer") == WRITER and not marker.get("complete")  # killed before its first checkpoint
+    prepare_output(output, sources=[_teacher_source(settings.teacher)], overwrite=settings.overwrite,
+                   resuming=resume_from is not None or own_run)
     if resume_from is None:
-        if clean:
-            shutil.rmtree(checkpoints, ignore_errors=True)  # --overwrite, or leftovers of a killed start
         return None
     saved = json.loads(settings_file.read_text())
     changed = sorted(k for k in set(saved) | set(settings.for_resume()) if saved.get(k) != settings.for_resume().get(k))
@@ -610,11 +660,40 @@ def _prepare_output(output: Path, settings: DistillSettings, clean: bool = True)
     return resume_from
 
 
+def _claim_output(output: Path, resume_from: str | None, created: bool) -> int:
+    """Lock the output folder for this run (a second run to it stops), then mark it and its checkpoints/ as
+    this run's (after _plan_output proved them ours). Returns the lock's file descriptor, to close at the end."""
+    from compressors.output import OutputFolderError, mark_unfinished
+
+    output.mkdir(parents=True, exist_ok=True)
+    claim = os.open(output, os.O_RDONLY)
+    try:
+        fcntl.flock(claim, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(claim)
+        if created:
+            output.rmdir()
+        raise OutputFolderError(f"--output {output}: another compfair distill run is writing there now; wait for "
+                                "it to finish, or choose another --output") from None
+    checkpoints = output / CHECKPOINTS
+    if resume_from is None and checkpoints.exists():
+        shutil.rmtree(checkpoints)  # --overwrite, or leftovers of a killed start (proven compfair's by the plan)
+    if not output.is_dir() or not any(output.iterdir()):
+        mark_unfinished(output, WRITER)
+    mark_unfinished(checkpoints, WRITER)
+    return claim
+
+
 def _clean_failed_start(output: Path, created: bool) -> None:
     """After a failure before the first complete checkpoint: drop checkpoints/ and the folder if we made it empty."""
+    from compressors.output import MARKER, read_marker
+
     checkpoints = output / CHECKPOINTS
     if checkpoints.is_dir() and last_complete_checkpoint(checkpoints) is None:
         shutil.rmtree(checkpoints, ignore_errors=True)
+    marker = read_marker(output)
+    if marker and not marker.get("complete") and [p.name for p in output.iterdir()] == [MARKER]:
+        (output / MARKER).unlink()
     if created and output.is_dir() and not any(output.iterdir()):
         output.rmdir()
 

@@ -27,7 +27,10 @@ def software_versions(model=None) -> dict:
 
 def write_compression_metadata(output_dir, *, method: str, source_model: str, settings: dict, seed: int,
                                removed: dict | None = None, extra: dict | None = None, model=None) -> dict:
-    """Write compfair_compression.json into `output_dir` (after the checkpoint is saved) and return it."""
+    """Write compfair_compression.json into `output_dir` (after the checkpoint is saved) and return it.
+
+    The compressors call this inside compressors.output.staged_output: the folder appears under its
+    final name only with its record, so weights without a record are never a finished output."""
     record = {
         "method": method,
         "source_model": str(source_model),
@@ -41,7 +44,10 @@ def write_compression_metadata(output_dir, *, method: str, source_model: str, se
     if model is not None:
         record["params"] = count_parameters(model)
     record.update(extra or {})
-    (Path(output_dir) / FILE_NAME).write_text(json.dumps(record, indent=2, default=str))
+    path = Path(output_dir) / FILE_NAME
+    unfinished = path.with_name(FILE_NAME + ".tmp")
+    unfinished.write_text(json.dumps(record, indent=2, default=str))
+    unfinished.replace(path)  # whole or absent, never a cut-off record
     return record
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from compfair_tasks import options
 from compfair_tasks.errors import CompfairError
 
 # compressors/checks.py bound on max |logits - source| / max |source logits|: noise at scale 1 (as much noise
@@ -68,22 +69,19 @@ def build_parser() -> argparse.ArgumentParser:
                     "checkpoint (`lm_eval --model hf --model_args pretrained=<output>`).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_model_and_output_arguments(parser, "perturbed")
-    parser.add_argument("--scale", type=float, required=True,
+    parser.add_argument("--scale", type=options.float_range(0, 100, low_open=True), required=True,
                         help="noise std relative to each weight tensor's std (e.g. 0.01, 0.02, 0.05)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the noise")
+    parser.add_argument("--seed", type=options.seed, default=0, help="seed of the noise")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if not args.scale > 0:
-        raise PerturbError(f"--scale must be > 0 (the noise std relative to each weight tensor's std), "
-                           f"got {args.scale}")
+    args = build_parser().parse_args(argv)  # bad values exit 2 here, before any model loads
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from compfair_tasks.models import load_model_config, resolve_model
     from compressors.metadata import write_compression_metadata
-    from compressors.output import prepare_output, removed_on_failure
+    from compressors.output import prepare_output, staged_output
     from compressors.verify import output_checks
 
     source = resolve_model(args.model)  # bad input raises a CompfairError: the CLI prints it and exits 2
@@ -96,17 +94,17 @@ def main(argv: list[str] | None = None) -> int:
     measured = perturb_model(model, args.scale, args.seed)
     seconds = time.perf_counter() - started
     output = Path(args.output)
-    with removed_on_failure(output):
-        model.save_pretrained(output)
-        tokenizer.save_pretrained(output)
-        reloaded = AutoModelForCausalLM.from_pretrained(output).eval()
+    with staged_output(output, overwrite=args.overwrite, writer="compfair compress perturb") as staged:
+        model.save_pretrained(staged)
+        tokenizer.save_pretrained(staged)
+        reloaded = AutoModelForCausalLM.from_pretrained(staged).eval()
         checks = output_checks(reloaded, tokenizer, reference, REFERENCE_TOL, f"noise {args.scale} vs source")
         if not checks["reference_diff"] > 0:
             raise PerturbError("the perturbed model's logits equal the source's: no noise reached the weights "
                                "(a compfair bug: please report it with the command)")
         ratios = list(measured.values())
         write_compression_metadata(
-            output, method="noise", source_model=args.model, seed=args.seed, model=model,
+            staged, method="noise", source_model=args.model, seed=args.seed, model=model,
             settings={"scale": args.scale, "seed": args.seed, "scale_relative_to": "each weight tensor's std",
                       "tensors": len(measured)},
             extra={"measured": {"relative_noise_std_mean": sum(ratios) / len(ratios),

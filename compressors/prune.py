@@ -336,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
     from compfair_tasks.models import load_model_config, resolve_model
     from compressors.checks import check_compressed
     from compressors.metadata import count_parameters, write_compression_metadata
-    from compressors.output import prepare_output
+    from compressors.output import prepare_output, staged_output
     from compressors.text_data import check_context
     from compressors.verify import refuse_unchanged
 
@@ -363,18 +363,19 @@ def main(argv: list[str] | None = None) -> int:
                      fix="every layer is down to its last head: pass --allow-empty-layers to remove those too")
     check_compressed(result.model, tokenizer, reference=gated_reference(model, result.removed),
                      reference_tol=1e-4, label="pruned vs gated teacher")  # float32: ~1e-6 measured
-    save_pruned(result.model, tokenizer, args.output)
     heads_left = [layer.num_heads for layer in attention_layers(result.model)]
-    record = write_compression_metadata(
-        args.output, method="prune_heads", source_model=args.model, seed=args.seed, model=result.model,
-        settings={"iterations": args.iterations, "ratio": args.ratio, "unit": args.unit,
-                  "normalize": args.normalize, "allow_empty_layers": args.allow_empty_layers,
-                  "data": args.data or ["bold_wiki"], "num_examples": n_texts, "block_size": args.block_size,
-                  "blocks": len(blocks), "importance": "E_x |dL(x)/dg_h| (Michel et al. 2019)"},
-        removed={"heads": {str(layer): heads for layer, heads in result.removed.items()}},
-        extra={"heads_before": heads_before, "heads_after": sum(heads_left), "heads_per_layer": heads_left,
-               "source_params": count_parameters(model), "iterations": result.iterations},
-    )
+    with staged_output(args.output, overwrite=args.overwrite, writer="compfair compress prune") as staged:
+        save_pruned(result.model, tokenizer, staged)
+        record = write_compression_metadata(
+            staged, method="prune_heads", source_model=args.model, seed=args.seed, model=result.model,
+            settings={"iterations": args.iterations, "ratio": args.ratio, "unit": args.unit,
+                      "normalize": args.normalize, "allow_empty_layers": args.allow_empty_layers,
+                      "data": args.data or ["bold_wiki"], "num_examples": n_texts, "block_size": args.block_size,
+                      "blocks": len(blocks), "importance": "E_x |dL(x)/dg_h| (Michel et al. 2019)"},
+            removed={"heads": {str(layer): heads for layer, heads in result.removed.items()}},
+            extra={"heads_before": heads_before, "heads_after": sum(heads_left), "heads_per_layer": heads_left,
+                   "source_params": count_parameters(model), "iterations": result.iterations},
+        )
     print(f"saved {args.output}: {heads_before} -> {sum(heads_left)} heads, "
           f"{record['source_params']:,} -> {record['params']:,} parameters")
     return 0

@@ -581,7 +581,7 @@ def _library_main(args) -> int:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from compressors.metadata import write_compression_metadata
-    from compressors.output import removed_on_failure
+    from compressors.output import staged_output
     from compressors.text_data import calibration_blocks
     from compressors.verify import measure_weights, output_checks, refuse_unchanged
 
@@ -606,11 +606,11 @@ def _library_main(args) -> int:
                     "activations": "float", "data": args.data or ("bold_wiki" if blocks is not None else None),
                     "calibration_blocks": None if blocks is None else list(blocks.shape)}
     seconds = time.perf_counter() - started
-    with removed_on_failure(output):
-        model.save_pretrained(output)
-        tokenizer.save_pretrained(output)
+    with staged_output(output, overwrite=args.overwrite, writer="compfair compress quantize") as staged:
+        model.save_pretrained(staged)
+        tokenizer.save_pretrained(staged)
         del model
-        loaded = AutoModelForCausalLM.from_pretrained(output).eval()  # what lm_eval --model hf will evaluate
+        loaded = AutoModelForCausalLM.from_pretrained(staged).eval()  # what lm_eval --model hf will evaluate
         bits = 8 if args.method in TORCHAO_METHODS else args.bits
         checks = output_checks(loaded, tokenizer, reference, LIBRARY_REFERENCE_TOL.get(args.method, LIBRARY_REFERENCE_TOL[bits]),
                                f"{args.method} vs float source", cache_tol=LIBRARY_CACHE_TOL.get(args.method))
@@ -618,11 +618,11 @@ def _library_main(args) -> int:
         if args.method == "int8-per-token" and not checks["batched_vs_alone"] <= BATCH_TOL:
             raise QuantizeError(f"int8-per-token: batched outputs differ from one-by-one outputs by "
                                 f"{checks['batched_vs_alone']:.1e} > {BATCH_TOL:.0e}: a compfair bug, please report it")
-        measured = measure_weights(output, args.source if Path(args.source).is_dir() else None)
+        measured = measure_weights(staged, args.source if Path(args.source).is_dir() else None)
         refuse_unchanged("compfair compress quantize", equal_to_source=measured["equal_to_source"],
                          fix=f"no linear layer of {args.model} was quantized")
         write_compression_metadata(
-            output, method=f"quantize_{args.method.replace('-', '_')}", source_model=args.model, seed=args.seed,
+            staged, method=f"quantize_{args.method.replace('-', '_')}", source_model=args.model, seed=args.seed,
             settings={**settings, "evaluate_with": "lm_eval --model hf --model_args pretrained=<dir>"},
             extra={"measured": measured, "seconds": round(seconds, 1), "checks": checks,
                    "params": sum(p.numel() for p in reference.parameters())})
@@ -642,6 +642,7 @@ def _int8_main(args) -> int:
     from compfair_tasks.measure import measure_latency
     from compressors.checks import check_compressed, frozen_reference, prompt_ids, relative_difference
     from compressors.metadata import checkpoint_size_bytes, write_compression_metadata
+    from compressors.output import staged_output
     from compressors.verify import refuse_unchanged
 
     def forward_seconds(model):  # fp32 and int8 are timed on the same seeded token ids
@@ -680,7 +681,6 @@ def _int8_main(args) -> int:
         checks = check_compressed(model, tokenizer, reference=float_logits, reference_tol=REFERENCE_TOL[mode],
                                   cache_tol=CACHE_TOL[mode], label="int8 vs float")
     checks["batched_vs_alone"] = batched_vs_alone(model, tokenizer)
-    save_quantized(model, quantized, args.output, mode, tokenizer)
     int8_seconds = forward_seconds(model) if args.latency_batch else None
     int8_params = sum(w.numel() for w, _, _ in quantized.values())
     source_size = checkpoint_size_bytes(source) if Path(source).is_dir() else None
@@ -694,20 +694,22 @@ def _int8_main(args) -> int:
     else:
         settings = {"mode": mode, "per_tensor": args.per_tensor, "skip_lm_head": args.skip_lm_head,
                     "batch_dependent": mode == "dynamic", "evaluate_with": evaluate_with}
-    record = write_compression_metadata(
-        args.output, method="quantize_dynamic_int8" if paper else f"quantize_int8_{mode.replace('-', '_')}",
-        source_model=args.model, seed=args.seed, settings=settings,
-        removed={"float_linear_layers": sorted(quantized)},
-        extra={"params": float_params, "int8_params": int8_params, "source_size_bytes": source_size,
-               "model_class": auto_class, "checks": checks,
-               "batch_dependence": None if mode != "dynamic" else (
-                   "scores depend on the evaluation batch (its other sequences and their padding): evaluate with a "
-                   "fixed --batch_size (lm_eval records it; compfair-quantized refuses auto) and compare runs "
-                   "only at the same batch size; checks.batched_vs_alone measures the effect"),
-               "latency": None if fp32_seconds is None else {
-                   "batch": args.latency_batch, "tokens": args.latency_tokens, "fp32_seconds": round(fp32_seconds, 4),
-                   "int8_seconds": round(int8_seconds, 4), "speedup": round(fp32_seconds / int8_seconds, 3)}},
-    )
+    with staged_output(args.output, overwrite=args.overwrite, writer="compfair compress quantize") as staged:
+        save_quantized(model, quantized, staged, mode, tokenizer)
+        record = write_compression_metadata(
+            staged, method="quantize_dynamic_int8" if paper else f"quantize_int8_{mode.replace('-', '_')}",
+            source_model=args.model, seed=args.seed, settings=settings,
+            removed={"float_linear_layers": sorted(quantized)},
+            extra={"params": float_params, "int8_params": int8_params, "source_size_bytes": source_size,
+                   "model_class": auto_class, "checks": checks,
+                   "batch_dependence": None if mode != "dynamic" else (
+                       "scores depend on the evaluation batch (its other sequences and their padding): evaluate with a "
+                       "fixed --batch_size (lm_eval records it; compfair-quantized refuses auto) and compare runs "
+                       "only at the same batch size; checks.batched_vs_alone measures the effect"),
+                   "latency": None if fp32_seconds is None else {
+                       "batch": args.latency_batch, "tokens": args.latency_tokens, "fp32_seconds": round(fp32_seconds, 4),
+                       "int8_seconds": round(int8_seconds, 4), "speedup": round(fp32_seconds / int8_seconds, 3)}},
+        )
     size_note = f"{source_size / 1e6:.1f} MB -> " if source_size else ""
     print(f"saved {args.output}: {len(quantized)} linear layers int8 ({args.method}{'' if paper else ' ' + mode}), "
           f"{size_note}{record['size_bytes'] / 1e6:.1f} MB on disk; batched vs one-by-one outputs differ by "

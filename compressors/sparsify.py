@@ -201,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from compfair_tasks.models import load_model_config, resolve_model
     from compressors.metadata import write_compression_metadata
-    from compressors.output import prepare_output, removed_on_failure
+    from compressors.output import prepare_output, staged_output
     from compressors.text_data import calibration_blocks, check_context
     from compressors.verify import changed_tensors, measure_weights, output_checks, refuse_unchanged
 
@@ -221,16 +221,16 @@ def main(argv: list[str] | None = None) -> int:
                      fix="its linear layers were left as they were: please report it with the command")
     seconds = time.perf_counter() - started
     output = Path(args.output)
-    with removed_on_failure(output):
-        model.save_pretrained(output)
-        tokenizer.save_pretrained(output)
-        checks = output_checks(AutoModelForCausalLM.from_pretrained(output).eval(), tokenizer, reference,
+    with staged_output(output, overwrite=args.overwrite, writer="compfair compress sparsify") as staged:
+        model.save_pretrained(staged)
+        tokenizer.save_pretrained(staged)
+        checks = output_checks(AutoModelForCausalLM.from_pretrained(staged).eval(), tokenizer, reference,
                                REFERENCE_TOL, f"{args.method} vs dense source")
-        measured = measure_weights(output, source if Path(source).is_dir() else None)
+        measured = measure_weights(staged, source if Path(source).is_dir() else None)
         refuse_unchanged("compfair compress sparsify", equal_to_source=measured["equal_to_source"])
         target = f"{args.pattern}" if pattern else f"{sparsity:.0%}"
         write_compression_metadata(
-            output, method=f"sparsify_{args.method}", source_model=args.model, seed=args.seed, model=model,
+            staged, method=f"sparsify_{args.method}", source_model=args.model, seed=args.seed, model=model,
             settings={"method": args.method, "sparsity": sparsity, "pattern": args.pattern,
                       "data": args.data or ("bold_wiki" if blocks is not None else None),
                       "calibration_blocks": None if blocks is None else list(blocks.shape)},

@@ -120,7 +120,7 @@ def build(folders, output, pairs=(), test: str = "bootstrap", n_resamples: int =
     """Collect `folders`, run the paired tests and flip rates, and replace the site in `output` in one swap;
     returns (collection, paired, written files). The Python entry point; `pairs` are (baseline, model) names."""
     output = Path(output)
-    with sitedir.publish(output, lock_timeout) as staged:
+    with sitedir.publish(output, lock_timeout, inputs=folders) as staged:
         collection = collect(folders)
         if not collection.runs:
             raise NoResultsError("no lm_eval results found (" + "; ".join(collection.problems) + "); give the "

@@ -417,7 +417,7 @@ def test_a_run_killed_midway_resumes_to_the_uninterrupted_result(tiny_gpt2_dir, 
     for name in straight:
         assert torch.equal(straight[name], again[name]), name
 
-    with pytest.raises(ValueError, match="already holds a model"):
+    with pytest.raises(ValueError, match="already holds a compfair output"):
         d.distill(resumed)
 
 
@@ -465,7 +465,9 @@ def test_the_teacher_folder_is_never_an_output_even_with_overwrite(tiny_gpt2_dir
     assert _tree(tiny_gpt2_dir) == before
 
 
-def test_a_folder_holding_a_model_is_replaced_only_with_overwrite(tiny_gpt2_dir, shipped_data, tmp_path, capsys):
+def test_a_model_compfair_did_not_write_is_never_replaced_and_a_compfair_output_only_with_overwrite(
+        tiny_gpt2_dir, shipped_data, tmp_path, capsys):
+    import json
     import shutil
 
     output = tmp_path / "other_model"
@@ -473,18 +475,59 @@ def test_a_folder_holding_a_model_is_replaced_only_with_overwrite(tiny_gpt2_dir,
     before = _tree(output)
     args = ["--teacher", str(tiny_gpt2_dir), "--output", str(output), "--data", str(shipped_data / "bold_wiki"),
             "--data-limit", "100", "--block-size", "16", "--batch-size", "2", "--max-steps", "1", "--eval-blocks", "0"]
-    assert d.main(args) == 2
-    assert "already holds a model (config.json, model.safetensors)" in capsys.readouterr().err
-    assert _tree(output) == before
+    for extra in ([], ["--overwrite"]):
+        assert d.main(args + extra) == 2
+        assert "compfair did not write it" in capsys.readouterr().err
+        assert _tree(output) == before
+    output = tmp_path / "student"
+    args[args.index("--output") + 1] = str(output)
+    assert d.main(args) == 0
+    assert d.main(args) == 2 and "already holds a compfair output" in capsys.readouterr().err
     stale = output / d.CHECKPOINTS
     stale.mkdir()
-    (stale / d.SETTINGS_FILE).write_text("{}")  # a settings file without a checkpoint is no run to resume
-    assert d.main(args) == 2 and _tree(output) == {**before, f"{d.CHECKPOINTS}/{d.SETTINGS_FILE}": b"{}"}
-    capsys.readouterr()
-    assert d.main(args + ["--overwrite"]) == 0
-    record = __import__("json").loads((output / "compfair_compression.json").read_text())
-    assert record["method"] == "distillation" and record["settings"]["num_layers"] == 1
+    (stale / d.SETTINGS_FILE).write_text("{}")  # an older compfair's settings file without a checkpoint
+    assert d.main(args + ["--seed", "7"]) == 2
+    assert d.main(args + ["--overwrite", "--seed", "7"]) == 0
+    assert json.loads((output / "compfair_compression.json").read_text())["seed"] == 7
     assert not stale.exists()
+
+
+def test_a_bad_input_stops_before_user_checkpoints_are_touched(tiny_gpt2_dir, tmp_path, capsys):
+    """Issue 20: `distill --output proj --data /missing.txt` deleted proj/checkpoints/ and then failed on --data."""
+    output = tmp_path / "proj"
+    (output / d.CHECKPOINTS).mkdir(parents=True)
+    (output / d.CHECKPOINTS / "my_run.pt").write_bytes(b"mine")
+    for extra in ([], ["--overwrite"]):
+        code = d.main(["--teacher", str(tiny_gpt2_dir), "--output", str(output), "--data",
+                       str(tmp_path / "missing.txt"), *extra])
+        assert code == 2
+        assert "compfair did not write it" in capsys.readouterr().err
+    (output / d.CHECKPOINTS / d.SETTINGS_FILE).write_text("{}")  # compfair's now (an older run's settings file)
+    assert d.main(["--teacher", str(tiny_gpt2_dir), "--output", str(output), "--data",
+                   str(tmp_path / "missing.txt"), "--overwrite"]) == 2
+    assert "missing.txt" in capsys.readouterr().err
+    assert (output / d.CHECKPOINTS / "my_run.pt").read_bytes() == b"mine"
+
+
+def test_a_crash_while_the_student_is_saved_leaves_no_student_and_the_rerun_finishes(tiny_gpt2_dir, shipped_data,
+                                                                                    tmp_path, monkeypatch):
+    import compressors.metadata
+
+    output = tmp_path / "student"
+    settings = settings_for(tiny_gpt2_dir, output, shipped_data, preset="B")
+
+    def crash(*args, **kwargs):
+        raise Crash()
+
+    with monkeypatch.context() as patched:
+        patched.setattr(compressors.metadata, "write_compression_metadata", crash)
+        with pytest.raises(Crash):
+            d.distill(settings)
+    assert not (output / "config.json").exists()  # the weights were saved beside, never under --output
+    assert d.last_complete_checkpoint(output / d.CHECKPOINTS)  # the training is kept to resume
+    assert d.distill(settings)["method"] == "distillation"
+    assert (output / "config.json").is_file() and not (output / d.CHECKPOINTS).exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["student"]
 
 
 @pytest.mark.parametrize("failure", ["too deep", "no text", "crash in step 1"])
@@ -497,15 +540,33 @@ def test_a_failed_start_leaves_no_settings_file_nor_folder(tiny_gpt2_dir, shippe
     with pytest.raises((ValueError, Crash)):
         d.distill(settings, callbacks=[CrashAtStep(1)] if failure == "crash in step 1" else None)
     assert not output.exists()  # nor checkpoints/compfair_distill_settings.json inside it
-    assert (tmp_path / "new").is_dir()  # what existed before the run is left alone
+    assert not output.exists() and sorted(p.name for p in tmp_path.iterdir()) in (["empty.txt"], ["empty.txt", "new"])
 
 
-def test_a_failed_start_in_an_existing_folder_keeps_the_folder_and_its_other_files(tiny_gpt2_dir, shipped_data,
-                                                                                    tmp_path):
+def test_a_second_run_to_an_output_being_trained_into_stops_and_leaves_its_checkpoints(tiny_gpt2_dir, shipped_data,
+                                                                                      tmp_path):
+    import fcntl
+
+    output = tmp_path / "student"
+    settings = settings_for(tiny_gpt2_dir, output, shipped_data, preset="B")
+    with pytest.raises(Crash):
+        d.distill(settings, callbacks=[CrashAtStep(3)])  # checkpoint-2 saved
+    before = _tree(output)
+    running = os.open(output, os.O_RDONLY)  # what a run training into it holds
+    fcntl.flock(running, fcntl.LOCK_EX)
+    try:
+        with pytest.raises(ValueError, match="another compfair distill run is writing there"):
+            d.distill(d.DistillSettings(**{**settings.__dict__, "overwrite": True}))
+    finally:
+        os.close(running)
+    assert _tree(output) == before
+
+
+def test_a_folder_with_user_files_is_refused_before_the_run_starts(tiny_gpt2_dir, shipped_data, tmp_path):
     output = tmp_path / "student"
     output.mkdir()
     (output / "notes.txt").write_text("mine")
-    with pytest.raises(Crash):
+    with pytest.raises(ValueError, match="compfair did not write it"):
         d.distill(settings_for(tiny_gpt2_dir, output, shipped_data, preset="B"), callbacks=[CrashAtStep(1)])
     assert _tree(output) == {"notes.txt": b"mine"}
 

@@ -306,7 +306,7 @@ def test_a_build_killed_with_sigkill_mid_render_leaves_the_old_site(two_models):
 def test_without_an_atomic_exchange_the_old_site_is_moved_aside_then_replaced(two_models, monkeypatch):
     site = two_models / "site"
     assert leaderboard_main([str(two_models / "out"), "-o", str(site), "--title", "old"]) == 0
-    monkeypatch.setattr(sitedir, "_exchange", lambda a, b: False)  # e.g. a file system without RENAME_EXCHANGE
+    monkeypatch.setattr("compressors.output._exchange", lambda a, b: False)  # a file system without RENAME_EXCHANGE
     assert leaderboard_main([str(two_models / "out"), "-o", str(site), "--title", "new"]) == 0
     assert "<title>new</title>" in (site / "index.html").read_text()
     assert sorted(p.name for p in two_models.iterdir() if p.name.startswith(".site")) == [".site.lock"]

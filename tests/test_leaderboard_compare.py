@@ -123,9 +123,12 @@ def test_a_comparison_resumes_and_ends_in_a_leaderboard(tmp_path, monkeypatch, c
     monkeypatch.setattr(runner, "_tee", fake_lm_eval)
     write_run(tmp_path / "results", "microsoft/DialoGPT-medium", {"compfair_toxicity_rtp_offline": {"emt": 0.3}},
               {"compfair_toxicity_rtp_offline": [{"doc_id": i, "emt": 0.1 * i} for i in range(5)]})
-    assert compare.main(["dialogpt", "--output", str(tmp_path), "--device", "cpu"]) == 2  # settings unknown
-    assert ran == ["microsoft/DialoGPT-small"] and "has no record of its settings" in capsys.readouterr().err
+    for rerun in ([], ["--rerun"]):  # results compfair cannot prove it wrote are never replaced
+        assert compare.main(["dialogpt", "--output", str(tmp_path), "--device", "cpu", *rerun]) == 2
+        assert "has no record of its settings" in capsys.readouterr().err
+    assert ran == ["microsoft/DialoGPT-small"] * 2
     ran.clear()
+    shutil.rmtree(tmp_path / "results" / "microsoft__DialoGPT-medium")  # the user moves them away
     assert compare.main(["dialogpt", "--output", str(tmp_path), "--device", "cpu", "--rerun"]) == 0
     assert ran == ["microsoft/DialoGPT-small", "microsoft/DialoGPT-medium", "microsoft/DialoGPT-large"]
     ran.clear()

@@ -68,13 +68,43 @@ def test_refuse_names_rerun_and_keeps_the_old_output(tmp_path):
     assert json.loads((tmp_path / "out" / "argv.json").read_text()) == ["--tasks", "a"]
 
 
-def test_output_without_a_record_is_not_trusted(tmp_path):
+def test_output_without_a_record_is_never_replaced_not_even_with_rerun(tmp_path):
+    """Issue 20: an output compfair cannot prove it wrote was deleted (with no record it was "not trusted")."""
     step = tool_step(tmp_path)
-    step.output.mkdir()  # an older compfair's results, or a crashed run
-    with pytest.raises(runner.SettingsChanged, match="has no record of its settings"):
-        runner.run_steps([step], prog="t", on_change="refuse")
+    step.output.mkdir()  # a user's folder, or an older compfair's results
+    (step.output / "notes.txt").write_text("mine")
+    for kwargs in ({"on_change": "refuse"}, {}, {"rerun": True}):
+        with pytest.raises(runner.SettingsChanged, match="has no record of its settings.*never replaces it"):
+            runner.run_steps([step], prog="t", **kwargs)
+    assert (step.output / "notes.txt").read_text() == "mine" and runs(step) == 0
+
+
+def test_a_failed_rerun_keeps_the_previous_output(tmp_path):
+    runner.run_steps([tool_step(tmp_path, "--limit", "10")], prog="t")
+    before = runner.record_path(tmp_path / "out").read_text()
+    failing = runner.Step("make out", [sys.executable, "-c", "import os, sys; os.mkdir(sys.argv[1]); sys.exit(3)",
+                                       str(tmp_path / "out")], tmp_path / "out")
+    with pytest.raises(runner.StepError, match="failed"):
+        runner.run_steps([failing], prog="t")
+    assert json.loads((tmp_path / "out" / "argv.json").read_text()) == ["--limit", "10"]
+    assert runner.record_path(tmp_path / "out").read_text() == before
+    assert not list(tmp_path.glob(".out*"))
+
+
+def test_a_step_killed_midway_is_recognised_as_ours_and_the_old_output_comes_back(tmp_path):
+    step = tool_step(tmp_path, "--limit", "10")
     runner.run_steps([step], prog="t")
-    assert runs(step) == 1 and runner.record_path(step.output).is_file()
+    before = runner.record_path(step.output).read_text()
+    # what a kill of the runner while redoing the step leaves: old output aside, a partial new one, "started"
+    runner._move(step.output, runner._aside(step.output))
+    step.output.mkdir()
+    runner._write_record(step.output, {"title": "make out", "started": 0})
+    runner.run_steps([step], prog="t")
+    assert runs(step) == 1 and runner.record_path(step.output).read_text() == before
+    step.output.joinpath("argv.json").unlink()
+    runner._write_record(step.output, {"title": "make out", "started": 0})  # killed during its first run
+    runner.run_steps([step], prog="t")
+    assert runs(step) == 2 and json.loads((step.output / "argv.json").read_text()) == ["--limit", "10"]
 
 
 def test_a_rerun_input_reruns_the_steps_that_read_it(tmp_path):

@@ -151,7 +151,7 @@ def test_an_output_that_fails_its_check_is_removed_and_the_source_refused(tiny_l
     monkeypatch.setattr(sparsify, "REFERENCE_TOL", 1e-9)  # any real change now fails the check after saving
     with pytest.raises(checks.CompressionCheckError, match="magnitude vs dense source"):
         sparsify.main(["--model", str(tiny_llama_dir), "--output", str(output), "--method", "magnitude"])
-    assert output.is_dir() and not any(output.iterdir())  # saved, checked, failed: nothing left that looks done
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # saved beside, checked, failed: nothing left at all
     with pytest.raises(CompfairError, match="source would be overwritten"):
         sparsify.main(["--model", str(tiny_llama_dir), "--output", str(tiny_llama_dir), "--overwrite"])
 
