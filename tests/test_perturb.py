@@ -81,8 +81,10 @@ def test_cli_writes_a_checked_checkpoint_that_differs_from_its_source(tiny_gpt2_
     for (name, got), want in zip(noisy.state_dict().items(), expected.state_dict().values()):
         assert torch.equal(got, want), name
     # bad input: one line, exit 2; the source folder is never the output
-    assert cli.main(["compress", "perturb", "--model", str(tiny_gpt2_dir), "--output", str(tmp_path / "x"),
-                     "--scale", "0"]) == 2
+    with pytest.raises(SystemExit) as exited:  # argparse: exit 2 at parse time, before any model loads
+        cli.main(["compress", "perturb", "--model", str(tiny_gpt2_dir), "--output", str(tmp_path / "x"),
+                  "--scale", "0"])
+    assert exited.value.code == 2 and "--scale: 0 is out of range" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
     assert cli.main(["compress", "perturb", "--model", str(tiny_gpt2_dir), "--output", str(tiny_gpt2_dir),
                      "--scale", "0.1", "--overwrite"]) == 2
-    assert "--scale must be > 0" in capsys.readouterr().err
