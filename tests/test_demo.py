@@ -37,6 +37,8 @@ def parse_step(command: list[str], monkeypatch):
 
 def test_quick_plan_parses_with_each_commands_parser(tmp_path, monkeypatch):
     steps = demo.plan(tmp_path, Path("/teacher"), demo.PROFILES["quick"], second_model=None)
+    for step in steps[3:7]:  # the leaderboard's parser refuses input folders that do not exist yet
+        step.output.mkdir(parents=True)
     parsed = [parse_step(step.command, monkeypatch) for step in steps]
     assert [(step.title, name) for step, (name, _) in zip(steps, parsed, strict=True)] == [
         ("distil a student without its lowest-influence blocks", "compress distill"),
