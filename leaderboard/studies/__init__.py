@@ -1,0 +1,1 @@
+"""Studies: series of models x compressions, run as cells, reported together."""

@@ -1,0 +1,363 @@
+"""Study cells as Slurm jobs: one submitit job array per `study run`, the study folder as the shared state.
+
+compfair does not manage a cluster; it submits to one. Every cell is one array task that calls
+`leaderboard.studies.cells.run_cell(study_dir, cell_id)` on a compute node, so the study folder must sit on a
+filesystem the nodes share (a tiny probe job checks that before the grid is submitted). A cell's record
+appears whole or not at all, so a rerun submits only the cells without a complete record. A cell that Slurm
+pre-empts or times out is requeued by submitit (the job is `Checkpointable`) and resumes from lm-eval's
+request cache in the cell folder (`--use_cache`), computing only the requests it had not finished.
+
+Job states come from `sacct` where the cluster keeps accounting, otherwise from `squeue` (which remembers
+finished jobs for MinJobAge, 5 minutes by default) and the cell's record.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+from submitit.helpers import Checkpointable
+
+from compfair_tasks.errors import CompfairError
+
+SLURM_RECORD = "slurm.json"
+SUBMITIT_FOLDER = "slurm"  # submitit's pickles and the jobs' stdout/stderr, inside the study folder
+MULTI_GPU_LAUNCHERS = ("accelerate", "parallelize", "vllm")
+FINISHED_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "PREEMPTED", "NODE_FAIL", "OUT_OF_MEMORY",
+                   "BOOT_FAIL", "DEADLINE", "REVOKED"}
+QUEUED_STATES = {"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESV_DEL_HOLD", "SUSPENDED"}
+
+
+@dataclass
+class SlurmResources:
+    """What each cell asks of Slurm: from the spec's `executor:` block, overridden by the command line."""
+
+    partition: str | None = None
+    account: str | None = None
+    time: str = "04:00:00"  # per cell: minutes, or [D-]HH:MM[:SS] as sbatch takes it
+    cpus_per_task: int = 4
+    mem_gb: float | None = None
+    gpus_per_cell: int = 0
+    array_parallelism: int = 16  # at most this many cells run at once
+    multi_gpu: str = "accelerate"  # how a cell with several GPUs evaluates: accelerate | parallelize | vllm
+    sbatch: list[str] = field(default_factory=list)  # extra sbatch options, e.g. ["--qos=normal", "--constraint=a100"]
+
+    @classmethod
+    def from_spec(cls, block: dict | None, **overrides) -> SlurmResources:
+        """Resources from the spec's `executor:` mapping (its `kind` key ignored) and command-line overrides."""
+        values = {key: value for key, value in (block or {}).items() if key != "kind"}
+        values.update({key: value for key, value in overrides.items() if value is not None})
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise CompfairError(f"unknown Slurm executor key(s) {', '.join(unknown)}: use {', '.join(sorted(known))}")
+        resources = cls(**values)
+        resources.timeout_minutes()  # refuse a malformed time now, not at sbatch
+        if resources.multi_gpu not in MULTI_GPU_LAUNCHERS:
+            raise CompfairError(f"executor multi_gpu: {resources.multi_gpu!r} is not one of "
+                                f"{', '.join(MULTI_GPU_LAUNCHERS)}: pick one (README: Several GPUs)")
+        for option in resources.sbatch:
+            if not str(option).startswith("--"):
+                raise CompfairError(f"executor sbatch option {option!r} is not a long option: write it as --name=value")
+        return resources
+
+    def timeout_minutes(self) -> int:
+        text = str(self.time).strip()
+        if re.fullmatch(r"\d+", text):
+            return int(text)
+        match = re.fullmatch(r"(?:(\d+)-)?(\d+):(\d+)(?::(\d+))?", text)
+        if not match:
+            raise CompfairError(f"executor time {self.time!r} is not a Slurm time: write minutes (240) or "
+                                "[D-]HH:MM[:SS] (04:00:00)")
+        days, hours, minutes, seconds = (int(part or 0) for part in match.groups())
+        return max(1, days * 1440 + hours * 60 + minutes + (1 if seconds else 0))
+
+    def submitit_parameters(self) -> dict:
+        """The parameters of `submitit.SlurmExecutor.update_parameters`."""
+        extra = {}
+        for option in self.sbatch:
+            name, sep, value = str(option)[2:].partition("=")
+            extra[name] = value if sep else True
+        parameters = {"time": self.timeout_minutes(), "cpus_per_task": self.cpus_per_task,
+                      "array_parallelism": self.array_parallelism, "job_name": "compfair-cell",
+                      "additional_parameters": extra}
+        if self.partition:
+            parameters["partition"] = self.partition
+        if self.account:
+            parameters["account"] = self.account
+        if self.mem_gb:
+            parameters["mem"] = f"{int(self.mem_gb * 1024)}MB"
+        if self.gpus_per_cell:
+            parameters["gpus_per_node"] = self.gpus_per_cell
+        return parameters
+
+
+class CellJob(Checkpointable):
+    """What a compute node runs for one cell. Checkpointable: on pre-emption or time-out submitit requeues the
+    same call, which resumes from the cell's lm-eval request cache."""
+
+    def __call__(self, study_dir: str, cell_id: str):
+        from leaderboard.studies.cells import run_cell
+
+        return run_cell(study_dir, cell_id)
+
+
+def _probe_write(path: str) -> str:
+    """Runs on a compute node: proves the study folder is shared by writing into it."""
+    Path(path).write_text(os.uname().nodename, encoding="utf-8")
+    return path
+
+
+def _require_slurm() -> None:
+    missing = [name for name in ("sbatch", "squeue", "srun") if shutil.which(name) is None]
+    if missing:
+        raise CompfairError(f"Slurm's {', '.join(missing)} not found: run `compfair study run --executor slurm` on "
+                            "a login node of a Slurm cluster, or use --executor local")
+
+
+class SlurmExecutor:
+    """`.run(study_dir, cells)`: submit the cells as one job array and (by default) wait until they leave the queue."""
+
+    def __init__(self, resources: SlurmResources | None = None, *, wait: bool = True, poll_seconds: float = 5.0,
+                 probe: bool = True, probe_timeout: float = 900.0, python: str | None = None,
+                 cell_job: Checkpointable | None = None) -> None:
+        self.resources = resources or SlurmResources()
+        self.cell_job = cell_job or CellJob()  # what each array task calls with (study_dir, cell_id)
+        self.wait = wait
+        self.poll_seconds = poll_seconds
+        self.probe = probe
+        self.probe_timeout = probe_timeout
+        self.python = python
+
+    def _executor(self, study_dir: Path, **overrides):
+        import submitit
+
+        _require_slurm()
+        executor = submitit.SlurmExecutor(folder=study_dir / SUBMITIT_FOLDER, max_num_timeout=3, python=self.python)
+        executor.update_parameters(**{**self.resources.submitit_parameters(), **overrides})
+        return executor
+
+    def check_shared_folder(self, study_dir: Path) -> None:
+        """A one-minute job on the cells' partition writes a file into the study folder; no file, no grid."""
+        marker = study_dir / SUBMITIT_FOLDER / f"probe-{uuid.uuid4().hex[:8]}"
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        executor = self._executor(study_dir, time=1, cpus_per_task=1, job_name="compfair-probe",
+                                  array_parallelism=1)
+        executor.parameters.pop("gpus_per_node", None)
+        executor.parameters.pop("mem", None)
+        job = executor.submit(_probe_write, str(marker))
+        print(f"probe job {job.job_id}: can a compute node write to {study_dir}?", file=sys.stderr)
+        submitted = time.monotonic()
+        deadline = submitted + self.probe_timeout
+        while not marker.exists():
+            state = job_states([job.job_id]).get(job.job_id)
+            if state in FINISHED_STATES or (state is None and time.monotonic() > submitted + 10):
+                if marker.exists():
+                    break
+                raise CompfairError(f"a compute node could not write to {study_dir} (probe job {job.job_id}: "
+                                    f"{state or 'left the queue'}; log {job.paths.stderr}): put the study folder on "
+                                    "a filesystem the nodes share (e.g. your cluster's /home or /scratch)")
+            if time.monotonic() > deadline:
+                subprocess.run(["scancel", str(job.job_id)], capture_output=True)
+                raise CompfairError(f"the probe job {job.job_id} did not run within {self.probe_timeout:.0f} s "
+                                    f"(state {state}): check the partition/account, or pass --no-probe")
+            time.sleep(min(self.poll_seconds, 2.0))
+        print(f"probe job {job.job_id}: {marker.read_text(encoding='utf-8')} wrote to the study folder",
+              file=sys.stderr)
+        marker.unlink()
+
+    def run(self, study_dir, cells: list[dict]) -> None:
+        study_dir = Path(study_dir).resolve()
+        if not cells:
+            return
+        if self.probe:
+            self.check_shared_folder(study_dir)
+        executor = self._executor(study_dir)
+        cell_ids = [cell["id"] for cell in cells]
+        jobs = executor.map_array(self.cell_job, [str(study_dir)] * len(cell_ids), cell_ids)
+        for index, (cell_id, job) in enumerate(zip(cell_ids, jobs)):
+            write_slurm_record(study_dir / "cells" / cell_id, {
+                "job_id": str(job.job_id), "array_task": index, "stdout": str(job.paths.stdout),
+                "stderr": str(job.paths.stderr), "submitted": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+        array_id = str(jobs[0].job_id).split("_")[0]
+        print(f"submitted {len(jobs)} cell(s) as Slurm job array {array_id} (at most "
+              f"{self.resources.array_parallelism} at once); `compfair study status {study_dir}` shows them",
+              file=sys.stderr)
+        if self.wait:
+            self._wait(study_dir, cell_ids, [str(job.job_id) for job in jobs])
+
+    def _wait(self, study_dir: Path, cell_ids: list[str], job_ids: list[str]) -> None:
+        from tqdm import tqdm
+
+        left = set(job_ids)
+        with tqdm(total=len(job_ids), desc="cells (Slurm)", unit="cell") as bar:
+            while left:
+                states = job_states(sorted(left))
+                ended = {job for job in left if states.get(job) in FINISHED_STATES or job not in states}
+                bar.update(len(ended))
+                left -= ended
+                running = sum(1 for job in left if states.get(job) in ("RUNNING", "COMPLETING"))
+                bar.set_postfix(running=running, queued=len(left) - running)
+                if left:
+                    time.sleep(self.poll_seconds)
+        failed = [row for row in slurm_cell_status(study_dir, cell_ids) if row.state != "done"]
+        for row in failed:
+            print(f"cell {row.cell_id} {row.state}: Slurm job {row.job_id} {row.slurm_state}; log {row.log}",
+                  file=sys.stderr)
+
+
+def write_slurm_record(cell_dir: Path, record: dict) -> None:
+    cell_dir.mkdir(parents=True, exist_ok=True)
+    partial = cell_dir / f".{SLURM_RECORD}.partial"
+    partial.write_text(json.dumps(record, indent=1), encoding="utf-8")
+    os.replace(partial, cell_dir / SLURM_RECORD)
+
+
+def read_slurm_record(cell_dir: Path) -> dict | None:
+    path = Path(cell_dir) / SLURM_RECORD
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
+
+
+def _sacct_states(job_ids: list[str]) -> dict[str, str] | None:
+    """{job id: state} from accounting, or None where the cluster keeps no accounting (no slurmdbd)."""
+    if shutil.which("sacct") is None:
+        return None
+    answer = subprocess.run(["sacct", "--noheader", "--parsable2", "-X", "-o", "JobID,State", "-j", ",".join(job_ids)],
+                            capture_output=True, text=True)
+    if answer.returncode != 0:
+        return None
+    states = {}
+    for line in answer.stdout.splitlines():
+        job, _, state = line.partition("|")
+        states[job] = state.split()[0] if state else state  # "CANCELLED by 0" -> CANCELLED
+    return states
+
+
+def _squeue_states(job_ids: list[str]) -> dict[str, str]:
+    arrays = sorted({job.split("_")[0] for job in job_ids})
+    answer = subprocess.run(["squeue", "--noheader", "--array", "--states=all", "-o", "%i|%T", "-j", ",".join(arrays)],
+                            capture_output=True, text=True)
+    states = {}
+    for line in answer.stdout.splitlines():
+        job, _, state = line.strip().partition("|")
+        states[job] = state
+    return states
+
+
+def job_states(job_ids: list[str]) -> dict[str, str]:
+    """Slurm's state of each job id it still knows (sacct where it has data, else squeue); unknown ids are absent."""
+    if not job_ids:
+        return {}
+    states = _squeue_states(job_ids)
+    accounted = _sacct_states(job_ids)
+    if accounted:
+        states.update(accounted)
+    return {job: states[job] for job in job_ids if job in states}
+
+
+@dataclass
+class CellStatus:
+    cell_id: str
+    state: str  # done | running | pending | failed
+    job_id: str | None = None
+    slurm_state: str | None = None
+    log: str | None = None
+
+
+def _cell_record(cell_dir: Path) -> dict | None:
+    path = cell_dir / "record.json"
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def slurm_cell_status(study_dir, cell_ids: list[str], done: set[str] | None = None) -> list[CellStatus]:
+    """Each cell's state from its record (done/failed) and, for the rest, its Slurm job.
+
+    `done` is the set of cells whose record is complete for the current plan (the runner's judgement, which
+    compares settings keys); without it a record with status "done" counts.
+    """
+    study_dir = Path(study_dir)
+    slurm = {cell_id: read_slurm_record(study_dir / "cells" / cell_id) for cell_id in cell_ids}
+    states = job_states([record["job_id"] for record in slurm.values() if record])
+    rows = []
+    for cell_id in cell_ids:
+        cell_dir = study_dir / "cells" / cell_id
+        record, submitted = _cell_record(cell_dir), slurm[cell_id]
+        job_id = submitted["job_id"] if submitted else None
+        slurm_state = states.get(job_id) if job_id else None
+        is_done = cell_id in done if done is not None else bool(record and record.get("status") == "done")
+        log = str(cell_dir / record.get("log", "cell.log")) if record else (submitted or {}).get("stderr")
+        if is_done:
+            rows.append(CellStatus(cell_id, "done", job_id, slurm_state, None))
+        elif slurm_state in ("RUNNING", "COMPLETING"):
+            rows.append(CellStatus(cell_id, "running", job_id, slurm_state, log))
+        elif slurm_state in QUEUED_STATES or (submitted is None and not record):
+            rows.append(CellStatus(cell_id, "pending", job_id, slurm_state, None))
+        else:  # ended without a complete record: failed, cancelled, timed out, node failure, or a failed record
+            rows.append(CellStatus(cell_id, "failed", job_id, slurm_state or "ended (Slurm no longer lists it)", log))
+    return rows
+
+
+def format_status(rows: list[CellStatus]) -> str:
+    counts = {state: sum(row.state == state for row in rows) for state in ("done", "running", "pending", "failed")}
+    lines = [" ".join(f"{state} {count}" for state, count in counts.items())]
+    width = max((len(row.cell_id) for row in rows), default=4)
+    for row in rows:
+        job = f"job {row.job_id} {row.slurm_state or ''}".rstrip() if row.job_id else "not submitted"
+        lines.append(f"  {row.cell_id:<{width}}  {row.state:<7}  {job}" + (f"  log {row.log}" if row.log else ""))
+    return "\n".join(lines)
+
+
+def model_args(cell: dict, cell_dir: Path) -> str:
+    """lm-eval's --model_args for a cell: its compressed checkpoint if it has one, else the series member."""
+    model_dir = Path(cell_dir) / "model"
+    member = cell["member"]
+    if cell["compression"]["method"] != "none" and model_dir.exists():
+        return f"pretrained={model_dir}"
+    args = f"pretrained={member['pretrained']}"
+    return args + (f",revision={member['revision']}" if member.get("revision") else "")
+
+
+def multi_gpu_command(cell: dict, cell_dir: Path, gpus: int, launcher: str = "accelerate") -> list[str]:
+    """The lm-eval command a cell that holds `gpus` GPUs runs, as the README documents for lm-eval:
+
+    accelerate  data parallel, one process per GPU (`accelerate launch --multi_gpu -m lm_eval run --model hf`);
+    parallelize one process, the model split across the GPUs (`--model_args ...,parallelize=True`);
+    vllm        `--model vllm` with tensor_parallel_size=gpus (generation tasks, checkpoint types vLLM supports).
+    """
+    if launcher not in MULTI_GPU_LAUNCHERS:
+        raise CompfairError(f"multi_gpu {launcher!r} is not one of {', '.join(MULTI_GPU_LAUNCHERS)}")
+    cell_dir = Path(cell_dir)
+    args, model = model_args(cell, cell_dir), cell.get("lm_eval_model", "hf")
+    if launcher == "parallelize":
+        args += ",parallelize=True"
+    elif launcher == "vllm":
+        model, args = "vllm", args + f",tensor_parallel_size={gpus}"
+    command = ["lm_eval", "run"]
+    if launcher == "accelerate":
+        command = ["accelerate", "launch", "--multi_gpu", f"--num_processes={gpus}", "-m", "lm_eval", "run"]
+    command += ["--model", model, "--model_args", args, "--tasks", ",".join(cell["tasks"]),
+                "--batch_size", str(cell.get("batch_size", 1)), "--seed", str(cell.get("seed", 1234)),
+                "--output_path", str(cell_dir / "results"), "--log_samples", "--use_cache", str(cell_dir / "lm_cache")]
+    if cell.get("limit") is not None:
+        command += ["--limit", str(cell["limit"])]
+    if cell.get("metadata"):
+        command += ["--metadata", json.dumps(cell["metadata"], sort_keys=True)]
+    if cell.get("gen_kwargs"):
+        command += ["--gen_kwargs", cell["gen_kwargs"]]
+    return command
+
+
+def shell_line(command: list[str]) -> str:
+    return shlex.join(command)
