@@ -77,7 +77,7 @@ def log_path(output: Path) -> Path:
     return output.with_name(output.name + LOG_SUFFIX)
 
 
-def _fingerprint(path: Path) -> str:
+def fingerprint(path: Path) -> str:
     """What an input is: the settings key of the step that made it, else its files' names, sizes and times."""
     path = Path(path)
     made_by_step = _read_record(path)
@@ -97,7 +97,7 @@ def settings(step: Step) -> dict:
     # (compfair's version or commit, a library's version) reruns it
     argv = ["python" if i == 0 and word == sys.executable else word for i, word in enumerate(step.command)]
     found = {"argv": argv, "env": dict(sorted(step.env.items())),
-             "inputs": {str(p): _fingerprint(p) for p in step.inputs}, "software": software_versions()}
+             "inputs": {str(p): fingerprint(p) for p in step.inputs}, "software": software_versions()}
     found["key"] = hashlib.sha256(json.dumps(found, sort_keys=True).encode()).hexdigest()
     return found
 
