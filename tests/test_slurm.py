@@ -12,17 +12,21 @@ import os
 import re
 import sqlite3
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
-from submitit.helpers import Checkpointable
 
-import slurm_standin_cells as standin
 from compfair_tasks.errors import CompfairError
 from conftest import save_tiny_gpt2
 from leaderboard.studies import slurm
+from leaderboard.studies.executors import LocalExecutor
+from leaderboard.studies.plan import cell_dir, load_plan, make_plan, write_plan
+from leaderboard.studies.spec import load_spec
+from leaderboard.studies.status import cell_states, summary
 from slurm_cluster import SingleNodeSlurm, missing_reason
+from study_inprocess import evaluate_in_process, loglik_metrics
 
 TESTS_DIR = Path(__file__).resolve().parent
 LOCK = Path("/tmp/compfair-slurm-tests.lock")
@@ -51,38 +55,29 @@ def slurm_cluster():
             cluster.stop()
 
 
-class StandinCellJob(Checkpointable):
-    """The array task of these tests: the TEST DOUBLE run_cell (see slurm_standin_cells)."""
-
-    def __call__(self, study_dir: str, cell_id: str):
-        import slurm_standin_cells
-
-        return slurm_standin_cells.run_cell(study_dir, cell_id)
-
-
 @pytest.fixture
 def compute_node_env(monkeypatch):
     monkeypatch.setenv("PYTHONPATH", str(TESTS_DIR))  # sbatch exports the environment: the jobs import the double
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
 
 
-def cell(cell_id: str, model: Path | str, limit: int = 6, batch_size: int = 4) -> dict:
-    return {"id": cell_id, "series": "tiny", "series_order": 0, "axis": {"name": "seed", "value": 0},
+def cell(cell_id: str, model: Path | str, limit: int | None = 6, batch_size: int = 4) -> dict:
+    return {"id": cell_id, "series": "tiny", "series_order": 0, "axis": {"name": "order", "value": 0},
             "member": {"pretrained": str(model), "revision": None, "label": cell_id, "size": None},
             "compression": {"method": "none", "level": None, "label": "none"}, "lm_eval_model": "hf",
             "tasks": ["compfair_crows_pairs"], "limit": limit, "batch_size": batch_size, "seed": 1234,
-            "metadata": {}, "gen_kwargs": ""}
+            "metadata": {}, "gen_kwargs": "", "model_args": "", "device": None}
 
 
 def executor(**overrides) -> slurm.SlurmExecutor:
     resources = slurm.SlurmResources(cpus_per_task=1, time="15", array_parallelism=2)
-    return slurm.SlurmExecutor(resources, cell_job=StandinCellJob(), poll_seconds=1, **overrides)
+    return slurm.SlurmExecutor(resources, cell_job=slurm.CellJob(evaluate=evaluate_in_process), poll_seconds=1,
+                               **overrides)
 
 
-@pytest.fixture(scope="module")
-def tiny_models(tmp_path_factory) -> list[Path]:
-    root = tmp_path_factory.mktemp("tiny_models")
-    return [save_tiny_gpt2(root / f"seed{seed}", seed=seed) for seed in range(4)]
+def write_spec(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
 
 
 def test_resources_from_spec_and_command_line():
@@ -105,22 +100,26 @@ def test_resources_from_spec_and_command_line():
 def test_multi_gpu_cells_run_lm_eval_as_the_readme_documents(tmp_path):
     one = cell("big@step1000+none", "EleutherAI/pythia-6.9b-deduped", limit=None, batch_size=8)
     one["member"]["revision"] = "step1000"
-    cell_dir = tmp_path / "cells" / one["id"]
-    common = ["--tasks", "compfair_crows_pairs", "--batch_size", "8", "--seed", "1234", "--output_path",
-              str(cell_dir / "results"), "--log_samples", "--use_cache", str(cell_dir / "lm_cache")]
+    folder = tmp_path / "cells" / one["id"]
+    common = ["--tasks", "compfair_crows_pairs", "--batch_size", "8", "--output_path", str(folder / "results"),
+              "--log_samples", "--seed", "1234", "--use_cache", str(folder / "lm_cache")]
     args = "pretrained=EleutherAI/pythia-6.9b-deduped,revision=step1000"
-    assert slurm.multi_gpu_command(one, cell_dir, 4, "accelerate") == [
-        "accelerate", "launch", "--multi_gpu", "--num_processes=4", "-m", "lm_eval", "run",
+    python = sys.executable
+    assert slurm.multi_gpu_command(one, folder, 4, "accelerate") == [
+        python, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes=4", "-m", "lm_eval", "run",
         "--model", "hf", "--model_args", args, *common]
-    assert slurm.multi_gpu_command(one, cell_dir, 4, "parallelize") == [
-        "lm_eval", "run", "--model", "hf", "--model_args", args + ",parallelize=True", *common]
-    assert slurm.multi_gpu_command(one, cell_dir, 2, "vllm") == [
-        "lm_eval", "run", "--model", "vllm", "--model_args", args + ",tensor_parallel_size=2", *common]
+    assert slurm.multi_gpu_command(one, folder, 4, "parallelize") == [
+        python, "-m", "lm_eval", "run", "--model", "hf", "--model_args", args + ",parallelize=True", *common]
+    assert slurm.multi_gpu_command(one, folder, 2, "vllm") == [
+        python, "-m", "lm_eval", "run", "--model", "vllm", "--model_args", args + ",tensor_parallel_size=2", *common]
     compressed = dict(one, compression={"method": "dynamic-int8", "level": None, "label": "int8"}, limit=40)
-    (cell_dir / "model").mkdir(parents=True)
-    command = slurm.multi_gpu_command(compressed, cell_dir, 2, "parallelize")
-    assert command[command.index("--model_args") + 1] == f"pretrained={cell_dir / 'model'},parallelize=True"
-    assert command[-2:] == ["--limit", "40"]
+    command = slurm.multi_gpu_command(compressed, folder, 2, "parallelize")
+    assert command[command.index("--model_args") + 1] == f"pretrained={folder / 'model'},parallelize=True"
+    assert command[command.index("--limit") + 1] == "40"
+    # a cell that holds several GPUs gets that evaluation; one GPU or none keeps the runner's own
+    assert slurm.CellJob(gpus=1).evaluate is None
+    job = slurm.SlurmExecutor(slurm.SlurmResources(gpus_per_cell=4, multi_gpu="vllm")).cell_job
+    assert (job.evaluate.gpus, job.evaluate.launcher) == (4, "vllm")
 
 
 def test_slurm_tests_fail_in_ci_and_skip_locally(monkeypatch):
@@ -136,42 +135,56 @@ def test_slurm_tests_fail_in_ci_and_skip_locally(monkeypatch):
         _slurm_or_skip()
 
 
+CHECKPOINT_SPEC = """name: slurm-equal
+tasks: [compfair_crows_pairs]
+limit: 6
+batch_size: 4
+seed: 1234
+series:
+  - name: student
+    checkpoints: ck
+compressions: [none]
+"""
+
+
 @pytest.mark.slow
 @pytest.mark.xdist_group("slurm")
-def test_a_study_through_slurm_equals_the_local_run(slurm_cluster, tiny_models, tmp_path, compute_node_env, capfd):
-    cells = [cell(f"tiny-seed{seed}+none", model) for seed, model in enumerate(tiny_models)]
+def test_a_study_through_slurm_equals_the_local_run(slurm_cluster, tmp_path, compute_node_env, capfd):
+    for step in range(5):
+        save_tiny_gpt2(tmp_path / "ck" / f"checkpoint-{step}", seed=step)
+    spec = load_spec(write_spec(tmp_path / "spec.yaml", CHECKPOINT_SPEC))
+    cells = make_plan(spec)
+    broken = tmp_path / "ck" / "checkpoint-4" / "model.safetensors"
+    broken.write_bytes(b"not a safetensors file")  # its cell raises inside lm-eval
     local_dir, slurm_dir = tmp_path / "local", tmp_path / "slurm"
-    standin.write_plan(local_dir, cells)
+    good = [one for one in cells if one["id"] != "student@4+none"]
+    write_plan(local_dir, spec, good)
     began = time.monotonic()
-    for one in cells:  # the local executor's order and process layout: one cell after the other
-        standin.run_cell(local_dir, one["id"])
+    LocalExecutor(evaluate_in_process).run(local_dir, good)
     local_seconds = time.monotonic() - began
 
-    failing = cell("raises+none", "raise")
-    standin.write_plan(slurm_dir, cells + [failing])
+    write_plan(slurm_dir, spec, cells)
     began = time.monotonic()
-    executor().run(slurm_dir, standin.cells_to_run(slurm_dir, standin.load_plan(slurm_dir)))
+    executor().run(slurm_dir, cells)
     slurm_seconds = time.monotonic() - began
     with capfd.disabled():
         print(f"\n4 cells: local {local_seconds:.1f} s, Slurm (2 at once, with the probe job) {slurm_seconds:.1f} s")
 
-    for one in cells:
-        local = standin.loglik_metrics(local_dir / "cells" / one["id"])
-        assert local and standin.loglik_metrics(slurm_dir / "cells" / one["id"]) == local
-        record = json.loads((slurm_dir / "cells" / one["id"] / "record.json").read_text())
-        submitted = json.loads((slurm_dir / "cells" / one["id"] / "slurm.json").read_text())
-        assert record["executor"] == {"kind": "slurm", "job_id": submitted["job_id"]}
-    rows = {row.cell_id: row for row in slurm.slurm_cell_status(slurm_dir, [c["id"] for c in cells + [failing]])}
-    assert [rows[one["id"]].state for one in cells] == ["done"] * 4
-    failed = rows["raises+none"]
-    assert failed.state == "failed" and failed.slurm_state == "FAILED"
-    assert "fails on purpose" in Path(failed.log).read_text()
+    for one in good:
+        local = loglik_metrics(cell_dir(local_dir, one["id"]))
+        assert local and loglik_metrics(cell_dir(slurm_dir, one["id"])) == local
+        record = json.loads((cell_dir(slurm_dir, one["id"]) / "record.json").read_text())
+        submitted = slurm.read_slurm_record(cell_dir(slurm_dir, one["id"]))
+        assert record["executor"] == {"kind": "slurm", "job_id": submitted["job_id"], "state": None}
+    states = cell_states(slurm_dir)
+    assert states == {**{one["id"]: "done" for one in good}, "student@4+none": "failed"}
+    failed_log = cell_dir(slurm_dir, "student@4+none") / "cell.log"
+    assert "Traceback" in failed_log.read_text()
     terminal = capfd.readouterr().err
-    assert f"cell raises+none failed: Slurm job {failed.job_id} FAILED; log {failed.log}" in terminal
+    assert "FAILED student@4+none: " in terminal and f"cell log: {failed_log}" in terminal
     assert "wrote to the study folder" in terminal  # the probe job ran first
-    # the Slurm job's own stderr holds the traceback
-    assert "fails on purpose" in Path(json.loads((slurm_dir / "cells/raises+none/slurm.json").read_text())["stderr"]
-                                      ).read_text()
+    table = summary(slurm_dir)
+    assert f"log: {failed_log}" in table and "failed" in table.splitlines()[-2]
 
 
 def _cache_rows(database: Path) -> int:
@@ -182,48 +195,74 @@ def _cache_rows(database: Path) -> int:
         return 0
 
 
+CANCEL_SPEC = """name: slurm-cancel
+tasks: [compfair_crows_pairs]
+limit: 150
+batch_size: 1
+seed: 1234
+series:
+  - name: tiny
+    models: [{pretrained: SLOW, label: slow}, {pretrained: QUICK, label: quick}]
+compressions: [none]
+executor: {kind: slurm, cpus_per_task: 1, time: "15", array_parallelism: 2}
+"""
+
+
 @pytest.mark.slow
 @pytest.mark.xdist_group("slurm")
 def test_a_cancelled_cell_is_the_only_one_rerun_and_computes_only_its_missing_requests(
-        slurm_cluster, tiny_models, tmp_path, compute_node_env, capfd):
+        slurm_cluster, tiny_gpt2_dir, tmp_path):
+    """The user's path: `compfair study run --executor slurm` twice, the runner's own lm_eval subprocess per cell."""
     slow_model = save_tiny_gpt2(tmp_path / "slower", n_layer=4, n_embd=256, seed=7)
-    slow = cell("slow+none", slow_model, limit=150, batch_size=1)  # 300 loglikelihood requests, one by one
-    quick = [cell(f"tiny-seed{seed}+none", tiny_models[seed]) for seed in (0, 1)]
+    spec = write_spec(tmp_path / "spec.yaml", CANCEL_SPEC.replace("SLOW", str(slow_model))
+                      .replace("QUICK", str(tiny_gpt2_dir)))
     study = tmp_path / "study"
-    standin.write_plan(study, [slow, *quick])
-    executor(wait=False, probe=False).run(study, standin.cells_to_run(study, standin.load_plan(study)))
-    submitted = {one["id"]: slurm.read_slurm_record(study / "cells" / one["id"]) for one in (slow, *quick)}
+    command = [sys.executable, "-m", "compfair_tasks.cli", "study", "run", str(spec), "--output", str(study)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    began = time.monotonic()
+    first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
 
-    database, total = study / "cells/slow+none/lm_cache_rank0.db", 2 * 150
-    deadline = time.monotonic() + 300
+    deadline = time.monotonic() + 400
+    while not (study / "plan.json").exists():
+        assert first.poll() is None and time.monotonic() < deadline, first.stdout.read()
+        time.sleep(0.2)
+    [slow] = [one["id"] for one in load_plan(study) if one["member"]["pretrained"] == str(slow_model)]
+    [quick] = [one["id"] for one in load_plan(study) if one["id"] != slow]
+    database, total = cell_dir(study, slow) / "lm_cache_rank0.db", 2 * 150  # CrowS-Pairs: 2 requests a pair
     while _cache_rows(database) < 0.8 * total:  # pre-empted at 80% of its requests
-        assert time.monotonic() < deadline, f"the slow cell never reached 80%: {slurm_cluster.logs()}"
+        assert first.poll() is None and time.monotonic() < deadline, f"{first.stdout.read()}\n{slurm_cluster.logs()}"
         time.sleep(0.05)
-    subprocess.run(["scancel", submitted["slow+none"]["job_id"]], check=True)
-    while any(state not in slurm.FINISHED_STATES for state in slurm.job_states(
-            [record["job_id"] for record in submitted.values()]).values()):
-        assert time.monotonic() < deadline
-        time.sleep(0.5)
+    cancelled = slurm.read_slurm_record(cell_dir(study, slow))["job_id"]
+    subprocess.run(["scancel", cancelled], check=True)
+    output = first.communicate(timeout=300)[0]
+    assert first.returncode == 1, output  # the run ends when its jobs have left the queue; one cell failed
     cached_at_cancel = _cache_rows(database)
-    rows = slurm.slurm_cell_status(study, list(submitted))
-    status_before = slurm.format_status(rows)
-    assert [(row.state, row.slurm_state) for row in rows] == [("failed", "CANCELLED"), ("done", "COMPLETED"),
-                                                               ("done", "COMPLETED")]
     assert 0.8 * total <= cached_at_cancel < total
+    status_before = _cli_status(study)
+    assert re.search(rf"failed +{re.escape(slow)} .*slurm job {cancelled} CANCELLED; slurm log: ", status_before)
+    assert re.search(rf"done +{re.escape(quick)} .*slurm job \S+ COMPLETED", status_before)
+    quick_job = slurm.read_slurm_record(cell_dir(study, quick))
 
-    left = standin.cells_to_run(study, standin.load_plan(study))
-    assert [one["id"] for one in left] == ["slow+none"]
-    executor(probe=False).run(study, left)
-    resubmitted = {one: slurm.read_slurm_record(study / "cells" / one) for one in submitted}
-    assert resubmitted["slow+none"]["job_id"] != submitted["slow+none"]["job_id"]
-    assert all(resubmitted[one["id"]] == submitted[one["id"]] for one in quick)  # not submitted again
-    status_after = slurm.format_status(slurm.slurm_cell_status(study, list(submitted)))
-    with capfd.disabled():
-        print(f"after the scancel:\n{status_before}\nafter the rerun:\n{status_after}")
-    assert status_after.splitlines()[0] == "done 3 running 0 pending 0 failed 0"
+    second = subprocess.run(command, capture_output=True, text=True, env=env, timeout=400)
+    seconds = time.monotonic() - began
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "2 cells, 1 done already, 1 to run (slurm)" in second.stdout
+    assert "submitted 1 cell(s)" in second.stderr
+    assert slurm.read_slurm_record(cell_dir(study, quick)) == quick_job  # not submitted again
+    status_after = _cli_status(study)
+    assert status_after.splitlines()[-1] == "2 done, 0 running, 0 failed, 0 left (of 2)"
+    print(f"\ncancel and resume, both runs {seconds:.0f} s\n$ compfair study status (after the scancel)\n"
+          f"{status_before}\n$ compfair study status (after the rerun)\n{status_after}")
 
     # lm-eval's CachingLM: the rerun took the requests cached before the scancel and computed only the rest
-    log = (study / "cells/slow+none/cell.log").read_text()
-    reruns = re.findall(r"Cached requests: (\d+), Requests remaining: (\d+)", log)
-    assert reruns[-1] == (str(cached_at_cancel), str(total - cached_at_cancel))
+    log = (cell_dir(study, slow) / "cell.log").read_text()
+    runs = re.findall(r"Cached requests: (\d+), Requests remaining: (\d+)", log)
+    assert runs[0] == ("0", str(total)) and runs[-1] == (str(cached_at_cancel), str(total - cached_at_cancel))
     assert _cache_rows(database) == total
+
+
+def _cli_status(study: Path) -> str:
+    done = subprocess.run([sys.executable, "-m", "compfair_tasks.cli", "study", "status", str(study)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()

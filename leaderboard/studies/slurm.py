@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shlex
 import shutil
 import subprocess
 import sys
@@ -28,6 +27,8 @@ from pathlib import Path
 from submitit.helpers import Checkpointable
 
 from compfair_tasks.errors import CompfairError
+
+from .plan import cell_dir
 
 SLURM_RECORD = "slurm.json"
 SUBMITIT_FOLDER = "slurm"  # submitit's pickles and the jobs' stdout/stderr, inside the study folder
@@ -102,13 +103,33 @@ class SlurmResources:
 
 
 class CellJob(Checkpointable):
-    """What a compute node runs for one cell. Checkpointable: on pre-emption or time-out submitit requeues the
-    same call, which resumes from the cell's lm-eval request cache."""
+    """What a compute node runs for one cell: `cells.run_cell`, with the Slurm job id in its record.
 
-    def __call__(self, study_dir: str, cell_id: str):
-        from leaderboard.studies.cells import run_cell
+    Checkpointable: on pre-emption or time-out submitit requeues the same call, which resumes from the cell's
+    lm-eval request cache. A cell holding several GPUs evaluates through `MultiGpuEvaluate`."""
 
-        return run_cell(study_dir, cell_id)
+    def __init__(self, gpus: int = 0, multi_gpu: str = "accelerate", evaluate=None) -> None:
+        self.evaluate = evaluate or (MultiGpuEvaluate(gpus, multi_gpu) if gpus > 1 else None)
+
+    def __call__(self, study_dir: str, cell_id: str) -> dict:
+        from submitit import JobEnvironment
+
+        from .cells import run_cell
+
+        executor = {"kind": "slurm", "job_id": str(JobEnvironment().job_id), "state": None}
+        return run_cell(study_dir, cell_id, evaluate=self.evaluate, executor=executor)
+
+
+class MultiGpuEvaluate:
+    """`cells.run_cell`'s evaluate for a cell that holds several GPUs (see `multi_gpu_command`)."""
+
+    def __init__(self, gpus: int, launcher: str) -> None:
+        self.gpus, self.launcher = gpus, launcher
+
+    def __call__(self, cell: dict, folder: Path, log) -> None:
+        from .cells import _run_logged
+
+        _run_logged(multi_gpu_command(cell, folder, self.gpus, self.launcher), log, f"lm_eval ({self.launcher})")
 
 
 def _probe_write(path: str) -> str:
@@ -131,7 +152,8 @@ class SlurmExecutor:
                  probe: bool = True, probe_timeout: float = 900.0, python: str | None = None,
                  cell_job: Checkpointable | None = None) -> None:
         self.resources = resources or SlurmResources()
-        self.cell_job = cell_job or CellJob()  # what each array task calls with (study_dir, cell_id)
+        # what each array task calls with (study_dir, cell_id)
+        self.cell_job = cell_job or CellJob(self.resources.gpus_per_cell, self.resources.multi_gpu)
         self.wait = wait
         self.poll_seconds = poll_seconds
         self.probe = probe
@@ -169,7 +191,7 @@ class SlurmExecutor:
             if time.monotonic() > deadline:
                 subprocess.run(["scancel", str(job.job_id)], capture_output=True)
                 raise CompfairError(f"the probe job {job.job_id} did not run within {self.probe_timeout:.0f} s "
-                                    f"(state {state}): check the partition/account, or pass --no-probe")
+                                    f"(state {state}): check --partition and --account (sinfo lists the partitions)")
             time.sleep(min(self.poll_seconds, 2.0))
         print(f"probe job {job.job_id}: {marker.read_text(encoding='utf-8')} wrote to the study folder",
               file=sys.stderr)
@@ -177,15 +199,20 @@ class SlurmExecutor:
 
     def run(self, study_dir, cells: list[dict]) -> None:
         study_dir = Path(study_dir).resolve()
-        if not cells:
+        queued = {cell_id: job for cell_id, job in slurm_jobs(study_dir, [cell["id"] for cell in cells]).items()
+                  if cell_state("pending", job) in ("pending", "running")}
+        for cell_id, job in queued.items():
+            print(f"cell {cell_id} is queued or running already as Slurm job {job.job_id}: not submitted again",
+                  file=sys.stderr)
+        cell_ids = [cell["id"] for cell in cells if cell["id"] not in queued]
+        if not cell_ids:
             return
         if self.probe:
             self.check_shared_folder(study_dir)
         executor = self._executor(study_dir)
-        cell_ids = [cell["id"] for cell in cells]
         jobs = executor.map_array(self.cell_job, [str(study_dir)] * len(cell_ids), cell_ids)
         for index, (cell_id, job) in enumerate(zip(cell_ids, jobs)):
-            write_slurm_record(study_dir / "cells" / cell_id, {
+            write_slurm_record(cell_dir(study_dir, cell_id), {
                 "job_id": str(job.job_id), "array_task": index, "stdout": str(job.paths.stdout),
                 "stderr": str(job.paths.stderr), "submitted": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
         array_id = str(jobs[0].job_id).split("_")[0]
@@ -209,10 +236,16 @@ class SlurmExecutor:
                 bar.set_postfix(running=running, queued=len(left) - running)
                 if left:
                     time.sleep(self.poll_seconds)
-        failed = [row for row in slurm_cell_status(study_dir, cell_ids) if row.state != "done"]
-        for row in failed:
-            print(f"cell {row.cell_id} {row.state}: Slurm job {row.job_id} {row.slurm_state}; log {row.log}",
-                  file=sys.stderr)
+        from .status import cell_states
+
+        states = cell_states(study_dir)
+        jobs = slurm_jobs(study_dir, cell_ids)
+        for cell_id in cell_ids:
+            if states.get(cell_id) == "failed":
+                record = _read_json(cell_dir(study_dir, cell_id) / "record.json") or {}
+                log = cell_dir(study_dir, cell_id) / record.get("log", "cell.log")
+                print(f"FAILED {cell_id}: {record.get('error') or 'no record'}; {describe(jobs[cell_id], 'failed')}; "
+                      f"cell log: {log}", file=sys.stderr)
 
 
 def write_slurm_record(cell_dir: Path, record: dict) -> None:
@@ -222,9 +255,15 @@ def write_slurm_record(cell_dir: Path, record: dict) -> None:
     os.replace(partial, cell_dir / SLURM_RECORD)
 
 
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
 def read_slurm_record(cell_dir: Path) -> dict | None:
-    path = Path(cell_dir) / SLURM_RECORD
-    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
+    return _read_json(Path(cell_dir) / SLURM_RECORD)
 
 
 def _sacct_states(job_ids: list[str]) -> dict[str, str] | None:
@@ -265,99 +304,62 @@ def job_states(job_ids: list[str]) -> dict[str, str]:
 
 
 @dataclass
-class CellStatus:
-    cell_id: str
-    state: str  # done | running | pending | failed
-    job_id: str | None = None
-    slurm_state: str | None = None
-    log: str | None = None
+class SlurmJob:
+    job_id: str
+    state: str | None  # Slurm's, or None once Slurm no longer lists the job (and keeps no accounting)
+    stdout: str
+    stderr: str
 
 
-def _cell_record(cell_dir: Path) -> dict | None:
-    path = cell_dir / "record.json"
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
+def slurm_jobs(study_dir, cell_ids: list[str]) -> dict[str, SlurmJob]:
+    """The last Slurm job of every cell that was submitted (cells/<id>/slurm.json), with its state: one query."""
+    submitted = {cell_id: read_slurm_record(cell_dir(study_dir, cell_id)) for cell_id in cell_ids}
+    submitted = {cell_id: record for cell_id, record in submitted.items() if record}
+    if not submitted:
+        return {}
+    states = job_states([record["job_id"] for record in submitted.values()])
+    return {cell_id: SlurmJob(record["job_id"], states.get(record["job_id"]), record["stdout"], record["stderr"])
+            for cell_id, record in submitted.items()}
 
 
-def slurm_cell_status(study_dir, cell_ids: list[str], done: set[str] | None = None) -> list[CellStatus]:
-    """Each cell's state from its record (done/failed) and, for the rest, its Slurm job.
-
-    `done` is the set of cells whose record is complete for the current plan (the runner's judgement, which
-    compares settings keys); without it a record with status "done" counts.
-    """
-    study_dir = Path(study_dir)
-    slurm = {cell_id: read_slurm_record(study_dir / "cells" / cell_id) for cell_id in cell_ids}
-    states = job_states([record["job_id"] for record in slurm.values() if record])
-    rows = []
-    for cell_id in cell_ids:
-        cell_dir = study_dir / "cells" / cell_id
-        record, submitted = _cell_record(cell_dir), slurm[cell_id]
-        job_id = submitted["job_id"] if submitted else None
-        slurm_state = states.get(job_id) if job_id else None
-        is_done = cell_id in done if done is not None else bool(record and record.get("status") == "done")
-        log = str(cell_dir / record.get("log", "cell.log")) if record else (submitted or {}).get("stderr")
-        if is_done:
-            rows.append(CellStatus(cell_id, "done", job_id, slurm_state, None))
-        elif slurm_state in ("RUNNING", "COMPLETING"):
-            rows.append(CellStatus(cell_id, "running", job_id, slurm_state, log))
-        elif slurm_state in QUEUED_STATES or (submitted is None and not record):
-            rows.append(CellStatus(cell_id, "pending", job_id, slurm_state, None))
-        else:  # ended without a complete record: failed, cancelled, timed out, node failure, or a failed record
-            rows.append(CellStatus(cell_id, "failed", job_id, slurm_state or "ended (Slurm no longer lists it)", log))
-    return rows
+def cell_state(state: str, job: SlurmJob | None) -> str:
+    """A cell's state (from its record) corrected by its Slurm job: queued is pending, running is running, and
+    a job that ended without a done record (cancelled, timed out, node failure, out of memory) failed."""
+    if state == "done" or job is None:
+        return state
+    if job.state in QUEUED_STATES:
+        return "pending"
+    if job.state in ("RUNNING", "COMPLETING", "CONFIGURING", "STOPPED"):
+        return "running"
+    return "failed"
 
 
-def format_status(rows: list[CellStatus]) -> str:
-    counts = {state: sum(row.state == state for row in rows) for state in ("done", "running", "pending", "failed")}
-    lines = [" ".join(f"{state} {count}" for state, count in counts.items())]
-    width = max((len(row.cell_id) for row in rows), default=4)
-    for row in rows:
-        job = f"job {row.job_id} {row.slurm_state or ''}".rstrip() if row.job_id else "not submitted"
-        lines.append(f"  {row.cell_id:<{width}}  {row.state:<7}  {job}" + (f"  log {row.log}" if row.log else ""))
-    return "\n".join(lines)
+def describe(job: SlurmJob, state: str) -> str:
+    """What the status table shows of a cell's job: its id and state, and its Slurm log when it failed."""
+    text = f"slurm job {job.job_id} {job.state or 'ended (no longer listed by Slurm)'}"
+    return text + (f"; slurm log: {job.stderr}" if state == "failed" else "")
 
 
-def model_args(cell: dict, cell_dir: Path) -> str:
-    """lm-eval's --model_args for a cell: its compressed checkpoint if it has one, else the series member."""
-    model_dir = Path(cell_dir) / "model"
-    member = cell["member"]
-    if cell["compression"]["method"] != "none" and model_dir.exists():
-        return f"pretrained={model_dir}"
-    args = f"pretrained={member['pretrained']}"
-    return args + (f",revision={member['revision']}" if member.get("revision") else "")
-
-
-def multi_gpu_command(cell: dict, cell_dir: Path, gpus: int, launcher: str = "accelerate") -> list[str]:
-    """The lm-eval command a cell that holds `gpus` GPUs runs, as the README documents for lm-eval:
+def multi_gpu_command(cell: dict, folder: Path, gpus: int, launcher: str = "accelerate") -> list[str]:
+    """The cell's lm-eval command (`cells.evaluate_command`) run on `gpus` GPUs as the README documents for lm-eval:
 
     accelerate  data parallel, one process per GPU (`accelerate launch --multi_gpu -m lm_eval run --model hf`);
     parallelize one process, the model split across the GPUs (`--model_args ...,parallelize=True`);
-    vllm        `--model vllm` with tensor_parallel_size=gpus (generation tasks, checkpoint types vLLM supports).
+    vllm        `--model vllm` with tensor_parallel_size=gpus (checkpoint types vLLM supports).
     """
+    from .cells import evaluate_command
+
     if launcher not in MULTI_GPU_LAUNCHERS:
-        raise CompfairError(f"multi_gpu {launcher!r} is not one of {', '.join(MULTI_GPU_LAUNCHERS)}")
-    cell_dir = Path(cell_dir)
-    args, model = model_args(cell, cell_dir), cell.get("lm_eval_model", "hf")
+        raise CompfairError(f"multi_gpu {launcher!r} is not one of {', '.join(MULTI_GPU_LAUNCHERS)}: pick one")
+    command = evaluate_command(cell, Path(folder))
+    python, lm_eval_args = command[0], command[3:]  # [python, -m, lm_eval, run, ...]
+    model_args = lm_eval_args.index("--model_args") + 1
     if launcher == "parallelize":
-        args += ",parallelize=True"
+        lm_eval_args[model_args] += ",parallelize=True"
     elif launcher == "vllm":
-        model, args = "vllm", args + f",tensor_parallel_size={gpus}"
-    command = ["lm_eval", "run"]
+        lm_eval_args[lm_eval_args.index("--model") + 1] = "vllm"
+        lm_eval_args[model_args] += f",tensor_parallel_size={gpus}"
     if launcher == "accelerate":
-        command = ["accelerate", "launch", "--multi_gpu", f"--num_processes={gpus}", "-m", "lm_eval", "run"]
-    command += ["--model", model, "--model_args", args, "--tasks", ",".join(cell["tasks"]),
-                "--batch_size", str(cell.get("batch_size", 1)), "--seed", str(cell.get("seed", 1234)),
-                "--output_path", str(cell_dir / "results"), "--log_samples", "--use_cache", str(cell_dir / "lm_cache")]
-    if cell.get("limit") is not None:
-        command += ["--limit", str(cell["limit"])]
-    if cell.get("metadata"):
-        command += ["--metadata", json.dumps(cell["metadata"], sort_keys=True)]
-    if cell.get("gen_kwargs"):
-        command += ["--gen_kwargs", cell["gen_kwargs"]]
-    return command
-
-
-def shell_line(command: list[str]) -> str:
-    return shlex.join(command)
+        return [python, "-m", "accelerate.commands.launch", "--multi_gpu", f"--num_processes={gpus}",
+                "-m", "lm_eval", *lm_eval_args]
+    return [python, "-m", "lm_eval", *lm_eval_args]
