@@ -197,7 +197,7 @@ def _cache_rows(database: Path) -> int:
 
 CANCEL_SPEC = """name: slurm-cancel
 tasks: [compfair_crows_pairs]
-limit: 150
+limit: 100
 batch_size: 1
 seed: 1234
 series:
@@ -228,7 +228,7 @@ def test_a_cancelled_cell_is_the_only_one_rerun_and_computes_only_its_missing_re
         time.sleep(0.2)
     [slow] = [one["id"] for one in load_plan(study) if one["member"]["pretrained"] == str(slow_model)]
     [quick] = [one["id"] for one in load_plan(study) if one["id"] != slow]
-    database, total = cell_dir(study, slow) / "lm_cache_rank0.db", 2 * 150  # CrowS-Pairs: 2 requests a pair
+    database, total = cell_dir(study, slow) / "lm_cache_rank0.db", 2 * 100  # CrowS-Pairs: 2 requests a pair
     while _cache_rows(database) < 0.8 * total:  # pre-empted at 80% of its requests
         assert first.poll() is None and time.monotonic() < deadline, f"{first.stdout.read()}\n{slurm_cluster.logs()}"
         time.sleep(0.05)
