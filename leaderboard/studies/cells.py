@@ -87,8 +87,8 @@ def compress_command(cell: dict, source: str, output: Path) -> list[str] | None:
         args = ("sparsify", "--model", source, "--method", method, "--sparsity", level)
     elif method == "prune-heads":  # level = fraction of heads kept: one pruning pass removes the rest
         args = ("prune", "--model", source, "--ratio", f"{1 - level:g}", "--iterations", 1)
-    elif method == "distill":
-        args = ("distill", "--teacher", source, "--num-layers", level)
+    elif method == "distill":  # a depth, or one of the paper's students by preset name
+        args = ("distill", "--teacher", source, "--preset" if isinstance(level, str) else "--num-layers", level)
     elif method == "noise":
         args = ("perturb", "--model", source, "--scale", level, "--seed", cell["seed"])
     else:

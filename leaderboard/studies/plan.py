@@ -38,14 +38,16 @@ def _compression(compression: Compression) -> dict:
 def build_cells(spec: Spec, members: list[dict]) -> list[dict]:
     cells = []
     for member in members:
-        for compression in spec.compressions:
+        series = spec.series[member["series_order"]]
+        for compression in series.get("compressions", spec.compressions):
             cells.append({
                 "id": cell_id(member["series"], member["member"]["label"], compression.label),
                 "series": member["series"], "series_order": member["series_order"], "axis": member["axis"],
                 "member": member["member"], "compression": _compression(compression),
                 "lm_eval_model": "compfair-quantized" if compression.method in QUANTIZED_METHODS else "hf",
-                "tasks": list(spec.tasks), "limit": spec.limit, "batch_size": spec.batch_size, "seed": spec.seed,
-                "metadata": dict(spec.metadata), "gen_kwargs": spec.gen_kwargs,
+                "tasks": list(series.get("tasks", spec.tasks)), "limit": spec.limit, "batch_size": spec.batch_size,
+                "seed": spec.seed, "metadata": {**spec.metadata, **series.get("metadata", {})},
+                "gen_kwargs": series.get("gen_kwargs", spec.gen_kwargs),
                 "model_args": _series_model_args(spec, member["series_order"]), "device": spec.device,
             })
     ids = [c["id"] for c in cells]

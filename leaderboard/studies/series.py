@@ -70,8 +70,12 @@ def _check_loads(member: dict, path: tuple, located: Located) -> None:
     except Exception as error:  # missing folder/id, offline without cache, unknown architecture
         where = f"{member['pretrained']}" + (f" at revision {member['revision']}" if member.get("revision") else "")
         reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
-        fix = ("download it where there is network and copy the Hugging Face cache, or give a local checkpoint folder"
-               if offline() else "check the model id or folder (a save_pretrained checkpoint with config.json)")
+        if Path(member["pretrained"]).is_absolute():
+            fix = "give a folder that save_pretrained wrote (a readable config.json and the weights)"
+        elif offline():
+            fix = "download it where there is network and copy the Hugging Face cache, or give a local folder"
+        else:
+            fix = "check the model id (and that you may access it)"
         raise located.error(path, f"model {where} cannot be loaded ({reason})", fix) from None
 
 
@@ -101,7 +105,7 @@ def expand(spec: Spec, check: bool = True) -> list[dict]:
             raise located.error((*path, "revisions"), "revisions belong to a model:", "add `model: <hub id>`")
         if "steps" in series and kinds != ["checkpoints"]:
             raise located.error((*path, "steps"), "steps select checkpoint-N folders", "add `checkpoints: <folder>`")
-        members = _members(series, kinds[0], path, spec)
+        members = _members(series, kinds[0], path, spec, check)
         for member_path, member in members:
             if check:
                 _check_loads(member["member"], member_path, located)
@@ -109,7 +113,7 @@ def expand(spec: Spec, check: bool = True) -> list[dict]:
     return out
 
 
-def _members(series: dict, kind: str, path: tuple, spec: Spec) -> list[tuple[tuple, dict]]:
+def _members(series: dict, kind: str, path: tuple, spec: Spec, check: bool) -> list[tuple[tuple, dict]]:
     located, base = spec.located, spec.base_dir
     tokenizer = series.get("tokenizer")
     if tokenizer is not None:
@@ -129,12 +133,15 @@ def _members(series: dict, kind: str, path: tuple, spec: Spec) -> list[tuple[tup
                                 "give a hub id (or a folder of checkpoint-N folders as checkpoints:)")
         for i, revision in enumerate(revisions):
             expect(revision, str, (*path, "revisions", i), located, "a revision name such as step1000")
-        _check_revisions(model, revisions, (*path, "revisions"), located)
+        if check:
+            _check_revisions(model, revisions, (*path, "revisions"), located)
         steps = [step_of(r) for r in revisions]
         use_step = all(s is not None for s in steps)
-        return [((*path, "revisions", i), _member(pretrained, revision, revision,
-                                                  ("step", steps[i]) if use_step else ("order", i), tokenizer, base))
-                for i, revision in enumerate(revisions)]
+        members = [((*path, "revisions", i), _member(pretrained, revision, revision,
+                                                     ("step", steps[i]) if use_step else ("order", i), tokenizer, base))
+                   for i, revision in enumerate(revisions)]
+        # training order, whatever order the spec lists them in
+        return sorted(members, key=lambda m: m[1]["axis"]["value"]) if use_step else members
     if kind == "checkpoints":
         folder = _local(base, expect(series["checkpoints"], str, (*path, "checkpoints"), located, "a folder"))
         if (folder / "checkpoints").is_dir() and not list(folder.glob("checkpoint-*")):

@@ -30,7 +30,8 @@ TOP_KEYS = {
     "control": "quality-matched control (study report)",
     "executor": "local (default) or slurm and its resources",
 }
-SERIES_KEYS = ("name", "model", "revisions", "checkpoints", "steps", "models", "tokenizer", "backend", "model_args")
+SERIES_KEYS = ("name", "model", "revisions", "checkpoints", "steps", "models", "tokenizer", "backend", "model_args",
+               "compressions", "tasks", "metadata", "gen_kwargs")  # the last four replace (metadata: extends) the top's
 MEMBER_KEYS = ("pretrained", "revision", "size", "order", "label", "tokenizer")
 COMPRESSION_KEYS = ("method", "level", "levels", "bits", "options", "label")
 METHODS = ("none", "dynamic-int8", "int8-per-token", "gptq", "rtn", "wanda", "magnitude", "sparsegpt",
@@ -143,11 +144,11 @@ def _label(method: str, level) -> str:
     return method if level is None else f"{method}-{level:g}" if isinstance(level, (int, float)) else f"{method}-{level}"
 
 
-def parse_compressions(values, located: Located) -> list[Compression]:
-    expect(values, list, ("compressions",), located, "a list (e.g. [none, {method: dynamic-int8}])")
+def parse_compressions(values, located: Located, where: tuple = ("compressions",)) -> list[Compression]:
+    expect(values, list, where, located, "a list (e.g. [none, {method: dynamic-int8}])")
     out = []
     for i, item in enumerate(values):
-        path = ("compressions", i)
+        path = (*where, i)
         if isinstance(item, str):
             item = {"method": item}
         expect(item, dict, path, located, "a method name or a mapping {method:, levels:}")
@@ -172,7 +173,9 @@ def parse_compressions(values, located: Located) -> list[Compression]:
         options = expect(item.get("options", {}), dict, (*path, "options"), located,
                          "a mapping of compfair compress options (without --)")
         for j, level in enumerate(levels):
-            if method in _LEVEL_RANGE:
+            if method == "distill" and level in DISTILL_PRESETS:
+                pass  # the paper's students by name (compfair compress distill --preset)
+            elif method in _LEVEL_RANGE:
                 low, high, kind = _LEVEL_RANGE[method]
                 if isinstance(level, bool) or not isinstance(level, kind) or not low < level <= high:
                     raise located.error((*path, "levels", j), f"level {level!r} out of range",
@@ -180,11 +183,11 @@ def parse_compressions(values, located: Located) -> list[Compression]:
             label = item.get("label") if len(levels) == 1 and item.get("label") else _label(method, level)
             out.append(Compression(method, level, str(label), options))
     if not out:
-        raise located.error(("compressions",), "no compressions", "list at least `none`")
+        raise located.error(where, "no compressions", "list at least `none`")
     labels = [c.label for c in out]
     for i, label in enumerate(labels):
         if labels.index(label) != i:
-            raise located.error(("compressions",), f"compression {label!r} listed twice", "remove one")
+            raise located.error(where, f"compression {label!r} listed twice", "remove one")
     return out
 
 
@@ -194,7 +197,8 @@ _LEVEL_RANGE = {"wanda": (0, 1, float), "magnitude": (0, 1, float), "sparsegpt":
 _LEVEL_HELP = {"wanda": "sparsity fractions in (0, 1), e.g. [0.3, 0.5]", "magnitude": "sparsity fractions in (0, 1)",
                "sparsegpt": "sparsity fractions in (0, 1)", "prune-heads": "fractions of heads kept in (0, 1]",
                "noise": "Gaussian noise scales > 0 (relative to each weight's std)",
-               "distill": "student depths (number of blocks), e.g. [4, 6]"}
+               "distill": "student depths (number of blocks), e.g. [4, 6], or presets A, B, B¬, C, D, D¬"}
+DISTILL_PRESETS = ("A", "B", "B¬", "C", "D", "D¬")
 
 
 def parse(text: str, file: Path) -> Spec:
@@ -239,6 +243,13 @@ def parse(text: str, file: Path) -> Spec:
         if item["name"] in names:
             raise located.error(("series", i, "name"), f"series {item['name']!r} named twice", "rename one")
         names.append(item["name"])
+        if "compressions" in item:
+            item["compressions"] = parse_compressions(item["compressions"], located, ("series", i, "compressions"))
+        if "tasks" in item:
+            item["tasks"] = [item["tasks"]] if isinstance(item["tasks"], str) else item["tasks"]
+            expect(item["tasks"], list, ("series", i, "tasks"), located, "a list of lm_eval task names")
+        expect(item.get("metadata", {}), dict, ("series", i, "metadata"), located, "a mapping")
+        expect(item.get("gen_kwargs", ""), str, ("series", i, "gen_kwargs"), located, "text (key=value,...)")
     compressions = parse_compressions(raw.get("compressions", ["none"]), located)
     control = raw.get("control")
     if control is not None:
@@ -256,10 +267,21 @@ def parse(text: str, file: Path) -> Spec:
                 located=located, text=text)
 
 
+SHIPPED_SPECS = Path(__file__).resolve().parent / "specs"
+
+
+def shipped_specs() -> list[str]:
+    return sorted(p.stem for p in SHIPPED_SPECS.glob("*.yaml"))
+
+
 def load_spec(path) -> Spec:
+    """A spec file, or the name of a shipped one (pythia-quantization, gpt2-distillation)."""
     path = Path(path)
+    if not path.exists() and (SHIPPED_SPECS / f"{path.name}.yaml").is_file():
+        path = SHIPPED_SPECS / f"{path.name}.yaml"
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as error:
-        raise SpecError(f"study spec {path}: cannot be read ({error.strerror}); give the path of a YAML spec") from None
+        raise SpecError(f"study spec {path}: cannot be read ({error.strerror}); give the path of a YAML spec or a "
+                        f"shipped spec's name ({', '.join(shipped_specs())})") from None
     return parse(text, path)
