@@ -211,7 +211,7 @@ executor: {kind: slurm, cpus_per_task: 1, time: "15", array_parallelism: 2}
 @pytest.mark.slow
 @pytest.mark.xdist_group("slurm")
 def test_a_cancelled_cell_is_the_only_one_rerun_and_computes_only_its_missing_requests(
-        slurm_cluster, tiny_gpt2_dir, tmp_path):
+        slurm_cluster, tiny_gpt2_dir, tmp_path, capsys):
     """The user's path: `compfair study run --executor slurm` twice, the runner's own lm_eval subprocess per cell."""
     slow_model = save_tiny_gpt2(tmp_path / "slower", n_layer=4, n_embd=256, seed=7)
     spec = write_spec(tmp_path / "spec.yaml", CANCEL_SPEC.replace("SLOW", str(slow_model))
@@ -233,6 +233,8 @@ def test_a_cancelled_cell_is_the_only_one_rerun_and_computes_only_its_missing_re
         assert first.poll() is None and time.monotonic() < deadline, f"{first.stdout.read()}\n{slurm_cluster.logs()}"
         time.sleep(0.05)
     cancelled = slurm.read_slurm_record(cell_dir(study, slow))["job_id"]
+    slurm.SlurmExecutor(probe=False).run(study, [one for one in load_plan(study) if one["id"] == slow])
+    assert slurm.read_slurm_record(cell_dir(study, slow))["job_id"] == cancelled  # running: not submitted twice
     subprocess.run(["scancel", cancelled], check=True)
     output = first.communicate(timeout=300)[0]
     assert first.returncode == 1, output  # the run ends when its jobs have left the queue; one cell failed
@@ -251,8 +253,9 @@ def test_a_cancelled_cell_is_the_only_one_rerun_and_computes_only_its_missing_re
     assert slurm.read_slurm_record(cell_dir(study, quick)) == quick_job  # not submitted again
     status_after = _cli_status(study)
     assert status_after.splitlines()[-1] == "2 done, 0 running, 0 failed, 0 left (of 2)"
-    print(f"\ncancel and resume, both runs {seconds:.0f} s\n$ compfair study status (after the scancel)\n"
-          f"{status_before}\n$ compfair study status (after the rerun)\n{status_after}")
+    with capsys.disabled():
+        print(f"\ncancel and resume, both runs {seconds:.0f} s\n$ compfair study status (after the scancel)\n"
+              f"{status_before}\n$ compfair study status (after the rerun)\n{status_after}")
 
     # lm-eval's CachingLM: the rerun took the requests cached before the scancel and computed only the rest
     log = (cell_dir(study, slow) / "cell.log").read_text()

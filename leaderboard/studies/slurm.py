@@ -220,7 +220,11 @@ class SlurmExecutor:
               f"{self.resources.array_parallelism} at once); `compfair study status {study_dir}` shows them",
               file=sys.stderr)
         if self.wait:
-            self._wait(study_dir, cell_ids, [str(job.job_id) for job in jobs])
+            try:
+                self._wait(study_dir, cell_ids, [str(job.job_id) for job in jobs])
+            except KeyboardInterrupt:  # the jobs are Slurm's now: stop watching, do not cancel them
+                print(f"\nstopped waiting; the jobs keep running (scancel {array_id} stops them); "
+                      f"`compfair study status {study_dir}` follows them", file=sys.stderr)
 
     def _wait(self, study_dir: Path, cell_ids: list[str], job_ids: list[str]) -> None:
         from tqdm import tqdm
