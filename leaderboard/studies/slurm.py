@@ -138,6 +138,14 @@ def _probe_write(path: str) -> str:
     return path
 
 
+def _last_line(path: Path) -> str:
+    try:
+        lines = [line for line in Path(path).read_text(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return "no log"
+    return lines[-1][:300] if lines else "empty log"
+
+
 def _require_slurm() -> None:
     missing = [name for name in ("sbatch", "squeue", "srun") if shutil.which(name) is None]
     if missing:
@@ -169,11 +177,13 @@ class SlurmExecutor:
         return executor
 
     def check_shared_folder(self, study_dir: Path) -> None:
-        """A one-minute job on the cells' partition writes a file into the study folder; no file, no grid."""
+        """A tiny job on the cells' partition writes a file into the study folder; no file, no grid."""
         marker = study_dir / SUBMITIT_FOLDER / f"probe-{uuid.uuid4().hex[:8]}"
         marker.parent.mkdir(parents=True, exist_ok=True)
-        executor = self._executor(study_dir, time=1, cpus_per_task=1, job_name="compfair-probe",
-                                  array_parallelism=1)
+        # 10 minutes and USR2 only 30 s before the end: with a 1-minute limit Slurm's USR2@90 (submitit's
+        # time-out signal) can reach a slow-starting probe at once, and it ends FAILED (seen under load here)
+        executor = self._executor(study_dir, time=10, cpus_per_task=1, job_name="compfair-probe",
+                                  array_parallelism=1, signal_delay_s=30)
         executor.parameters.pop("gpus_per_node", None)
         executor.parameters.pop("mem", None)
         job = executor.submit(_probe_write, str(marker))
@@ -186,8 +196,9 @@ class SlurmExecutor:
                 if marker.exists():
                     break
                 raise CompfairError(f"a compute node could not write to {study_dir} (probe job {job.job_id}: "
-                                    f"{state or 'left the queue'}; log {job.paths.stderr}): put the study folder on "
-                                    "a filesystem the nodes share (e.g. your cluster's /home or /scratch)")
+                                    f"{state or 'left the queue'}; log {job.paths.stderr}: {_last_line(job.paths.stderr)}"
+                                    "): put the study folder on a filesystem the nodes share (e.g. your cluster's "
+                                    "/home or /scratch)")
             if time.monotonic() > deadline:
                 subprocess.run(["scancel", str(job.job_id)], capture_output=True)
                 raise CompfairError(f"the probe job {job.job_id} did not run within {self.probe_timeout:.0f} s "
