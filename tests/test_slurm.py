@@ -21,14 +21,13 @@ import pytest
 from compfair_tasks.errors import CompfairError
 from conftest import save_tiny_gpt2
 from leaderboard.studies import slurm
+from leaderboard.studies.cells import evaluate_in_process
 from leaderboard.studies.executors import LocalExecutor
 from leaderboard.studies.plan import cell_dir, load_plan, make_plan, write_plan
 from leaderboard.studies.spec import load_spec
 from leaderboard.studies.status import cell_states, summary
 from slurm_cluster import SingleNodeSlurm, missing_reason
-from study_inprocess import evaluate_in_process, loglik_metrics
 
-TESTS_DIR = Path(__file__).resolve().parent
 LOCK = Path("/tmp/compfair-slurm-tests.lock")
 
 
@@ -57,8 +56,18 @@ def slurm_cluster():
 
 @pytest.fixture
 def compute_node_env(monkeypatch):
-    monkeypatch.setenv("PYTHONPATH", str(TESTS_DIR))  # sbatch exports the environment: the jobs import the double
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # sbatch exports the environment to the jobs
+
+
+def loglik_metrics(folder: Path) -> dict:
+    """Every numeric metric of a cell's lm-eval results (loglik tasks: deterministic)."""
+    [results] = sorted((folder / "results").rglob("results_*.json"))
+    metrics = {}
+    for task, values in json.loads(results.read_text())["results"].items():
+        for name, value in values.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                metrics[(task, name)] = value
+    return metrics
 
 
 def cell(cell_id: str, model: Path | str, limit: int | None = 6, batch_size: int = 4) -> dict:
@@ -71,6 +80,7 @@ def cell(cell_id: str, model: Path | str, limit: int | None = 6, batch_size: int
 
 def executor(**overrides) -> slurm.SlurmExecutor:
     resources = slurm.SlurmResources(cpus_per_task=1, time="15", array_parallelism=2)
+    # each job evaluates in its own interpreter as the local executor does (the subprocess path: the next test)
     return slurm.SlurmExecutor(resources, cell_job=slurm.CellJob(evaluate=evaluate_in_process), poll_seconds=1,
                                **overrides)
 
@@ -160,7 +170,7 @@ def test_a_study_through_slurm_equals_the_local_run(slurm_cluster, tmp_path, com
     good = [one for one in cells if one["id"] != "student@4+none"]
     write_plan(local_dir, spec, good)
     began = time.monotonic()
-    LocalExecutor(evaluate_in_process).run(local_dir, good)
+    LocalExecutor().run(local_dir, good)  # in this process, one cell after the other
     local_seconds = time.monotonic() - began
 
     write_plan(slurm_dir, spec, cells)

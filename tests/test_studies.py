@@ -13,6 +13,7 @@ import pytest
 
 from compfair_tasks.errors import CompfairError
 from conftest import OFFLINE_ENV, save_tiny_gpt2
+from leaderboard.studies import cells as cells_module
 from leaderboard.studies.executors import LocalExecutor
 from leaderboard.studies.plan import cell_dir, load_plan, make_plan, write_plan
 from leaderboard.studies.spec import load_spec
@@ -196,3 +197,52 @@ def test_shipped_paper_specs_expand_to_the_papers_grids():
     assert gpt2["dialogpt@large+none"]["metadata"] == {"dialogue": True}
     assert gpt2["blenderbot@3B+none"]["model_args"] == "backend=seq2seq"
     assert gpt2["blenderbot@3B+none"]["gen_kwargs"] == "max_length=21"
+
+
+def _results_and_samples(folder: Path) -> tuple[dict, list]:
+    results = json.loads(next(folder.rglob("results_*.json")).read_text())
+    samples = [json.loads(line) for path in sorted(folder.rglob("samples_*.jsonl")) for line in path.open()]
+    return results, samples
+
+
+@pytest.mark.slow
+def test_in_process_evaluation_equals_the_lm_eval_cli(tmp_path, checkpoints):
+    """The local executor evaluates in this interpreter; its results and per-doc samples equal `lm_eval run`'s."""
+    spec_path = _spec(tmp_path, CHECKPOINT_SPEC.replace("[compfair_crows_pairs]",
+                                                        "[compfair_crows_pairs, compfair_stereoset_intrasentence]"))
+    spec = load_spec(spec_path)
+    cells = make_plan(spec)[:1]
+    for name, evaluate in (("inproc", cells_module.evaluate_in_process), ("cli", cells_module.evaluate_subprocess)):
+        write_plan(tmp_path / name, spec, cells)
+        record = cells_module.run_cell(tmp_path / name, cells[0]["id"], evaluate=evaluate)
+        assert record["status"] == "done", (tmp_path / name / "cells" / cells[0]["id"] / "cell.log").read_text()[-3000:]
+    (ours, our_samples), (theirs, their_samples) = (
+        _results_and_samples(tmp_path / name / "cells" / cells[0]["id"] / "results") for name in ("inproc", "cli"))
+    assert ours["results"] == theirs["results"]
+    assert ours["config"]["model_num_parameters"] == theirs["config"]["model_num_parameters"]
+    key = ("doc_id", "filtered_resps", "target")
+    assert len(our_samples) == len(their_samples) > 0
+    assert [[s.get(k) for k in key] for s in our_samples] == [[s.get(k) for k in key] for s in their_samples]
+
+
+def test_cli_refuses_a_bad_spec_in_one_line_with_exit_2(tmp_path, capsys):
+    from compfair_tasks.cli import main
+
+    spec = _spec(tmp_path, "name: x\ntasks: [t]\nserise: []\n")
+    assert main(["study", "run", str(spec), "--output", str(tmp_path / "study")]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error == (f"compfair study run: error: {spec}:3: serise: unknown key 'serise'; did you mean 'series'?")
+    assert not (tmp_path / "study").exists()  # refused before anything was written or run
+
+
+def test_status_command_names_the_failed_cells_log(tmp_path, checkpoints, capsys):
+    from compfair_tasks.cli import main
+
+    study = tmp_path / "study"
+    _run(study, _spec(tmp_path, CHECKPOINT_SPEC), CountingEvaluate(fail={"student@10+none"}))
+    capsys.readouterr()
+    assert main(["study", "status", str(study)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[2] == (f"  failed   student@10+none  RuntimeError: boom in student@10+none; "
+                        f"log: {cell_dir(study, 'student@10+none') / 'cell.log'}")
+    assert lines[-1] == "2 done, 0 running, 1 failed, 0 left (of 3)"

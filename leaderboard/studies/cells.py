@@ -11,9 +11,11 @@ are the requests alone, not the model, so a stale cache would answer for another
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import hashlib
 import json
+import logging
 import os
 import shutil
 import socket
@@ -36,6 +38,7 @@ RESULTS = "results"
 CACHE = "lm_cache"
 CACHE_KEY = "lm_cache.key"
 MODEL_KEY = "model.key"
+CLI_DEVICE = "cuda:0"  # lm_eval run's default --device (its HF model falls back to the CPU)
 
 
 def settings_key(cell: dict) -> str:
@@ -221,3 +224,61 @@ def _one_line(error: Exception) -> str:
 
 def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def evaluate_in_process(cell: dict, folder: Path, log) -> None:
+    """The cell's lm_eval run in this interpreter through lm_eval's public API (simple_evaluate and its
+    EvaluationTracker), writing the same results_*.json and samples_*.jsonl as `lm_eval run` (a test compares).
+    Libraries, compfair's data, scorers and the fluency judge stay loaded from one cell to the next."""
+    import gc
+
+    from lm_eval import simple_evaluate
+    from lm_eval.loggers import EvaluationTracker
+    from lm_eval.tasks import TaskManager
+    from lm_eval.utils import simple_parse_args_string
+
+    arguments = model_args(cell, folder)
+    metadata = simple_parse_args_string(arguments) | (cell["metadata"] or {})  # as the CLI merges them
+    # Indexing lm_eval's thousands of task files takes ~30 s a cell on 2 busy cores; when every task of the cell
+    # is compfair's, index only compfair's folder (the start-up hook adds it), which builds the same tasks.
+    manager = TaskManager(include_defaults=False, metadata=metadata)
+    if not all(name in manager.all_tasks for name in cell["tasks"]):
+        manager = TaskManager(metadata=metadata)
+    tracker = EvaluationTracker(output_path=str(folder / RESULTS))
+    try:
+        with output_to(log):
+            seed = cell["seed"]
+            results = simple_evaluate(
+                model=cell["lm_eval_model"], model_args=arguments, tasks=cell["tasks"],
+                batch_size=cell["batch_size"], device=cell.get("device") or CLI_DEVICE, use_cache=str(folder / CACHE),
+                limit=cell["limit"], log_samples=True, evaluation_tracker=tracker,
+                gen_kwargs=cell["gen_kwargs"] or None, task_manager=manager, random_seed=seed,
+                numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed, metadata=metadata)
+            samples = results.pop("samples")
+            tracker.save_results_aggregated(results=results, samples=samples)
+            for task_name in results["configs"]:
+                tracker.save_results_samples(task_name=task_name, samples=samples[task_name])
+    finally:
+        gc.collect()  # the cell's model goes before the next one loads
+
+
+@contextlib.contextmanager
+def output_to(log):
+    """Everything this process writes meanwhile (Python's and C libraries' stdout/stderr, child processes such as
+    lm_eval's `git` call, Python logging) goes to the cell's log, as a subprocess's output would."""
+    handler = logging.StreamHandler(sys.stderr)
+    for stream in (sys.stdout, sys.stderr, log):
+        stream.flush()
+    saved = [os.dup(1), os.dup(2)]
+    os.dup2(log.fileno(), 1)
+    os.dup2(log.fileno(), 2)
+    logging.getLogger().addHandler(handler)
+    try:
+        yield
+    finally:
+        logging.getLogger().removeHandler(handler)
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+        for fd, copy in zip((1, 2), saved, strict=True):
+            os.dup2(copy, fd)
+            os.close(copy)

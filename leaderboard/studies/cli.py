@@ -20,6 +20,9 @@ def run_parser() -> argparse.ArgumentParser:
     parser.add_argument("--executor", choices=("local", "slurm"), help="where cells run (default: the spec's, else local)")
     parser.add_argument("--dry-run", action="store_true", help="check the spec, write plan.json and list the cells; "
                                                                "run nothing")
+    parser.add_argument("--subprocess", action="store_true",
+                        help="local executor: run `lm_eval run` in a subprocess per cell instead of in this process "
+                             "(slower; a cell that crashes the interpreter cannot stop the others)")
     slurm = parser.add_argument_group("slurm executor (override the spec's executor: block)")
     for name, kind in SLURM_OPTIONS:
         slurm.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind)
@@ -59,7 +62,7 @@ def _executor(kind: str, spec, args):
     if kind == "local":
         from .executors import LocalExecutor
 
-        return LocalExecutor()
+        return LocalExecutor(in_process=not args.subprocess)
     from .slurm import SlurmExecutor, SlurmResources
 
     overrides = {name: getattr(args, name) for name, _ in SLURM_OPTIONS}

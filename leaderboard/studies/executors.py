@@ -1,5 +1,10 @@
 """The local executor: the cells one after another in this machine, a progress line with done, running,
-failed, left and the estimated time left (tqdm's, from the cells finished so far)."""
+failed, left and the estimated time left (tqdm's, from the cells finished so far).
+
+It evaluates in this interpreter (cells.evaluate_in_process: libraries, task index, data, scorers and the
+fluency judge load once), or with `in_process=False` runs `lm_eval run` in a subprocess per cell (a cell that
+crashes the interpreter, e.g. out of memory, then cannot take the study down). Compressions always run as
+`compfair compress ...` commands."""
 
 from __future__ import annotations
 
@@ -7,13 +12,14 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from .cells import run_cell
+from .cells import evaluate_in_process, evaluate_subprocess, run_cell
 from .plan import cell_dir
 
 
 class LocalExecutor:
-    def __init__(self, evaluate=None):
-        self.evaluate = evaluate  # cells.run_cell's evaluate (None: the lm_eval CLI in a subprocess)
+    def __init__(self, evaluate=None, in_process: bool = True):
+        # evaluate(cell, folder, log): what cells.run_cell evaluates with
+        self.evaluate = evaluate or (evaluate_in_process if in_process else evaluate_subprocess)
 
     def run(self, study_dir: Path, cells: list[dict]) -> None:
         failed = 0

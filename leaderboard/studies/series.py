@@ -10,6 +10,7 @@ import re
 from pathlib import Path
 
 from compfair_tasks.hub import offline
+from compfair_tasks.models import EMBEDDED_MODELS, ModelNotAvailableError, embedded_model_dir
 
 from .spec import MEMBER_KEYS, Located, Spec, check_keys, expect
 
@@ -121,6 +122,11 @@ def _members(series: dict, kind: str, path: tuple, spec: Spec, check: bool) -> l
     if kind == "model":
         model = expect(series["model"], str, (*path, "model"), located, "a hub id or checkpoint folder")
         pretrained = str(_local(base, model)) if _is_local(model) or (base / model).exists() else model
+        if model in EMBEDDED_MODELS and "revisions" not in series:  # smollm2-135m: its converted folder
+            try:
+                pretrained = str(embedded_model_dir(model))
+            except ModelNotAvailableError as error:
+                raise located.error((*path, "model"), str(error), "install it (make install)") from None
         revisions = series.get("revisions")
         if revisions is None:
             return [((*path, "model"), _member(pretrained, None, model.rstrip("/").split("/")[-1], ("order", 0),
