@@ -237,8 +237,8 @@ def evaluate_in_process(cell: dict, folder: Path, log) -> None:
     from lm_eval.tasks import TaskManager
     from lm_eval.utils import simple_parse_args_string
 
-    arguments = model_args(cell, folder)
-    metadata = simple_parse_args_string(arguments) | (cell["metadata"] or {})  # as the CLI merges them
+    arguments = simple_parse_args_string(model_args(cell, folder))  # a dict, as the CLI passes (and records) it
+    metadata = arguments | (cell["metadata"] or {})  # as the CLI merges them
     # Indexing lm_eval's thousands of task files takes ~30 s a cell on 2 busy cores; when every task of the cell
     # is compfair's, index only compfair's folder (the start-up hook adds it), which builds the same tasks.
     manager = TaskManager(include_defaults=False, metadata=metadata)
@@ -252,7 +252,7 @@ def evaluate_in_process(cell: dict, folder: Path, log) -> None:
                 model=cell["lm_eval_model"], model_args=arguments, tasks=cell["tasks"],
                 batch_size=cell["batch_size"], device=cell.get("device") or CLI_DEVICE, use_cache=str(folder / CACHE),
                 limit=cell["limit"], log_samples=True, evaluation_tracker=tracker,
-                gen_kwargs=cell["gen_kwargs"] or None, task_manager=manager, random_seed=seed,
+                gen_kwargs=simple_parse_args_string(cell["gen_kwargs"]), task_manager=manager, random_seed=seed,
                 numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed, metadata=metadata)
             samples = results.pop("samples")
             tracker.save_results_aggregated(results=results, samples=samples)

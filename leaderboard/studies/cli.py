@@ -6,8 +6,10 @@ import argparse
 import time
 from pathlib import Path
 
-SLURM_OPTIONS = (("partition", str), ("account", str), ("time", str), ("cpus_per_task", int), ("mem_gb", float),
-                 ("gpus_per_cell", int), ("array_parallelism", int))
+SLURM_OPTIONS = (("partition", str, "Slurm partition"), ("account", str, "Slurm account"),
+                 ("time", str, "time limit per cell: minutes or [D-]HH:MM[:SS]"),
+                 ("cpus_per_task", int, "CPUs per cell"), ("mem_gb", float, "memory per cell, GB"),
+                 ("gpus_per_cell", int, "GPUs per cell"), ("array_parallelism", int, "cells running at once at most"))
 
 
 def run_parser() -> argparse.ArgumentParser:
@@ -24,8 +26,8 @@ def run_parser() -> argparse.ArgumentParser:
                         help="local executor: run `lm_eval run` in a subprocess per cell instead of in this process "
                              "(slower; a cell that crashes the interpreter cannot stop the others)")
     slurm = parser.add_argument_group("slurm executor (override the spec's executor: block)")
-    for name, kind in SLURM_OPTIONS:
-        slurm.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind)
+    for name, kind, text in SLURM_OPTIONS:
+        slurm.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, help=f"{text} (default: the spec's)")
     slurm.add_argument("--sbatch", action="append", help="extra sbatch option, e.g. --sbatch=--qos=normal; repeatable")
     return parser
 
@@ -65,13 +67,13 @@ def _executor(kind: str, spec, args):
         return LocalExecutor(in_process=not args.subprocess)
     from .slurm import SlurmExecutor, SlurmResources
 
-    overrides = {name: getattr(args, name) for name, _ in SLURM_OPTIONS}
+    overrides = {name: getattr(args, name) for name, _, _ in SLURM_OPTIONS}
     overrides["sbatch"] = args.sbatch
     return SlurmExecutor(SlurmResources.from_spec(spec.executor, **overrides))
 
 
 def status(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="compfair study status",
+    parser = argparse.ArgumentParser(prog="compfair study status", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                                      description="each cell of a study: done, running, failed (with its log), pending")
     parser.add_argument("study_dir", type=Path, help="the study folder")
     args = parser.parse_args(argv)
@@ -82,7 +84,7 @@ def status(argv: list[str] | None = None) -> int:
 
 
 def report(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="compfair study report",
+    parser = argparse.ArgumentParser(prog="compfair study report", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                                      description="the study's report: figures, tables, quality-matched control, CSV")
     parser.add_argument("study_dir", type=Path, help="the study folder")
     parser.add_argument("--output", type=Path, help="report folder (default: STUDY_DIR/report)")

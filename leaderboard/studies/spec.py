@@ -67,9 +67,8 @@ def _plain(node: yaml.Node, path: tuple, lines: dict):
         out = {}
         for key_node, value_node in node.value:
             key = yaml.SafeLoader(" ").construct_object(key_node)
-            lines[(*path, key)] = key_node.start_mark.line + 1
             out[key] = _plain(value_node, (*path, key), lines)
-            lines[(*path, key)] = key_node.start_mark.line + 1
+            lines[(*path, key)] = key_node.start_mark.line + 1  # a key's line, not its value's (a block below it)
         return out
     if isinstance(node, yaml.SequenceNode):
         return [_plain(item, (*path, i), lines) for i, item in enumerate(node.value)]
