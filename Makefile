@@ -8,13 +8,14 @@ PIP := $(PY) -m pip --disable-pip-version-check
 NEWEST ?= .venv-newest
 # pytest-xdist workers: two on this 2-core machine measured 8.5 min for the locked suite (serial about 10.5)
 TEST_WORKERS ?= 2
-PYTEST_RUN := -m pytest -n $(TEST_WORKERS) --durations=10
+# loadgroup: tests marked xdist_group("slurm") share one worker, hence one single-node Slurm per session
+PYTEST_RUN := -m pytest -n $(TEST_WORKERS) --dist loadgroup --durations=10
 # tests that the newest transformers/lm-eval releases must pass too: the fast tests of the compressors, the
 # plugin and the preference tasks, and the slow tests marked `newest` (pruned models end to end, lm_eval's CLI)
 NEWEST_TESTS ?= tests/test_generation_invariants.py tests/test_prune.py tests/test_prune_e2e.py tests/test_quantize.py \
 	tests/test_sparsify.py tests/test_distill.py tests/test_plugin.py tests/test_preference.py
 
-.PHONY: install browser demo test test-locked test-newest test-fast lint lock
+.PHONY: install browser slurm demo test test-locked test-newest test-fast lint lock
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,13 +32,18 @@ browser:
 	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
 	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; }
 
+slurm:
+	# a single-node Slurm for the study executor's tests (Debian packages; the test fixture starts the daemons)
+	@command -v slurmctld >/dev/null && command -v slurmd >/dev/null && command -v munged >/dev/null || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurm-wlm munge; }
+
 demo: install
 	$(VENV)/bin/compfair demo
 
 lint: install
 	$(VENV)/bin/ruff check .
 
-test-locked: install browser
+test-locked: install browser slurm
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) $(PYTEST_RUN)
 
 # the other end of the supported range: the newest transformers and lm-eval releases, no constraints

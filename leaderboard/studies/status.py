@@ -40,33 +40,34 @@ def cell_state(study_dir, cell: dict) -> str:
 
 
 def cell_states(study_dir) -> dict[str, str]:
-    """{cell_id: "done" | "failed" | "running" | "pending"}, in plan order."""
-    return {cell["id"]: cell_state(study_dir, cell) for cell in load_plan(study_dir)}
+    """{cell_id: "done" | "failed" | "running" | "pending"}, in plan order (a submitted cell: as Slurm sees it)."""
+    from . import slurm
+
+    states = {cell["id"]: cell_state(study_dir, cell) for cell in load_plan(study_dir)}
+    jobs = slurm.slurm_jobs(study_dir, list(states))
+    return {cell_id: slurm.cell_state(state, jobs.get(cell_id)) for cell_id, state in states.items()}
 
 
 def summary(study_dir) -> str:
     """The status table: one line per cell (state, seconds, error and log of a failed one) and the totals."""
+    from . import slurm
+
     study_dir = Path(study_dir)
     lines, counts = [], {"done": 0, "running": 0, "failed": 0, "pending": 0}
-    for cell_id, state in cell_states(study_dir).items():
+    states = cell_states(study_dir)
+    jobs = slurm.slurm_jobs(study_dir, list(states))
+    for cell_id, state in states.items():
         counts[state] += 1
         folder = cell_dir(study_dir, cell_id)
         record = read_record(folder) if (folder / RECORD).exists() else None
         detail = ""
         if state == "done":
             detail = f"{record.get('seconds', 0):.0f} s"
-        elif state == "failed":
+        elif state == "failed" and record:
             detail = f"{record.get('error')}; log: {folder / record.get('log', 'cell.log')}"
-        slurm = _slurm_detail(folder)
-        lines.append(f"  {state:<8} {cell_id}  {detail}{slurm}".rstrip())
+        if cell_id in jobs:
+            detail = f"{detail}  [{slurm.describe(jobs[cell_id], state)}]"
+        lines.append(f"  {state:<8} {cell_id}  {detail}".rstrip())
     lines.append(f"{counts['done']} done, {counts['running']} running, {counts['failed']} failed, "
                  f"{counts['pending']} left (of {sum(counts.values())})")
     return "\n".join(lines)
-
-
-def _slurm_detail(folder: Path) -> str:
-    try:
-        job = json.loads((folder / "slurm.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return ""
-    return f"  [slurm job {job.get('job_id')}]"
