@@ -112,6 +112,27 @@ def load_encoder(pretrained: str, revision: str | None = None, trust_remote_code
     return model.eval(), tokenizer, True
 
 
+# compfair's causal preference tasks score causal log-likelihoods: under a masked LM they would give PLL numbers
+# under the causal task's name. Each has an `_mlm` twin that sends the published masked-LM rule instead.
+MLM_TWINS = {
+    "compfair_stereoset": "compfair_stereoset_intrasentence_mlm,compfair_stereoset_intersentence_mlm",
+    "compfair_stereoset_intrasentence": "compfair_stereoset_intrasentence_mlm",
+    "compfair_stereoset_intersentence": "compfair_stereoset_intersentence_mlm",
+    "compfair_crows_pairs": "compfair_crows_pairs_mlm",
+    "compfair_winobias": "compfair_winobias_mlm",
+    "compfair_winobias_type1": "compfair_winobias_mlm",
+    "compfair_winobias_type2": "compfair_winobias_mlm",
+}
+
+
+def refuse_causal_tasks(requests) -> None:
+    """Stop before scoring when a request comes from a compfair task written for causal LMs (names its twin)."""
+    causal = sorted({name for name in (getattr(request, "task_name", None) for request in requests) if name in MLM_TWINS})
+    if causal:
+        raise MaskedLMError(f"{', '.join(causal)} score causal log-likelihoods; with --model {MODEL_TYPE} run "
+                            f"--tasks {','.join(MLM_TWINS[name] for name in causal)} (the published masked-LM rules)")
+
+
 def _lm_base():
     from lm_eval.api.model import LM
 
@@ -200,10 +221,12 @@ class MaskedLMScorer(_lm_base()):
             raise MaskedLMError(f"{MODEL_TYPE}: cannot score {continuation[:80]!r}: {error}") from None
 
     def loglikelihood(self, requests, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
+        refuse_causal_tasks(requests)
         scores = self._scores([self._plan(*request.args) for request in requests])
         return [(score, False) for score in scores]
 
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
+        refuse_causal_tasks(requests)
         return self._scores([self._plan("", request.args[0]) for request in requests])
 
     def embed(self, sentences: list[str], pooling: str = "mean") -> np.ndarray:

@@ -166,6 +166,25 @@ def test_causal_models_are_refused_by_compfair_mlm_and_encoders_by_the_causal_ta
         mlm_tasks.check_encoder({"pretrained": str(tiny_gpt2_dir)}, "compfair_crows_pairs_mlm")
 
 
+def test_a_causal_task_sent_to_compfair_mlm_is_refused_naming_its_mlm_twin(scorer):
+    """Under a masked LM a causal task's requests would get PLL scores under the causal task's name."""
+    from lm_eval.api.instance import Instance
+
+    from compfair_tasks.mlm import MaskedLMError
+
+    def request(task: str) -> Instance:
+        return Instance("loglikelihood", doc={}, arguments=("", "The nurse said she was tired."), idx=0,
+                        metadata=(task, 0, 1))
+
+    with pytest.raises(MaskedLMError, match="run --tasks compfair_crows_pairs_mlm,compfair_stereoset_intrasentence_mlm"):
+        scorer.loglikelihood([request("compfair_stereoset_intrasentence"), request("compfair_crows_pairs")])
+    with pytest.raises(MaskedLMError, match="compfair_winobias_mlm"):
+        scorer.loglikelihood_rolling([request("compfair_winobias_type1")])
+    # any other task (lm-eval's own) gets the pseudo-log-likelihood
+    (score, greedy), = scorer.loglikelihood([request("some_lm_eval_task")])
+    assert score < 0 and greedy is False
+
+
 def test_an_encoder_without_mlm_head_embeds_but_refuses_to_score():
     from compfair_tasks.mlm import MaskedLMError, MaskedLMScorer
 
