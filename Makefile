@@ -11,9 +11,9 @@ TEST_WORKERS ?= 2
 # loadgroup: tests marked xdist_group("slurm") share one worker, hence one single-node Slurm per session
 PYTEST_RUN := -m pytest -n $(TEST_WORKERS) --dist loadgroup --durations=10
 # tests that the newest transformers/lm-eval releases must pass too: the fast tests of the compressors, the
-# plugin and the preference tasks, and the slow tests marked `newest` (pruned models end to end, lm_eval's CLI)
+# plugin, the preference tasks and the masked-LM model type, and the slow tests marked `newest` (pruned models end to end, lm_eval's CLI)
 NEWEST_TESTS ?= tests/test_generation_invariants.py tests/test_prune.py tests/test_prune_e2e.py tests/test_quantize.py \
-	tests/test_sparsify.py tests/test_distill.py tests/test_plugin.py tests/test_preference.py
+	tests/test_sparsify.py tests/test_distill.py tests/test_plugin.py tests/test_preference.py tests/test_mlm.py
 
 .PHONY: install browser slurm demo test test-locked test-newest test-fast lint lock
 
