@@ -49,6 +49,7 @@ def parse_step(command: list[str], monkeypatch):
 def test_quick_plan_parses_with_each_commands_parser(tmp_path, monkeypatch):
     profile = demo.PROFILES["quick"]
     steps = demo.plan(tmp_path, Path("/teacher"), profile)
+    (tmp_path / "study" / "cells").mkdir(parents=True)  # the leaderboard's parser wants its folders to exist
     commands = [step.command for step in steps] + [command for _, command in demo.study_commands(tmp_path)]
     parsed = [parse_step(command, monkeypatch) for command in commands]
     assert [name for name, _ in parsed] == ["compress distill", "compress distill", "study run", "study report",
