@@ -5,7 +5,7 @@ the teacher's lowest Block Influence blocks is distilled on BOLD's race Wikipedi
 steps (`compress distill --keep-checkpoints`; checkpoint-0 is the untrained student), a real training-time series.
 The study spec shipped beside this file (demo_study.yaml) then evaluates each checkpoint in fp32 and int8
 (per-token activation scales: batch-independent), the teacher uncompressed and at 30% / 50% magnitude
-sparsity, and the teacher with seeded weight noise at three scales, the quality-matched reference for its
+sparsity, and the teacher with seeded weight noise at several scales, the quality-matched reference for its
 compressed models. `compfair study run` runs the cells (one interpreter, lm_eval's API, resumable cell by cell),
 `compfair study report` writes the study page and `compfair leaderboard` the leaderboard of every cell.
 
@@ -56,7 +56,7 @@ class Profile:
 PROFILES = {
     "quick": Profile(limit=8, max_steps=4, save_steps=2, steps=(0, 2, 4), sparsity=(0.3, 0.5), noise=(0.05, 0.2)),
     "default": Profile(limit=40, max_steps=20, save_steps=5, steps=(0, 5, 10, 20), sparsity=(0.3, 0.5),
-                       noise=(0.05, 0.1, 0.2)),
+                       noise=(0.05, 0.1, 0.15, 0.2)),
 }
 
 
@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="compfair demo", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--quick", action="store_true",
-                        help="8 examples per task, checkpoints 0/2/4 of 4 training steps, 2 noise scales")
+                        help="8 examples per task, checkpoints 0/2/4 of 4 training steps, noise scales 0.05 and 0.2")
     parser.add_argument("--output", type=options.folder_path, default=Path("compfair-demo"),
                         help="folder for the student, the study, its report and the leaderboard")
     parser.add_argument("--limit", type=options.positive_int, help="examples per task (default: 40, --quick: 8)")

@@ -88,7 +88,7 @@ def test_the_shipped_spec_makes_the_demos_cells(tmp_path, name):
     assert spec.limit == profile.limit and spec.batch_size == 16 and spec.tasks == [
         "compfair_stereoset_intrasentence", "compfair_crows_pairs", "compfair_ppl_bold_wiki"]
     assert spec.metadata == {"scorer": "profanity-check", "fluency_model": "/teacher"}
-    assert spec.control == {"reference": {"noise": {"series": "teacher"}}, "quality": "perplexity"}
+    assert spec.control == {"reference": "teacher / noise", "quality": "perplexity"}
     student = [c for c in cells if c["series"] == "student"]
     assert [(c["axis"]["value"], c["compression"]["method"]) for c in student] == [
         (step, method) for step in profile.steps for method in ("none", "int8-per-token")]
