@@ -8,7 +8,7 @@ import sys
 
 # subcommand words -> "module:function" taking the remaining argv
 COMMANDS = {
-    ("demo",): ("compfair_tasks.demo:main", "offline end-to-end run: embedded model, its compressed variants, leaderboard"),
+    ("demo",): ("compfair_tasks.demo:main", "offline demo study: a distilled series (fp32 + int8), sparsity, noise control; report + leaderboard"),
     ("compress", "distill"): ("compressors.distill:main", "distil a GPT-2/Llama-family teacher into a shallower student"),
     ("compress", "prune"): ("compressors.prune:main", "remove attention heads by gradient importance (Michel et al. 2019)"),
     ("compress", "quantize"): ("compressors.quantize:main", "post-training quantization: dynamic int8 (the papers'), per-token int8, GPTQ/RTN 4|8-bit, torchao int8"),

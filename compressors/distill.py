@@ -552,7 +552,8 @@ def _train(settings: DistillSettings, inputs, resume_from: str | None, callbacks
         num_train_epochs=settings.epochs, per_device_train_batch_size=settings.batch_size,
         gradient_accumulation_steps=settings.grad_accum, learning_rate=settings.learning_rate,
         warmup_steps=settings.warmup, weight_decay=settings.weight_decay, max_grad_norm=settings.max_grad_norm,
-        save_strategy="steps", save_steps=settings.save_steps, save_total_limit=2,
+        save_strategy="steps", save_steps=settings.save_steps,
+        save_total_limit=None if settings.keep_checkpoints else 2,  # --keep-checkpoints: a training-time series
         logging_steps=settings.logging_steps, report_to="none", bf16=settings.bf16, optim="adamw_torch",
         ddp_find_unused_parameters=False,  # every student weight is in the loss
     )

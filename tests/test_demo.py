@@ -32,65 +32,100 @@ def parse_step(command: list[str], monkeypatch):
     assert command[2] == "compfair_tasks.cli"
     words = next(w for w in sorted(cli.COMMANDS, key=len, reverse=True) if tuple(command[3:3 + len(w)]) == w)
     module = importlib.import_module(cli.COMMANDS[words][0].split(":")[0])
-    return " ".join(words), module.build_parser().parse_args(command[3 + len(words):])
+    rest = command[3 + len(words):]
+    if words == ("study", "run"):
+        return "study run", module.run_parser().parse_args(rest)
+    if words == ("study", "report"):  # its parser lives in the command: run it with the report stubbed out
+        from leaderboard.studies import report
+
+        seen = {}
+        monkeypatch.setattr(report, "build_report", lambda study_dir, output: seen.update(study_dir=study_dir,
+                                                                                          output=output))
+        module.report(rest)
+        return "study report", argparse.Namespace(**seen)
+    return " ".join(words), module.build_parser().parse_args(rest)
 
 
 def test_quick_plan_parses_with_each_commands_parser(tmp_path, monkeypatch):
-    steps = demo.plan(tmp_path, Path("/teacher"), demo.PROFILES["quick"], second_model=None)
-    for step in steps[3:7]:  # the leaderboard's parser refuses input folders that do not exist yet
-        step.output.mkdir(parents=True)
-    parsed = [parse_step(step.command, monkeypatch) for step in steps]
-    assert [(step.title, name) for step, (name, _) in zip(steps, parsed, strict=True)] == [
-        ("distil a student without its lowest-influence blocks", "compress distill"),
-        ("prune attention heads", "compress prune"),
-        ("quantize the weights to 4 bits (GPTQ, llm-compressor)", "compress quantize"),
-        ("evaluate teacher", "lm_eval"), ("evaluate distilled", "lm_eval"), ("evaluate head-pruned", "lm_eval"),
-        ("evaluate gptq-4bit", "lm_eval"), ("render the leaderboard", "leaderboard")]
-    distill, prune, quantize, *evaluations, render = [args for _, args in parsed]
-    assert distill.layers == "auto" and distill.num_layers == 26 and distill.max_steps == 4
-    assert str(distill.output) == str(tmp_path / "models" / "distilled")
-    assert prune.num_examples == 32 and prune.iterations == 1
-    assert quantize.method == "gptq" and quantize.bits == 4 and str(quantize.output) == str(steps[2].output)
-    # never the gender biographies the perplexity task reads (prune takes several sources)
-    assert [str(distill.data), str(quantize.data)] == [str(demo.TRAIN_TEXT)] * 2 and prune.data == [str(demo.TRAIN_TEXT)]
-    assert demo.TRAIN_TEXT.name == "race_wiki.json"
-    for step, args in zip(steps[3:7], evaluations, strict=True):
-        assert args.command == "run" and args.model == "hf" and args.limit == 8 and args.log_samples
-        assert args.model_args["pretrained"] == str(step.inputs[0])
-        assert str(args.output_path) == str(step.output)
-        assert args.metadata == {**demo.EVAL_METADATA, "fluency_model": "/teacher", "bold_per_group": 1}
-        assert "compfair_bold" in args.tasks
-    assert [Path(p) for p in render.folders] == [s.output for s in steps[3:7]]
+    profile = demo.PROFILES["quick"]
+    steps = demo.plan(tmp_path, Path("/teacher"), profile)
+    (tmp_path / "study" / "cells").mkdir(parents=True)  # the leaderboard's parser wants its folders to exist
+    commands = [step.command for step in steps] + [command for _, command in demo.study_commands(tmp_path)]
+    parsed = [parse_step(command, monkeypatch) for command in commands]
+    assert [name for name, _ in parsed] == ["compress distill", "compress distill", "study run", "study report",
+                                            "leaderboard"]
+    student, untrained, study, report, render = [args for _, args in parsed]
+    for args in (student, untrained):  # the same blocks dropped, the same data: the same student at step 0
+        assert args.layers == "auto" and args.num_layers == 24 and str(args.data) == str(demo.TRAIN_TEXT)
+    assert student.max_steps == 4 and student.save_steps == 2 and student.keep_checkpoints
+    assert str(student.output) == str(tmp_path / "student") == str(steps[0].output)
+    assert untrained.max_steps == 1 and untrained.learning_rate == demo.UNTRAINED_LR and not untrained.keep_checkpoints
+    assert str(untrained.output) == str(tmp_path / "student" / "checkpoints" / "checkpoint-0") == str(steps[1].output)
+    assert steps[1].inputs == (Path("/teacher"), steps[0].output)  # redone whenever the student is
+    assert demo.TRAIN_TEXT.name == "race_wiki.json"  # never the gender biographies the perplexity task reads
+    assert str(study.spec) == str(tmp_path / "study.yaml") and str(study.output) == str(tmp_path / "study")
+    assert str(report.study_dir) == str(tmp_path / "study")
+    assert [str(p) for p in render.folders] == [str(tmp_path / "study" / "cells")] and render.fluency_factor == 3
 
 
-def test_full_plan_adds_the_sparse_and_the_second_model(tmp_path, monkeypatch):
-    steps = demo.plan(tmp_path, Path("/teacher"), demo.PROFILES["default"], second_model=Path("/gemma"))
-    assert [s.title for s in steps[3:4]] == ["sparsify to 50% (Wanda)"]
-    _, sparsify = parse_step(steps[3].command, monkeypatch)
-    assert sparsify.method == "wanda" and sparsify.sparsity == 0.5
-    assert [s.title for s in steps[-3:]] == ["evaluate wanda-50", "evaluate gemma3-270m", "render the leaderboard"]
-    _, gemma = parse_step(steps[-2].command, monkeypatch)
-    assert gemma.limit == 40 and gemma.model_args["pretrained"] == "/gemma"
-    assert gemma.metadata["bold_per_group"] == 2 and gemma.metadata["fluency_model"] == "/teacher"
+def _spec(tmp_path, profile, teacher):
+    """The spec the demo writes, parsed and expanded by the study runner (checkpoint folders faked)."""
+    from leaderboard.studies.plan import make_plan
+    from leaderboard.studies.spec import parse
+
+    for step in profile.steps:
+        (tmp_path / "student" / "checkpoints" / f"checkpoint-{step}").mkdir(parents=True)
+    path = tmp_path / "study.yaml"
+    path.write_text(demo.study_spec(teacher, profile))
+    spec = parse(path.read_text(), path)
+    return spec, make_plan(spec, check=False)
 
 
-def test_another_profile_changes_the_settings_of_every_step_it_affects(tmp_path):
-    quick = demo.plan(tmp_path, Path("/teacher"), demo.PROFILES["quick"], None)
-    other_limit = demo.plan(tmp_path, Path("/teacher"), demo.Profile(**{**demo.PROFILES["quick"].__dict__, "limit": 7}),
-                            None)
-    changed = [a.title for a, b in zip(quick, other_limit, strict=True)
-               if runner.settings(a)["key"] != runner.settings(b)["key"]]
-    # the render step reads the evaluations' records: it reruns once they have, through its inputs
-    assert changed == ["evaluate teacher", "evaluate distilled", "evaluate head-pruned", "evaluate gptq-4bit"]
+@pytest.mark.parametrize("name", ["quick", "default"])
+def test_the_shipped_spec_makes_the_demos_cells(tmp_path, name):
+    profile = demo.PROFILES[name]
+    spec, cells = _spec(tmp_path, profile, Path("/teacher"))
+    assert spec.limit == profile.limit and spec.batch_size == 16 and spec.tasks == [
+        "compfair_stereoset_intrasentence", "compfair_crows_pairs", "compfair_ppl_bold_wiki"]
+    assert spec.metadata == {"scorer": "profanity-check", "fluency_model": "/teacher"}
+    assert spec.control == {"reference": "teacher / noise", "quality": "perplexity"}
+    student = [c for c in cells if c["series"] == "student"]
+    assert [(c["axis"]["value"], c["compression"]["method"]) for c in student] == [
+        (step, method) for step in profile.steps for method in ("none", "int8-per-token")]
+    assert all(c["member"]["pretrained"] == str(tmp_path / "student" / "checkpoints" / f"checkpoint-{c['axis']['value']}")
+               for c in student)
+    text = [c for c in cells if c["series"] == "student-text"]
+    assert [c["axis"]["value"] for c in text] == list(profile.steps)
+    assert all(c["tasks"] == ["compfair_toxicity_rtp_offline"] and c["compression"]["method"] == "none" for c in text)
+    teacher = [c for c in cells if c["series"] == "teacher"]
+    assert {c["member"]["pretrained"] for c in teacher} == {"/teacher"}
+    assert [c["compression"]["label"] for c in teacher] == ["none", *(f"magnitude-{s:g}" for s in profile.sparsity),
+                                                          *(f"noise-{s:g}" for s in profile.noise)]
+
+
+def test_another_limit_changes_every_cell_and_no_distillation(tmp_path):
+    quick = demo.PROFILES["quick"]
+    other = demo.Profile(**{**quick.__dict__, "limit": 7})
+    assert [runner.settings(s)["key"] for s in demo.plan(tmp_path, Path("/t"), quick)] == [
+        runner.settings(s)["key"] for s in demo.plan(tmp_path, Path("/t"), other)]
+    assert demo.study_spec(Path("/t"), quick) != demo.study_spec(Path("/t"), other)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    _, cells = _spec(tmp_path / "a", quick, Path("/t"))
+    _, changed = _spec(tmp_path / "b", other, Path("/t"))
+    assert {c["limit"] for c in cells} == {8} and {c["limit"] for c in changed} == {7}
 
 
 @pytest.mark.parametrize("flag", ["--quick", "--rerun"])
-def test_demo_flags_parse(flag, monkeypatch):
-    seen = {}
+def test_demo_flags_parse(flag, monkeypatch, tmp_path):
+    seen, commands = {}, []
     monkeypatch.setattr(demo, "embedded_model_dir", lambda name: Path("/teacher"))
     monkeypatch.setattr(demo, "run_steps", lambda steps, **options: seen.update(options, n=len(steps)))
-    assert demo.main([flag, "--output", "/tmp/x"]) == 0
-    assert seen["rerun"] == (flag == "--rerun")
+    monkeypatch.setattr(demo.subprocess, "run", lambda command: commands.append(command) or argparse.Namespace(returncode=0))
+    assert demo.main([flag, "--output", str(tmp_path)]) == 0
+    assert seen["rerun"] == (flag == "--rerun") and seen["n"] == 2
+    assert [c[3:5] for c in commands] == [["study", "run"], ["study", "report"], ["leaderboard", str(tmp_path / "study" / "cells")]]
+    assert "checkpoints" in (tmp_path / "study.yaml").read_text()
 
 
 def test_compare_commands_parse_with_lm_evals_parser(tmp_path, monkeypatch):

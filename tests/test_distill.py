@@ -378,6 +378,17 @@ def test_training_lowers_the_loss_and_the_kl_to_the_teacher(sharp_teacher_dir, s
     assert not (tmp_path / "student" / d.CHECKPOINTS).exists()  # removed after a finished run
 
 
+def test_keep_checkpoints_keeps_every_checkpoint_and_the_last_is_the_student(tiny_gpt2_dir, shipped_data, tmp_path):
+    settings = settings_for(tiny_gpt2_dir, tmp_path / "student", shipped_data, preset="B", keep_checkpoints=True)
+    d.distill(settings)  # 6 steps, a checkpoint every 2: the trainer's default limit (2) would drop checkpoint-2
+    checkpoints = tmp_path / "student" / d.CHECKPOINTS
+    assert sorted(p.name for p in checkpoints.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4", "checkpoint-6"]
+    last, student, first = (_weights(checkpoints / "checkpoint-6"), _weights(tmp_path / "student"),
+                            _weights(checkpoints / "checkpoint-2"))
+    assert all(torch.equal(last[name], student[name]) for name in student)
+    assert not all(torch.equal(first[name], student[name]) for name in student)  # trained on after step 2
+
+
 class Crash(Exception):
     pass
 

@@ -214,3 +214,14 @@ def test_a_named_noise_series_includes_its_uncompressed_model_as_scale_zero(tmp_
         assert frame["cell"].tolist() == ["teacher@step0+dynamic-int8"]
         assert frame["reference"].item() == "teacher noise series"
         assert frame["reference_cells"].item().split() == [c["id"] for c in cells[:3]]
+
+
+@pytest.mark.parametrize("reference", [{"noise": {"series": "teacher"}}, "teacher / noise"])
+def test_the_page_names_the_reference_in_either_spec_form(tmp_path, reference):
+    cells = [cell("teacher", 0)] + [cell("teacher", 0, "noise", level=s) for s in (0.02, 0.1)]
+    cells += [cell("teacher", 0, "dynamic-int8")]
+    for i, c in enumerate(cells):
+        write_cell(tmp_path, c, _one_domain(10 + i, 32 - 3 * i if i < 3 else 27))
+    write_study(tmp_path, cells, control={"reference": reference, "compare": ["ss"]})
+    page = build_report(tmp_path, n_resamples=50).read_text()
+    assert "the teacher / noise models" in page

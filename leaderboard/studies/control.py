@@ -67,7 +67,7 @@ def compared_keys(study: Study, compare: list[str] | None, quality: str) -> list
     return [k for k in keys if _split(k)[1].startswith(FAIRNESS) and not _split(k)[1].startswith(("ss_inter", "ss_intra"))]
 
 
-def _reference_parts(reference) -> tuple[str, str]:
+def reference_parts(reference) -> tuple[str, str]:
     """(series or "", compression) of `reference`: "none", "noise", "<series> / <compression>", or the mapping
     form {<compression>: {series: <series>}} (e.g. {noise: {series: smollm2-135m}})."""
     if isinstance(reference, dict) and len(reference) == 1:
@@ -84,7 +84,7 @@ def _reference_parts(reference) -> tuple[str, str]:
 def groups(study: Study, reference) -> list[tuple[str, list[dict], list[dict]]]:
     """(reference description, reference cells, compared cells) for the spec's `reference`."""
     done = [c for c in study.cells if c["id"] in study.runs]
-    named_series, named = _reference_parts(reference)
+    named_series, named = reference_parts(reference)
 
     def is_reference(cell):
         return named in (cell["compression"]["method"], cell["compression"].get("label"))

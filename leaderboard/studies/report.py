@@ -23,7 +23,7 @@ import pandas as pd
 from compfair_tasks import stats
 
 from . import figures, trends
-from .control import FAIRNESS, Resampler, control_rows, quality_key
+from .control import FAIRNESS, Resampler, control_rows, quality_key, reference_parts
 from .plan import STUDY
 from .points import Study
 
@@ -158,12 +158,13 @@ def _control(study: Study, control: dict, resampler: Resampler):
     return frame, quality
 
 
-def _reference_words(reference: str | None) -> str:
-    if not reference or reference.strip() == "none":
-        return "each series' uncompressed models"
-    if "/" in reference:
-        return f"the {reference} models"
-    return f"each member's uncompressed model and its {reference} variants"
+def _reference_words(reference) -> str:
+    series, compression = reference_parts(reference)  # every form the spec takes (string or mapping)
+    if not compression or compression == "none":
+        return f"the {series} uncompressed models" if series else "each series' uncompressed models"
+    if series:
+        return f"the {series} / {compression} models"
+    return f"each member's uncompressed model and its {compression} variants"
 
 
 def with_bootstrap_cis(points: pd.DataFrame, resampler: Resampler, keys: list[tuple[str, str]]) -> pd.DataFrame:
