@@ -138,6 +138,7 @@ def describe_change(old: dict, new: dict) -> str:
 
 def _write_record(output: Path, record: dict) -> None:
     path = record_path(output)
+    path.parent.mkdir(parents=True, exist_ok=True)  # a first step's output folder may not exist yet
     unfinished = path.with_suffix(".tmp")
     unfinished.write_text(json.dumps(record, indent=2))
     unfinished.replace(path)

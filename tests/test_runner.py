@@ -42,6 +42,12 @@ def test_same_settings_skip_changed_settings_rerun(tmp_path, capsys):
     assert runs(changed) == 3
 
 
+def test_a_step_whose_output_folder_does_not_exist_yet_runs(tmp_path):
+    step = tool_step(tmp_path / "new" / "run")  # `compfair demo --output new/run` on a fresh machine
+    runner.run_steps([step], prog="t")
+    assert runs(step) == 1 and runner.record_path(step.output).exists()
+
+
 def test_an_environment_change_reruns(tmp_path):
     step = tool_step(tmp_path)
     runner.run_steps([step], prog="t")
