@@ -51,9 +51,7 @@ def _as_queries(docs: list[dict], payloads, rule: str) -> list[dict]:
 def _stereoset(split: str, metadata: dict):
     task = f"compfair_stereoset_{split}_mlm"
     check_encoder(metadata, task)
-    source = data.resolve("stereoset", data.path_from_metadata("stereoset", metadata))
-    examples = (stereoset._examples_from_hub(source) if source.kind == "hub"
-                else stereoset._examples_from_json(source.path / "dev.json"))
+    source, examples = stereoset.load_examples(metadata)
     docs = stereoset.build_docs(examples, [split], split)
     if split == "intrasentence":
         def payloads(doc):

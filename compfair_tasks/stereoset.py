@@ -115,9 +115,14 @@ def build_docs(examples: dict[str, list[dict]], splits: Sequence[str], scope: st
     return docs
 
 
-def _load(splits: Sequence[str], scope: str, metadata: dict):
+def load_examples(metadata: dict) -> tuple[data.DataSource, dict[str, list[dict]]]:
+    """Where StereoSet resolves (data.py's order) and its examples per split: the causal and masked-LM tasks'."""
     source = data.resolve("stereoset", data.path_from_metadata("stereoset", metadata))
-    examples = _examples_from_hub(source) if source.kind == "hub" else _examples_from_json(source.path / "dev.json")
+    return source, (_examples_from_hub(source) if source.kind == "hub" else _examples_from_json(source.path / "dev.json"))
+
+
+def _load(splits: Sequence[str], scope: str, metadata: dict):
+    source, examples = load_examples(metadata)
     task = "compfair_stereoset" if scope == "all" else f"compfair_stereoset_{scope}"
     docs = preference.annotate(build_docs(examples, splits, scope), metadata, task, start_from_prefix=True)
     for doc in docs:
